@@ -1,0 +1,464 @@
+//! Embedded MQTT 3.1.1 broker for the webshop, built on `rumqttd`.
+//!
+//! [`spawn`] starts the broker on its own threads and returns once it
+//! answers MQTT connections; the `broker` binary wraps it with config
+//! loading and Ctrl-C handling.
+//!
+//! # Durability
+//!
+//! Everything the broker holds lives in memory only: client sessions,
+//! subscriptions, retained messages and messages queued for disconnected
+//! clients. A broker restart (or crash) loses all of it. That is why every
+//! service keeps its own transactional outbox and redelivers anything the
+//! broker has not acknowledged, and why consumers deduplicate: the broker
+//! is a transport, never the system of record.
+//!
+//! `rumqttd` has no shutdown API, so a started broker runs until the process
+//! exits.
+//!
+//! # Security
+//!
+//! With an empty `users` map any client may connect, so [`spawn`] refuses to
+//! listen on a non-loopback address unless `users` is set. There is no TLS:
+//! on an untrusted network put the broker behind a TLS-terminating proxy or
+//! a private network.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// How long [`spawn`] waits for the broker to accept connections.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(5);
+/// Pause between two readiness probes.
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// Longest user name or password an MQTT string can carry.
+const MQTT_STRING_MAX: usize = u16::MAX as usize;
+
+/// Broker settings (`config/broker.toml`, environment `WEBSHOP_BROKER__*`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Address the MQTT listener binds. Default `127.0.0.1:1883`.
+    pub listen: SocketAddr,
+    /// Largest MQTT packet accepted from a client, in bytes (a client that
+    /// sends a bigger one is disconnected). Default 4 MiB: above the
+    /// application's own message limit so an oversize message still
+    /// reaches the services and is dead-lettered there.
+    pub max_payload_bytes: usize,
+    /// Most packets the broker reads from one connection in a batch before
+    /// handing them to its router (rumqttd `max_inflight_count`). Default 100.
+    pub max_inflight: usize,
+    /// User name -> password. Empty (default) means no authentication,
+    /// which is only allowed on a loopback `listen` address.
+    pub users: HashMap<String, String>,
+    /// Log output of the `broker` binary.
+    pub log: shared::config::LogConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            max_payload_bytes: 4 * 1024 * 1024,
+            max_inflight: 100,
+            users: HashMap::new(),
+            log: shared::config::LogConfig::default(),
+        }
+    }
+}
+
+/// Prints user names only, never passwords.
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut users: Vec<&str> = self.users.keys().map(String::as_str).collect();
+        users.sort_unstable();
+        f.debug_struct("BrokerConfig")
+            .field("listen", &self.listen)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_inflight", &self.max_inflight)
+            .field("users", &users)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// Checks the settings `spawn` relies on; the error says what to change.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.users.is_empty() && !self.listen.ip().is_loopback() {
+            bail!(
+                "refusing to start the MQTT broker on {} without authentication: it is not a \
+                 loopback address, so anyone who can reach it could read and publish every \
+                 message. Set `users` (user name = password) in the broker config, e.g. \
+                 WEBSHOP_BROKER__USERS__ORDER=secret, or listen on 127.0.0.1",
+                self.listen
+            );
+        }
+        for (user, password) in &self.users {
+            if user.is_empty() {
+                bail!("broker config: `users` contains an empty user name");
+            }
+            if password.is_empty() {
+                bail!("broker config: user {user:?} has an empty password");
+            }
+            if user.len() > MQTT_STRING_MAX || password.len() > MQTT_STRING_MAX {
+                bail!("broker config: user name or password of {user:?} exceeds {MQTT_STRING_MAX} bytes");
+            }
+        }
+        if self.max_payload_bytes == 0 {
+            bail!("broker config: max_payload_bytes must be > 0");
+        }
+        if self.max_inflight == 0 {
+            bail!("broker config: max_inflight must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The `rumqttd` configuration: one MQTT 3.1.1 (v4) TCP listener.
+    fn to_rumqttd(&self) -> rumqttd::Config {
+        let router = rumqttd::RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        };
+        let connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: self.max_payload_bytes,
+            max_inflight_count: self.max_inflight,
+            auth: (!self.users.is_empty()).then(|| self.users.clone()),
+            external_auth: None,
+            dynamic_filters: true,
+        };
+        let server = rumqttd::ServerSettings {
+            name: "mqtt-v4".into(),
+            listen: self.listen,
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections,
+        };
+        rumqttd::Config {
+            id: 0,
+            router,
+            v4: Some(HashMap::from([("1".to_owned(), server)])),
+            ..Default::default()
+        }
+    }
+}
+
+/// Starts rumqttd on its own thread and returns once `listen` accepts TCP
+/// connections and answers an MQTT CONNECT (polled for up to 5 s).
+///
+/// Fails when the configuration is unsafe or invalid (a non-loopback
+/// `listen` address needs `users`), when `listen` cannot be bound (e.g.
+/// already in use), or when the broker thread dies or the deadline passes
+/// before it is ready. Pass a concrete port: port 0 would bind but the chosen
+/// port cannot be read back.
+///
+/// The broker runs until the process exits; there is no way to stop it.
+pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
+    cfg.validate()?;
+    if cfg.listen.port() == 0 {
+        bail!("broker config: listen needs a concrete port, not 0");
+    }
+    // rumqttd binds on its own thread and only logs a bind failure; binding
+    // here first turns "address in use" into an error for the caller and
+    // keeps the readiness probe from talking to some other process.
+    drop(TcpListener::bind(cfg.listen).with_context(|| {
+        format!(
+            "MQTT broker cannot listen on {} (already in use?)",
+            cfg.listen
+        )
+    })?);
+
+    let config = cfg.to_rumqttd();
+    let listen = cfg.listen;
+    let thread: JoinHandle<Result<(), String>> = std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let result = rumqttd::Broker::new(config).start();
+            // start() only returns when every listener has stopped.
+            match &result {
+                Ok(()) => tracing::error!(%listen, "MQTT broker stopped"),
+                Err(e) => tracing::error!(%listen, error = %e, "MQTT broker failed"),
+            }
+            result.map_err(|e| e.to_string())
+        })
+        .context("cannot spawn the MQTT broker thread")?;
+
+    let probe_addr = probe_address(listen);
+    let credentials = cfg.users.iter().min_by_key(|(user, _)| user.as_str());
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if thread.is_finished() {
+            let why = match thread.join() {
+                Ok(Ok(())) => "it stopped (see the log for the listener error)".to_owned(),
+                Ok(Err(e)) => e,
+                Err(_) => "it panicked".to_owned(),
+            };
+            bail!("MQTT broker on {listen} exited before accepting connections: {why}");
+        }
+        let last_error = match probe(probe_addr, credentials, deadline) {
+            Ok(()) => {
+                tracing::info!(%listen, "MQTT broker ready");
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            return Err(last_error.context(format!(
+                "MQTT broker on {listen} not ready after {STARTUP_DEADLINE:?}"
+            )));
+        }
+        std::thread::sleep(PROBE_INTERVAL);
+    }
+}
+
+/// Where to connect to reach a listener bound to `listen`.
+fn probe_address(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, listen.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, listen.port()).into(),
+        _ => listen,
+    }
+}
+
+/// One readiness probe: TCP connect, MQTT 3.1.1 CONNECT, expect an accepting
+/// CONNACK, DISCONNECT. A bare connect-and-close would make rumqttd log an
+/// error for the missing CONNECT packet.
+fn probe(
+    addr: SocketAddr,
+    credentials: Option<(&String, &String)>,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut stream = TcpStream::connect_timeout(&addr, budget)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(budget))?;
+    stream.set_write_timeout(Some(budget))?;
+    stream.set_nodelay(true)?;
+
+    stream.write_all(&connect_packet(credentials))?;
+    let mut connack = [0u8; 4];
+    stream
+        .read_exact(&mut connack)
+        .context("no CONNACK from the broker")?;
+    match connack {
+        [0x20, 0x02, _, 0x00] => {}
+        [0x20, 0x02, _, code] => bail!("broker refused the readiness probe, return code {code}"),
+        other => bail!("unexpected reply to CONNECT: {other:02x?}"),
+    }
+    // DISCONNECT; the broker may close first, so errors don't matter.
+    let _ = stream.write_all(&[0xE0, 0x00]);
+    Ok(())
+}
+
+/// An MQTT 3.1.1 CONNECT: clean session, empty client id (the broker assigns
+/// one), 10 s keep-alive, optional user name and password.
+fn connect_packet(credentials: Option<(&String, &String)>) -> Vec<u8> {
+    fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
+        // Lengths were checked against MQTT_STRING_MAX in validate().
+        buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        buf.extend_from_slice(s);
+    }
+    let mut body = Vec::new();
+    put_str(&mut body, b"MQTT");
+    body.push(0x04); // protocol level 3.1.1
+    let flags = if credentials.is_some() { 0xC2 } else { 0x02 }; // user+password, clean session
+    body.push(flags);
+    body.extend_from_slice(&10u16.to_be_bytes()); // keep-alive seconds; rumqttd rejects 0
+    put_str(&mut body, b""); // client id
+    if let Some((user, password)) = credentials {
+        put_str(&mut body, user.as_bytes());
+        put_str(&mut body, password.as_bytes());
+    }
+
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+    const TEST_DEADLINE: Duration = Duration::from_secs(10);
+
+    fn free_port() -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn local_config() -> BrokerConfig {
+        BrokerConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()),
+            ..Default::default()
+        }
+    }
+
+    fn client(
+        cfg: &BrokerConfig,
+        id: &str,
+        login: Option<(&str, &str)>,
+    ) -> (AsyncClient, EventLoop) {
+        let mut opts = MqttOptions::new(id, cfg.listen.ip().to_string(), cfg.listen.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
+        AsyncClient::new(opts, 16)
+    }
+
+    /// Polls the event loop until `want` matches an incoming packet; panics
+    /// on a connection error or when the deadline passes.
+    async fn wait_for<T>(
+        eventloop: &mut EventLoop,
+        what: &str,
+        mut want: impl FnMut(&Packet) -> Option<T>,
+    ) -> T {
+        let result = tokio::time::timeout(TEST_DEADLINE, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(packet)) => {
+                        if let Some(found) = want(&packet) {
+                            return found;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => panic!("connection error while waiting for {what}: {e}"),
+                }
+            }
+        })
+        .await;
+        result.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    #[tokio::test]
+    async fn publish_and_receive_qos1() {
+        let cfg = local_config();
+        spawn(&cfg).unwrap();
+
+        let (client, mut eventloop) = client(&cfg, "broker-test-pubsub", None);
+        wait_for(&mut eventloop, "CONNACK", |p| {
+            matches!(p, Packet::ConnAck(_)).then_some(())
+        })
+        .await;
+        client
+            .subscribe("webshop/test/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        wait_for(&mut eventloop, "SUBACK", |p| {
+            matches!(p, Packet::SubAck(_)).then_some(())
+        })
+        .await;
+
+        client
+            .publish(
+                "webshop/test/hello",
+                QoS::AtLeastOnce,
+                false,
+                b"hello broker".to_vec(),
+            )
+            .await
+            .unwrap();
+        let publish = wait_for(&mut eventloop, "PUBLISH", |p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(publish.topic, "webshop/test/hello");
+        assert_eq!(publish.qos, QoS::AtLeastOnce);
+        assert_eq!(&publish.payload[..], b"hello broker");
+    }
+
+    #[tokio::test]
+    async fn users_are_enforced() {
+        let mut cfg = local_config();
+        cfg.users.insert("order".into(), "s3cret".into());
+        spawn(&cfg).unwrap(); // the readiness probe logs in as "order"
+
+        let (_good, mut eventloop) = client(&cfg, "broker-test-good", Some(("order", "s3cret")));
+        wait_for(&mut eventloop, "CONNACK", |p| {
+            matches!(p, Packet::ConnAck(_)).then_some(())
+        })
+        .await;
+
+        // rumqttd closes the connection without a CONNACK on bad credentials.
+        for login in [Some(("order", "wrong")), None] {
+            let (_bad, mut eventloop) = client(&cfg, "broker-test-bad", login);
+            let outcome = tokio::time::timeout(TEST_DEADLINE, async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            })
+            .await
+            .expect("timed out waiting for the broker to refuse the login");
+            assert!(outcome.is_err(), "login {login:?} accepted: {outcome:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_public_listener_without_users() {
+        let cfg = BrokerConfig {
+            listen: "0.0.0.0:1883".parse().unwrap(),
+            ..Default::default()
+        };
+        let err = spawn(&cfg).unwrap_err().to_string();
+        assert!(err.contains("Set `users`"), "{err}");
+    }
+
+    #[test]
+    fn refuses_port_in_use() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let cfg = BrokerConfig {
+            listen: taken.local_addr().unwrap(),
+            ..Default::default()
+        };
+        let err = format!("{:#}", spawn(&cfg).unwrap_err());
+        assert!(err.contains("cannot listen"), "{err}");
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let mut cfg = BrokerConfig::default();
+        cfg.users.insert("inventory".into(), "hunter2".into());
+        let debug = format!("{cfg:?}");
+        assert!(debug.contains("inventory"), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn shipped_config_file_matches_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/broker.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let from_file: BrokerConfig =
+            shared::config::load(Some(&path), "WEBSHOP_BROKER_TEST_UNUSED__").unwrap();
+        let defaults = BrokerConfig::default();
+        assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"), "{text}");
+    }
+}

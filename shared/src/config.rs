@@ -1,0 +1,129 @@
+//! Layered configuration: built-in defaults, then a TOML file, then
+//! environment variables (`PREFIX__SECTION__KEY`, `__` separates levels).
+//!
+//! Every node's config struct derives `Deserialize` with `#[serde(default)]`
+//! so a missing file or key falls back to the embedded default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Loads `T` from its defaults, the optional TOML `file`, and environment
+/// variables starting with `env_prefix` (e.g. `WEBSHOP_ORDER__`).
+///
+/// The error names the offending key, e.g. `invalid type: found string
+/// "abc", expected u16 for key "HTTP.LISTEN"`.
+pub fn load<T>(file: Option<&Path>, env_prefix: &str) -> anyhow::Result<T>
+where
+    T: DeserializeOwned + Serialize + Default,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        if !file.exists() {
+            anyhow::bail!("config file {} does not exist", file.display());
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment.extract().with_context(|| match file {
+        Some(f) => format!("invalid configuration in {} or {env_prefix}* environment", f.display()),
+        None => format!("invalid configuration in {env_prefix}* environment"),
+    })
+}
+
+/// Where a node finds the MQTT broker and how it identifies itself.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Broker host. Default `127.0.0.1`.
+    pub host: String,
+    /// Broker port. Default `1883`.
+    pub port: u16,
+    /// MQTT client id; must be unique per connected process. A persistent
+    /// session is keyed on it, so keep it stable across restarts.
+    pub client_id: String,
+    /// Topic prefix shared by every node. Default `webshop/v1/`.
+    pub topic_prefix: String,
+    /// Username, when the broker requires one.
+    pub username: Option<String>,
+    /// Password, when the broker requires one. Never printed.
+    pub password: Option<String>,
+    /// MQTT keep-alive in seconds. Default 5.
+    pub keep_alive_secs: u64,
+    /// Largest MQTT packet accepted from the broker, in bytes. Larger than
+    /// the application's own message limit so oversize messages arrive and
+    /// are dead-lettered instead of breaking the connection. Default 4 MiB.
+    pub max_packet_bytes: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: String::new(),
+            topic_prefix: crate::topics::DEFAULT_PREFIX.into(),
+            username: None,
+            password: None,
+            keep_alive_secs: 5,
+            max_packet_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// SQLite settings of a service's database.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbConfig {
+    /// Path of the SQLite file; created with its parent directory.
+    pub path: PathBuf,
+    /// `FULL` (default: every commit is fsynced, an acknowledged order
+    /// survives power loss) or `NORMAL` (WAL default; survives a process
+    /// crash, may lose the last commits on power loss).
+    pub synchronous: String,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("data/service.db"), synchronous: "FULL".into() }
+    }
+}
+
+/// Log output settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive. Default `info`. `RUST_LOG` wins if set.
+    pub filter: String,
+    /// `text` (default) or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info".into(), format: "text".into() }
+    }
+}
+
+/// Seconds as a `Duration`, for config fields kept as plain numbers.
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}

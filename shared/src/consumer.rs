@@ -1,0 +1,378 @@
+//! The consuming side of every service, written once: take a batch of
+//! deliveries, apply each inside one `BEGIN IMMEDIATE` transaction (inbox
+//! dedup, handler, parking, dead letters), commit, then ack in receive
+//! order and wake the outbox relay. Nothing is acked before its commit, and
+//! nothing is held unacked: a message that can't be applied yet is parked,
+//! one that can never be applied is dead-lettered.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::bus::{Bus, Delivery};
+use crate::db::{now_ms, Db};
+use crate::ids::OrderId;
+use crate::message::{Inbound, Poison};
+use crate::outbox::Wakeup;
+use crate::parking::{self, Parked};
+use crate::topics::Topic;
+use crate::{dead_letter, inbox};
+
+/// Most deliveries applied in one transaction (group commit).
+const MAX_BATCH: usize = 100;
+
+/// What a handler did with a message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The effect is written (events, if any, are in the outbox).
+    Applied,
+    /// It can't be applied yet (what it depends on hasn't arrived): park it.
+    Park(String),
+    /// Nothing to do (e.g. a late event for a settled order).
+    Ignored(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The message can never be applied; it is dead-lettered.
+    #[error(transparent)]
+    Poison(#[from] Poison),
+    /// The database failed; the whole batch is retried, nothing is acked.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// A service's message handling: pure decisions wrapped in SQL.
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `msg` on `conn` (a savepoint inside the batch transaction).
+    fn handle(
+        &self,
+        conn: &mut SqliteConnection,
+        msg: &Inbound,
+    ) -> impl Future<Output = Result<Outcome, HandleError>> + Send;
+
+    /// Called in the transaction that dead-letters a parked message whose
+    /// dependency never arrived, for any compensation it calls for.
+    fn expired(
+        &self,
+        _conn: &mut SqliteConnection,
+        _msg: &Inbound,
+    ) -> impl Future<Output = Result<(), HandleError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Counters of what the consumer did, since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub applied: AtomicU64,
+    pub deduplicated: AtomicU64,
+    pub parked: AtomicU64,
+    pub unparked: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub ignored: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct StatsSnapshot {
+    pub received: u64,
+    pub applied: u64,
+    pub deduplicated: u64,
+    pub parked: u64,
+    pub unparked: u64,
+    pub dead_lettered: u64,
+    pub ignored: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: g(&self.received),
+            applied: g(&self.applied),
+            deduplicated: g(&self.deduplicated),
+            parked: g(&self.parked),
+            unparked: g(&self.unparked),
+            dead_lettered: g(&self.dead_lettered),
+            ignored: g(&self.ignored),
+        }
+    }
+
+    fn add(&self, t: &StatsSnapshot) {
+        let a = |c: &AtomicU64, v: u64| c.fetch_add(v, Ordering::Relaxed);
+        a(&self.received, t.received);
+        a(&self.applied, t.applied);
+        a(&self.deduplicated, t.deduplicated);
+        a(&self.parked, t.parked);
+        a(&self.unparked, t.unparked);
+        a(&self.dead_lettered, t.dead_lettered);
+        a(&self.ignored, t.ignored);
+    }
+}
+
+/// How long parked messages wait.
+#[derive(Debug, Clone, Copy)]
+pub struct ParkingPolicy {
+    /// First retry of a parked message by the timer.
+    pub retry_ms: i64,
+    /// After this, a parked message is dead-lettered (and `expired` runs).
+    pub horizon_ms: i64,
+}
+
+/// Applies deliveries with one handler. Cheap to clone.
+pub struct Consumer<H> {
+    db: Db,
+    bus: Bus,
+    handler: Arc<H>,
+    wakeup: Wakeup,
+    stats: Arc<Stats>,
+    policy: ParkingPolicy,
+}
+
+impl<H> Clone for Consumer<H> {
+    fn clone(&self) -> Self {
+        Self {
+            db: self.db.clone(),
+            bus: self.bus.clone(),
+            handler: self.handler.clone(),
+            wakeup: self.wakeup.clone(),
+            stats: self.stats.clone(),
+            policy: self.policy,
+        }
+    }
+}
+
+impl<H: Handler> Consumer<H> {
+    pub fn new(db: Db, bus: Bus, handler: H, wakeup: Wakeup, stats: Arc<Stats>, policy: ParkingPolicy) -> Self {
+        Self { db, bus, handler: Arc::new(handler), wakeup, stats, policy }
+    }
+
+    /// Consumes until `shutdown`; a batch already taken is finished (and
+    /// acked) first.
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                d = rx.recv() => match d { Some(d) => d, None => return },
+            };
+            batch.clear();
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(d) => batch.push(d),
+                    Err(_) => break,
+                }
+            }
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.apply_batch(&batch).await {
+                    Ok(tally) => {
+                        self.stats.add(&tally);
+                        break;
+                    }
+                    Err(e) => {
+                        // Nothing was acked: retrying the batch is safe.
+                        tracing::error!(error = %e, batch = batch.len(), retry_in = ?backoff, "applying a batch failed");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            for d in &batch {
+                self.bus.ack(d);
+            }
+            self.wakeup.wake();
+        }
+    }
+
+    async fn apply_batch(&self, batch: &[Delivery]) -> Result<StatsSnapshot, sqlx::Error> {
+        let mut tally = StatsSnapshot::default();
+        let mut tx = self.db.begin().await?;
+        for d in batch {
+            tally.received += 1;
+            let decoded = match Topic::from_path(self.bus.prefix(), &d.topic) {
+                Some(topic) => Inbound::decode(topic, d.payload.clone()),
+                None => Err(Poison(format!("no handler for topic {}", d.topic))),
+            };
+            let msg = match decoded {
+                Ok(msg) => msg,
+                Err(poison) => {
+                    tracing::warn!(topic = %d.topic, bytes = d.payload.len(), reason = %poison, "dead-lettering a malformed message");
+                    dead_letter::record(&mut tx, &d.topic, None, None, &d.payload, &poison.0).await?;
+                    tally.dead_lettered += 1;
+                    continue;
+                }
+            };
+            let span = tracing::info_span!("message", topic = msg.topic.suffix(), message_id = %msg.message_id(), order_id = %msg.order_id());
+            async {
+                if !inbox::record(&mut tx, &msg).await? {
+                    tracing::debug!("duplicate message dropped");
+                    tally.deduplicated += 1;
+                    return Ok(());
+                }
+                match self.apply(&mut tx, &msg, &mut tally).await? {
+                    Applied::Yes => self.unpark(&mut tx, msg.order_id(), &mut tally).await,
+                    Applied::No => Ok(()),
+                }
+            }
+            .instrument(span)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(tally)
+    }
+
+    /// Runs the handler in a savepoint; parks or dead-letters per outcome.
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        msg: &Inbound,
+        tally: &mut StatsSnapshot,
+    ) -> Result<Applied, sqlx::Error> {
+        let mut sp = conn.begin().await?;
+        match self.handler.handle(&mut sp, msg).await {
+            Ok(Outcome::Applied) => {
+                sp.commit().await?;
+                tally.applied += 1;
+                Ok(Applied::Yes)
+            }
+            Ok(Outcome::Ignored(why)) => {
+                sp.commit().await?;
+                tracing::debug!(why, "message ignored");
+                tally.ignored += 1;
+                Ok(Applied::No)
+            }
+            Ok(Outcome::Park(reason)) => {
+                sp.rollback().await?;
+                tracing::info!(%reason, "message parked");
+                parking::park(conn, msg, &reason, self.policy.retry_ms).await?;
+                tally.parked += 1;
+                Ok(Applied::No)
+            }
+            Err(HandleError::Poison(p)) => {
+                sp.rollback().await?;
+                tracing::warn!(reason = %p, "dead-lettering a message that can't be applied");
+                dead_letter::record(
+                    conn,
+                    &msg.topic.path(self.bus.prefix()),
+                    Some(msg.message_id().to_string()),
+                    Some(msg.order_id().to_string()),
+                    &msg.payload,
+                    &p.0,
+                )
+                .await?;
+                tally.dead_lettered += 1;
+                Ok(Applied::No)
+            }
+            Err(HandleError::Db(e)) => Err(e),
+        }
+    }
+
+    /// After a message for `order_id` was applied, retries what was parked
+    /// waiting for it.
+    async fn unpark(&self, conn: &mut SqliteConnection, order_id: OrderId, tally: &mut StatsSnapshot) -> sqlx::Result<()> {
+        for p in parking::for_order(conn, &order_id.to_string()).await? {
+            self.retry_parked(conn, p, tally).await?;
+        }
+        Ok(())
+    }
+
+    async fn retry_parked(&self, conn: &mut SqliteConnection, p: Parked, tally: &mut StatsSnapshot) -> sqlx::Result<()> {
+        let msg = Topic::ALL
+            .into_iter()
+            .find(|t| t.suffix() == p.topic)
+            .ok_or_else(|| Poison(format!("unknown topic {}", p.topic)))
+            .and_then(|t| Inbound::decode(t, p.payload.clone().into()));
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(poison) => {
+                parking::remove(conn, &p.message_id).await?;
+                dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0).await?;
+                tally.dead_lettered += 1;
+                return Ok(());
+            }
+        };
+        if now_ms() - p.parked_at_ms > self.policy.horizon_ms {
+            let mut sp = conn.begin().await?;
+            match self.handler.expired(&mut sp, &msg).await {
+                Ok(()) => sp.commit().await?,
+                Err(HandleError::Db(e)) => return Err(e),
+                Err(HandleError::Poison(_)) => sp.rollback().await?,
+            }
+            parking::remove(conn, &p.message_id).await?;
+            let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
+            tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
+            dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason).await?;
+            tally.dead_lettered += 1;
+            return Ok(());
+        }
+        let mut sp = conn.begin().await?;
+        match self.handler.handle(&mut sp, &msg).await {
+            Ok(Outcome::Park(_)) => {
+                sp.rollback().await?;
+                parking::postpone(conn, &p.message_id, p.attempts).await?;
+            }
+            Ok(_) => {
+                sp.commit().await?;
+                parking::remove(conn, &p.message_id).await?;
+                tracing::info!(message_id = %p.message_id, order_id = %p.order_id, "parked message applied");
+                tally.unparked += 1;
+            }
+            Err(HandleError::Poison(poison)) => {
+                sp.rollback().await?;
+                parking::remove(conn, &p.message_id).await?;
+                dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0).await?;
+                tally.dead_lettered += 1;
+            }
+            Err(HandleError::Db(e)) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The parking timer: retries due parked messages and dead-letters
+    /// those past the horizon.
+    pub async fn run_parking_timer(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.policy.retry_ms.clamp(50, 1000) as u64));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let pass = async {
+                let mut tally = StatsSnapshot::default();
+                let mut tx = self.db.begin().await?;
+                let due = parking::due(&mut tx, 100).await?;
+                if due.is_empty() {
+                    return Ok::<_, sqlx::Error>(());
+                }
+                for p in due {
+                    self.retry_parked(&mut tx, p, &mut tally).await?;
+                }
+                tx.commit().await?;
+                self.stats.add(&tally);
+                self.wakeup.wake();
+                Ok(())
+            };
+            if let Err(e) = pass.await {
+                tracing::warn!(error = %e, "parking timer pass failed");
+            }
+        }
+    }
+}
+
+enum Applied {
+    Yes,
+    No,
+}

@@ -1,0 +1,26 @@
+//! What inventory, order and public-front share, written once: the message
+//! contract (ids, topics, envelope and bodies) and the machinery that makes
+//! delivery exactly-once in effect over an at-least-once bus.
+//!
+//! Layout:
+//! - [`ids`], [`topics`], [`message`]: the contract on the wire.
+//! - [`bus`]: the MQTT connection (backoff, resubscribe, PUBACK futures,
+//!   in-order manual acks).
+//! - [`consumer`]: batch apply with [`inbox`] dedup, [`parking`] and
+//!   [`dead_letter`], ack after commit.
+//! - [`outbox`]: events written with the state change, relayed after commit.
+//! - [`db`], [`config`], [`telemetry`], [`shutdown`]: process plumbing.
+
+pub mod bus;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod dead_letter;
+pub mod ids;
+pub mod inbox;
+pub mod message;
+pub mod outbox;
+pub mod parking;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;

@@ -1,0 +1,274 @@
+//! The message envelope and the body of each topic's message.
+//!
+//! Parsing is split from applying: [`Inbound::decode`] checks size, JSON,
+//! schema version and type, so the consumer can dedup and dead-letter
+//! without knowing the body; a handler then parses the body it expects.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use crate::ids::{Email, MessageId, OrderId, Quantity, Sku};
+use crate::topics::Topic;
+
+/// The only envelope version this build understands.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Messages larger than this are poison: dead-lettered, never applied.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Most lines one order may hold.
+pub const MAX_LINES: usize = 100;
+
+/// What every bus message looks like on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<B> {
+    pub message_id: MessageId,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Envelope schema version; see [`SCHEMA_VERSION`].
+    pub v: u32,
+    pub order_id: OrderId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub sent_at: OffsetDateTime,
+    /// W3C trace context of the request that caused this message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    pub body: B,
+}
+
+impl<B: Serialize> Envelope<B> {
+    /// A fresh message of `topic`'s type about `order_id`.
+    pub fn new(topic: Topic, order_id: OrderId, body: B) -> Self {
+        Self {
+            message_id: MessageId::new(),
+            kind: topic.message_type().to_owned(),
+            v: SCHEMA_VERSION,
+            order_id,
+            sent_at: OffsetDateTime::now_utc(),
+            traceparent: None,
+            body,
+        }
+    }
+
+    pub fn with_traceparent(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing our own types to a Vec cannot fail.
+        serde_json::to_vec(self).expect("envelope serializes")
+    }
+}
+
+/// A message received from the bus whose envelope is valid.
+#[derive(Debug)]
+pub struct Inbound {
+    pub topic: Topic,
+    pub envelope: Envelope<Box<RawValue>>,
+    pub payload: Bytes,
+}
+
+/// Why a message can never be applied. It is dead-lettered and acked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Poison(pub String);
+
+impl Inbound {
+    /// Checks what every message must satisfy before it is deduplicated.
+    pub fn decode(topic: Topic, payload: Bytes) -> Result<Inbound, Poison> {
+        if payload.len() > MAX_MESSAGE_BYTES {
+            return Err(Poison(format!(
+                "payload of {} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit",
+                payload.len()
+            )));
+        }
+        let envelope: Envelope<Box<RawValue>> = serde_json::from_slice(&payload)
+            .map_err(|e| Poison(format!("invalid envelope: {e}")))?;
+        if envelope.v != SCHEMA_VERSION {
+            return Err(Poison(format!(
+                "unsupported schema version {} (this build reads {SCHEMA_VERSION})",
+                envelope.v
+            )));
+        }
+        if envelope.kind != topic.message_type() {
+            return Err(Poison(format!(
+                "message type `{}` does not belong on {} (expected `{}`)",
+                envelope.kind,
+                topic.suffix(),
+                topic.message_type()
+            )));
+        }
+        Ok(Inbound { topic, envelope, payload })
+    }
+
+    pub fn message_id(&self) -> MessageId {
+        self.envelope.message_id
+    }
+
+    pub fn order_id(&self) -> OrderId {
+        self.envelope.order_id
+    }
+
+    /// Parses the body as the type this topic carries.
+    pub fn body<T: DeserializeOwned>(&self) -> Result<T, Poison> {
+        serde_json::from_str(self.envelope.body.get())
+            .map_err(|e| Poison(format!("invalid {} body: {e}", self.envelope.kind)))
+    }
+}
+
+/// One line of an order: a product, how many, and the unit price the
+/// customer saw when ordering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub sku: Sku,
+    pub quantity: Quantity,
+    pub unit_price_cents: i64,
+}
+
+/// `orders/send`: place an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendOrder {
+    pub customer_email: Email,
+    pub items: Vec<OrderLine>,
+    pub currency: String,
+    /// Hash of the customer's request body; the same idempotency key with a
+    /// different body is a conflict.
+    pub fingerprint: String,
+}
+
+impl SendOrder {
+    /// Structural checks that serde can't express.
+    pub fn validate(&self) -> Result<(), Poison> {
+        if self.items.is_empty() {
+            return Err(Poison("an order needs at least one item".into()));
+        }
+        if self.items.len() > MAX_LINES {
+            return Err(Poison(format!("an order holds at most {MAX_LINES} lines")));
+        }
+        if self.items.iter().any(|l| l.unit_price_cents < 0) {
+            return Err(Poison("unit_price_cents must not be negative".into()));
+        }
+        Ok(())
+    }
+
+    pub fn total_cents(&self) -> i64 {
+        self.items
+            .iter()
+            .map(|l| l.unit_price_cents.saturating_mul(i64::from(l.quantity.get())))
+            .fold(0i64, i64::saturating_add)
+    }
+}
+
+/// `orders/cancel`: the customer asks to cancel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelOrder {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An order's lifecycle state. Only moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Confirmed,
+    Rejected,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Rejected => "rejected",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(OrderStatus::Pending),
+            "confirmed" => Some(OrderStatus::Confirmed),
+            "rejected" => Some(OrderStatus::Rejected),
+            "cancelled" => Some(OrderStatus::Cancelled),
+            _ => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, OrderStatus::Rejected | OrderStatus::Cancelled)
+    }
+}
+
+/// `orders/status`: an order changed (or was asked about again).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChanged {
+    pub status: OrderStatus,
+    pub version: i64,
+    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `inventory/in-stock`: every line of the order is reserved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InStock {
+    /// Fingerprint of the `orders/send` the reservation was made for.
+    pub fingerprint: String,
+}
+
+/// `inventory/out-of-stock`: the order was refused; nothing is reserved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutOfStock {
+    pub fingerprint: String,
+    pub reason: String,
+}
+
+/// `orders/cancelled`: release whatever the order holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequested {}
+
+/// `inventory/released`: the order holds nothing any more.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SendOrder {
+        SendOrder {
+            customer_email: Email::parse("a@b.example").unwrap(),
+            items: vec![OrderLine {
+                sku: Sku::parse("TENT-1").unwrap(),
+                quantity: Quantity::new(2).unwrap(),
+                unit_price_cents: 1000,
+            }],
+            currency: "EUR".into(),
+            fingerprint: "f".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_typed_body() {
+        let env = Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::nil()), sample());
+        let inbound = Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap();
+        assert_eq!(inbound.body::<SendOrder>().unwrap(), sample());
+    }
+
+    #[test]
+    fn poison_is_named() {
+        assert!(Inbound::decode(Topic::OrdersSend, Bytes::from_static(b"not json"))
+            .unwrap_err()
+            .0
+            .contains("invalid envelope"));
+        let env = Envelope::new(Topic::OrdersCancel, OrderId(uuid::Uuid::nil()), CancelOrder::default());
+        assert!(Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap_err().0.contains("does not belong"));
+        let big = Bytes::from(vec![b' '; MAX_MESSAGE_BYTES + 1]);
+        assert!(Inbound::decode(Topic::OrdersSend, big).unwrap_err().0.contains("exceeds"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Transactional outbox. A handler never publishes: it [`enqueue`]s the
+//! event in the transaction that holds the state change, and the [`relay`]
+//! publishes it after commit, marking it sent only on the broker's PUBACK.
+//! Unsent events are republished after every reconnect and on start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::db::{now_ms, Db};
+use crate::ids::OrderId;
+use crate::message::Envelope;
+use crate::topics::Topic;
+
+/// Most events published per relay round.
+const BATCH: i64 = 256;
+/// Sent events are kept this long (for operators), then deleted.
+const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
+
+/// Writes `body` as a new message on `topic` in the caller's transaction.
+pub async fn enqueue<B: Serialize>(
+    conn: &mut SqliteConnection,
+    topic: Topic,
+    order_id: OrderId,
+    body: B,
+) -> sqlx::Result<()> {
+    let envelope = Envelope::new(topic, order_id, body);
+    sqlx::query(
+        "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(envelope.message_id.to_string())
+    .bind(topic.suffix())
+    .bind(order_id.to_string())
+    .bind(envelope.to_json())
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Backlog {
+    pub unsent: i64,
+    pub oldest_unsent_age_ms: Option<i64>,
+}
+
+pub async fn backlog(pool: &sqlx::SqlitePool) -> sqlx::Result<Backlog> {
+    let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL")
+        .fetch_one(pool)
+        .await?;
+    let oldest: Option<i64> = row.get(1);
+    Ok(Backlog { unsent: row.get(0), oldest_unsent_age_ms: oldest.map(|t| now_ms() - t) })
+}
+
+/// Wakes the relay when a transaction that enqueued events has committed.
+#[derive(Clone, Default)]
+pub struct Wakeup(Arc<Notify>);
+
+impl Wakeup {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Publishes unsent events in order until `shutdown`; on shutdown it makes
+/// one last pass so committed events leave before the process exits.
+pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken) {
+    let mut ready = bus.ready_watch();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_prune = 0i64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wakeup.0.notified() => {}
+            _ = tick.tick() => {}
+            // A fresh connection: republish what is still unsent.
+            _ = ready.changed() => {}
+        }
+        while bus.is_ready() {
+            match relay_batch(&db, &bus).await {
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay pass failed; retrying");
+                    break;
+                }
+            }
+        }
+        if now_ms() - last_prune > 60_000 {
+            last_prune = now_ms();
+            if let Err(e) = prune(&db).await {
+                tracing::warn!(error = %e, "pruning sent outbox rows failed");
+            }
+        }
+    }
+    // Flush: one bounded pass for events committed just before shutdown.
+    if bus.is_ready() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), relay_batch(&db, &bus)).await;
+    }
+}
+
+/// Publishes one batch, marks the PUBACKed ones sent; returns how many
+/// were attempted.
+async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
+    )
+    .bind(BATCH)
+    .fetch_all(&db.writer)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let publishes = rows.iter().map(|row| {
+        let seq: i64 = row.get(0);
+        let topic: String = row.get(1);
+        let payload: Vec<u8> = row.get(2);
+        let path = format!("{}{}", bus.prefix(), topic);
+        async move { bus.publish(&path, payload).await.map(|()| seq) }
+    });
+    let results = join_all(publishes).await;
+    let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    if !sent.is_empty() {
+        let mut tx = db.begin().await?;
+        let now = now_ms();
+        for seq in &sent {
+            sqlx::query("UPDATE outbox SET sent_at = ? WHERE seq = ?")
+                .bind(now)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }
+    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+        anyhow::bail!("{} of {} events not acknowledged by the broker: {e}", rows.len() - sent.len(), rows.len());
+    }
+    Ok(rows.len())
+}
+
+async fn prune(db: &Db) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?")
+        .bind(now_ms() - KEEP_SENT_MS)
+        .execute(&mut *tx)
+        .await?;
+    crate::inbox::prune(&mut tx, 7 * KEEP_SENT_MS).await?;
+    tx.commit().await
+}
