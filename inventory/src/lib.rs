@@ -1,1 +1,85 @@
+//! The inventory service: products, prices, stock and reservations.
+//!
+//! Layout:
+//! - `domain.rs`: the pure reservation rules (reserve all or nothing,
+//!   release once, tombstones);
+//! - `handlers/`: one file per consumed topic;
+//! - `store.rs`: the tables and SQL; `http.rs`: the read API;
+//! - `config.rs`; `main.rs` is a thin binary over [`App`].
 
+pub mod config;
+pub mod domain;
+pub mod handlers;
+pub mod http;
+pub mod store;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use shared::bus::BusOptions;
+use shared::consumer::ParkingPolicy;
+use shared::db::Db;
+use shared::node::Node;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// The sample catalog loaded into an empty database by default.
+pub const SAMPLE_CATALOG: &str = include_str!("../catalog.json");
+
+/// A built inventory node, listening but not yet serving.
+pub struct App {
+    listener: TcpListener,
+    node: Node,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Opens the database (seeding the catalog on first start), connects to
+    /// the bus and binds the HTTP listener.
+    pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        let db = Db::open(&cfg.db, store::SCHEMA).await?;
+        let catalog = match &cfg.catalog {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?,
+            None => SAMPLE_CATALOG.to_owned(),
+        };
+        let products: Vec<store::SeedProduct> = serde_json::from_str(&catalog).context("parsing the catalog")?;
+        let seeded = store::seed_if_empty(&db.writer, &products).await?;
+        if seeded > 0 {
+            tracing::info!(products = seeded, "loaded the catalog into an empty database");
+        }
+        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+        let mut tasks = JoinSet::new();
+        let bus = BusOptions {
+            config: cfg.bus.clone(),
+            subscriptions: handlers::SUBSCRIPTIONS.to_vec(),
+            manual_acks: true,
+            clean_session: false,
+        };
+        // Inventory never parks: everything it receives can be decided.
+        let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
+        let node = Node::start(db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks);
+        Ok(App { listener, node, tasks, shutdown })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Serves until shutdown, then waits for the background tasks to finish
+    /// their batch and flush the outbox.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let router = http::router(self.node.clone());
+        shared::http::serve(self.listener, router, self.shutdown.clone()).await?;
+        while self.tasks.join_next().await.is_some() {}
+        self.node.db.writer.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,34 @@
+//! Inventory's configuration (`config/inventory.toml`, env `WEBSHOP_INVENTORY__*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shared::config::{BusConfig, DbConfig, LogConfig};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address. Default `127.0.0.1:8081`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub bus: BusConfig,
+    pub db: DbConfig,
+    pub log: LogConfig,
+    /// A JSON catalog loaded on first start (empty database). Default: the
+    /// sample catalog built into the binary.
+    pub catalog: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            bus: BusConfig { client_id: "webshop-inventory".into(), ..BusConfig::default() },
+            db: DbConfig { path: PathBuf::from("data/inventory.db"), ..DbConfig::default() },
+            log: LogConfig::default(),
+            catalog: None,
+        }
+    }
+}
+
+pub const ENV_PREFIX: &str = "WEBSHOP_INVENTORY__";

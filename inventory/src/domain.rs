@@ -1,0 +1,263 @@
+//! Reservation rules, pure and synchronous: state + message → change +
+//! event. `store` loads the state and writes the change; `bus` wires it to
+//! the topics.
+
+use std::collections::BTreeMap;
+
+use shared::ids::Sku;
+use shared::message::{OrderLine, SendOrder};
+
+/// Stock of one product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Level {
+    pub available: i64,
+    pub reserved: i64,
+}
+
+/// What inventory remembers per order id. At most one per order: one
+/// reservation (or rejection) and one release, ever.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reservation {
+    /// Holds `lines` (aggregated per SKU).
+    Reserved { lines: Vec<(Sku, i64)>, fingerprint: String },
+    /// Refused; held nothing.
+    Rejected { fingerprint: String, reason: String },
+    /// Held `lines` until the order was cancelled; holds nothing now.
+    Released { lines: Vec<(Sku, i64)>, fingerprint: Option<String> },
+}
+
+/// A state change to persist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Reserve { lines: Vec<(Sku, i64)>, fingerprint: String },
+    Reject { fingerprint: String, reason: String },
+    /// Give back what a reservation held (may be nothing).
+    Release { lines: Vec<(Sku, i64)> },
+    /// Cancelled before we saw the order: remember, so a later send
+    /// reserves nothing.
+    Tombstone,
+}
+
+/// An event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    InStock { fingerprint: String },
+    OutOfStock { fingerprint: String, reason: String },
+    Released,
+}
+
+/// Sums the lines per SKU: two lines of the same product count together.
+pub fn aggregate(items: &[OrderLine]) -> Vec<(Sku, i64)> {
+    let mut by_sku: BTreeMap<Sku, i64> = BTreeMap::new();
+    for l in items {
+        *by_sku.entry(l.sku.clone()).or_default() += i64::from(l.quantity.get());
+    }
+    by_sku.into_iter().collect()
+}
+
+/// `orders/send`: reserve every line or none. `stock` holds the level of
+/// each SKU the order names that exists.
+pub fn on_send(
+    existing: Option<&Reservation>,
+    order: &SendOrder,
+    stock: &BTreeMap<Sku, Level>,
+) -> (Option<Change>, Option<Event>) {
+    match existing {
+        // Already decided: say it again (the order service re-requests
+        // when it lost our answer), change nothing.
+        Some(Reservation::Reserved { fingerprint, .. }) => {
+            (None, Some(Event::InStock { fingerprint: fingerprint.clone() }))
+        }
+        Some(Reservation::Rejected { fingerprint, reason }) => (
+            None,
+            Some(Event::OutOfStock { fingerprint: fingerprint.clone(), reason: reason.clone() }),
+        ),
+        // Cancelled (and released, or tombstoned): never reserve again.
+        Some(Reservation::Released { .. }) => (None, Some(Event::Released)),
+        None => {
+            let lines = aggregate(&order.items);
+            let fingerprint = order.fingerprint.clone();
+            for (sku, qty) in &lines {
+                let reason = match stock.get(sku) {
+                    None => format!("unknown product {sku}"),
+                    Some(level) if level.available < *qty => format!(
+                        "not enough stock for {sku}: {qty} requested, {} available",
+                        level.available
+                    ),
+                    Some(_) => continue,
+                };
+                return (
+                    Some(Change::Reject { fingerprint: fingerprint.clone(), reason: reason.clone() }),
+                    Some(Event::OutOfStock { fingerprint, reason }),
+                );
+            }
+            (
+                Some(Change::Reserve { lines, fingerprint: fingerprint.clone() }),
+                Some(Event::InStock { fingerprint }),
+            )
+        }
+    }
+}
+
+/// `orders/cancelled`: release whatever the order holds; always confirm.
+pub fn on_cancelled(existing: Option<&Reservation>) -> (Option<Change>, Event) {
+    match existing {
+        None => (Some(Change::Tombstone), Event::Released),
+        Some(Reservation::Reserved { lines, .. }) => {
+            (Some(Change::Release { lines: lines.clone() }), Event::Released)
+        }
+        // Nothing held: confirm again so the order service stops asking.
+        Some(Reservation::Rejected { .. }) | Some(Reservation::Released { .. }) => (None, Event::Released),
+    }
+}
+
+/// Applies a change to in-memory levels (the model the store mirrors in
+/// SQL, and what the property tests check).
+pub fn apply(stock: &mut BTreeMap<Sku, Level>, change: &Change) {
+    match change {
+        Change::Reserve { lines, .. } => {
+            for (sku, qty) in lines {
+                let level = stock.get_mut(sku).expect("reserve only names known SKUs");
+                level.available -= qty;
+                level.reserved += qty;
+            }
+        }
+        Change::Release { lines } => {
+            for (sku, qty) in lines {
+                if let Some(level) = stock.get_mut(sku) {
+                    level.available += qty;
+                    level.reserved -= qty;
+                }
+            }
+        }
+        Change::Reject { .. } | Change::Tombstone => {}
+    }
+}
+
+/// The reservation an order has after `change`.
+pub fn next_reservation(existing: Option<Reservation>, change: &Change) -> Option<Reservation> {
+    match change {
+        Change::Reserve { lines, fingerprint } => {
+            Some(Reservation::Reserved { lines: lines.clone(), fingerprint: fingerprint.clone() })
+        }
+        Change::Reject { fingerprint, reason } => {
+            Some(Reservation::Rejected { fingerprint: fingerprint.clone(), reason: reason.clone() })
+        }
+        Change::Release { lines } => Some(Reservation::Released {
+            lines: lines.clone(),
+            fingerprint: match existing {
+                Some(Reservation::Reserved { fingerprint, .. }) => Some(fingerprint),
+                _ => None,
+            },
+        }),
+        Change::Tombstone => Some(Reservation::Released { lines: vec![], fingerprint: None }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shared::ids::{Email, Quantity};
+    use std::collections::HashMap;
+
+    fn sku(i: u8) -> Sku {
+        Sku::parse(&format!("SKU-{i}")).unwrap()
+    }
+
+    fn order(lines: &[(u8, i64)]) -> SendOrder {
+        SendOrder {
+            customer_email: Email::parse("a@b.example").unwrap(),
+            items: lines
+                .iter()
+                .map(|(s, q)| OrderLine { sku: sku(*s), quantity: Quantity::new(*q).unwrap(), unit_price_cents: 100 })
+                .collect(),
+            currency: "EUR".into(),
+            fingerprint: "fp".into(),
+        }
+    }
+
+    #[test]
+    fn two_lines_of_one_sku_count_together() {
+        let mut stock = BTreeMap::new();
+        stock.insert(sku(1), Level { available: 3, reserved: 0 });
+        let (change, event) = on_send(None, &order(&[(1, 2), (1, 2)]), &stock);
+        assert!(matches!(change, Some(Change::Reject { .. })));
+        assert!(matches!(event, Some(Event::OutOfStock { .. })));
+        let (change, _) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock);
+        assert_eq!(change, Some(Change::Reserve { lines: vec![(sku(1), 3)], fingerprint: "fp".into() }));
+    }
+
+    #[test]
+    fn cancelled_before_send_never_reserves() {
+        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0 })]);
+        let (change, event) = on_cancelled(None);
+        assert_eq!(event, Event::Released);
+        let res = next_reservation(None, &change.unwrap());
+        let (change, _) = on_send(res.as_ref(), &order(&[(1, 1)]), &stock);
+        assert_eq!(change, None);
+    }
+
+    #[test]
+    fn unknown_sku_is_rejected() {
+        let (change, _) = on_send(None, &order(&[(9, 1)]), &BTreeMap::new());
+        match change {
+            Some(Change::Reject { reason, .. }) => assert!(reason.contains("unknown product SKU-9")),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Send { order: u8, lines: Vec<(u8, i64)> },
+        Cancel { order: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..8, prop::collection::vec((0u8..4, 1i64..6), 1..4))
+                .prop_map(|(order, lines)| Step::Send { order, lines }),
+            (0u8..8).prop_map(|order| Step::Cancel { order }),
+        ]
+    }
+
+    proptest! {
+        /// Any sequence of sends and cancels, duplicated and in any order,
+        /// conserves stock, never goes negative, and reserves at most once
+        /// per order.
+        #[test]
+        fn stock_is_conserved(initial in prop::collection::vec(0i64..10, 4), steps in prop::collection::vec(step(), 0..60)) {
+            let mut stock: BTreeMap<Sku, Level> = initial.iter().enumerate()
+                .map(|(i, &n)| (sku(i as u8), Level { available: n, reserved: 0 })).collect();
+            let mut reservations: HashMap<u8, Reservation> = HashMap::new();
+            let mut reserve_count: HashMap<u8, u32> = HashMap::new();
+            for s in steps {
+                let (id, change) = match s {
+                    Step::Send { order: id, lines } => (id, on_send(reservations.get(&id), &order(&lines), &stock).0),
+                    Step::Cancel { order: id } => (id, on_cancelled(reservations.get(&id)).0),
+                };
+                if let Some(change) = change {
+                    if matches!(change, Change::Reserve { .. }) {
+                        *reserve_count.entry(id).or_default() += 1;
+                    }
+                    apply(&mut stock, &change);
+                    let next = next_reservation(reservations.remove(&id), &change);
+                    reservations.extend(next.map(|r| (id, r)));
+                }
+                let held: BTreeMap<Sku, i64> = reservations.values().fold(BTreeMap::new(), |mut acc, r| {
+                    if let Reservation::Reserved { lines, .. } = r {
+                        for (s, q) in lines { *acc.entry(s.clone()).or_default() += q; }
+                    }
+                    acc
+                });
+                for (i, &n) in initial.iter().enumerate() {
+                    let level = stock[&sku(i as u8)];
+                    prop_assert!(level.available >= 0);
+                    prop_assert_eq!(level.available + level.reserved, n);
+                    prop_assert_eq!(level.reserved, held.get(&sku(i as u8)).copied().unwrap_or(0));
+                }
+                prop_assert!(reserve_count.values().all(|&c| c <= 1));
+            }
+        }
+    }
+}

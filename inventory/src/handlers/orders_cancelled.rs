@@ -1,0 +1,24 @@
+//! `orders/cancelled`: give back what the order holds (or remember the
+//! cancellation if its send hasn't arrived), then confirm with
+//! `inventory/released`. Repeats confirm again and change nothing.
+
+use shared::consumer::{HandleError, Outcome};
+use shared::message::{Inbound, ReleaseRequested, Released};
+use shared::outbox;
+use shared::topics::Topic;
+use sqlx::SqliteConnection;
+
+use crate::domain;
+use crate::store;
+
+pub async fn handle(conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+    let _: ReleaseRequested = msg.body()?;
+    let order_id = msg.order_id();
+    let existing = store::reservation(conn, order_id).await?;
+    let (change, _event) = domain::on_cancelled(existing.as_ref());
+    if let Some(change) = &change {
+        store::save(conn, order_id, change).await?;
+    }
+    outbox::enqueue(conn, Topic::Released, order_id, Released {}).await?;
+    Ok(Outcome::Applied)
+}

@@ -1,0 +1,84 @@
+//! Inventory's HTTP API, read by public-front (and operators):
+//! `GET /products`, `GET /products/{sku}`, `POST /products/lookup`,
+//! `GET /reservations/{order_id}`, `GET /stock`, plus the node routes.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use shared::http::{rejection, ApiError};
+use shared::ids::{OrderId, Sku};
+use shared::node::Node;
+
+use crate::store::{self, Product, ReservationView, StockView};
+
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/products", get(list))
+        .route("/products/lookup", post(lookup))
+        .route("/products/{sku}", get(one))
+        .route("/reservations/{order_id}", get(reservation))
+        .route("/stock", get(stock))
+        .with_state(node.clone())
+        .merge(shared::node::routes(node))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    q: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Page {
+    items: Vec<Product>,
+    next_cursor: Option<String>,
+}
+
+async fn list(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Page>, ApiError> {
+    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
+    }
+    let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let (items, more) = store::list_products(&node.db.reader, search, q.cursor.as_deref(), limit).await?;
+    let next_cursor = if more { items.last().map(|p| p.sku.clone()) } else { None };
+    Ok(Json(Page { items, next_cursor }))
+}
+
+async fn one(State(node): State<Node>, Path(sku): Path<String>) -> Result<Json<Product>, ApiError> {
+    let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
+    store::get_product(&node.db.reader, &sku)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("unknown_product", format!("no product with SKU {sku}")))
+}
+
+#[derive(Deserialize)]
+struct Lookup {
+    skus: Vec<Sku>,
+}
+
+async fn lookup(State(node): State<Node>, body: Result<Json<Lookup>, JsonRejection>) -> Result<Json<Vec<Product>>, ApiError> {
+    let Json(body) = body.map_err(|e| rejection(&e, e.status()))?;
+    if body.skus.len() > 100 {
+        return Err(ApiError::bad_request("too_many_skus", "look up at most 100 SKUs at once"));
+    }
+    Ok(Json(store::get_products(&node.db.reader, &body.skus).await?))
+}
+
+async fn reservation(State(node): State<Node>, Path(order_id): Path<String>) -> Result<Json<ReservationView>, ApiError> {
+    let id = OrderId::parse(&order_id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+    store::reservation_view(&node.db.reader, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("unknown_reservation", format!("inventory has no record of order {id}")))
+}
+
+async fn stock(State(node): State<Node>) -> Result<Json<Vec<StockView>>, ApiError> {
+    Ok(Json(store::stock(&node.db.reader).await?))
+}

@@ -1,0 +1,292 @@
+//! Inventory's tables and every SQL statement that touches them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use shared::db::now_ms;
+use shared::ids::{OrderId, Sku};
+
+use crate::domain::{Change, Level, Reservation};
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS products (
+    sku         TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
+    currency    TEXT NOT NULL,
+    available   INTEGER NOT NULL CHECK (available >= 0),
+    reserved    INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    initial     INTEGER NOT NULL,
+    restocked   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    order_id    TEXT PRIMARY KEY,
+    state       TEXT NOT NULL CHECK (state IN ('reserved', 'rejected', 'released')),
+    lines       TEXT NOT NULL,
+    fingerprint TEXT,
+    reason      TEXT,
+    decided_at  INTEGER,
+    released_at INTEGER
+);
+"#;
+
+/// A product as the catalog shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub currency: String,
+    pub available: i64,
+}
+
+/// A catalog entry to load: a product and its starting stock.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SeedProduct {
+    pub sku: Sku,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub currency: String,
+    pub stock: i64,
+}
+
+/// Loads `products` if the catalog is empty (first start only).
+pub async fn seed_if_empty(pool: &SqlitePool, products: &[SeedProduct]) -> sqlx::Result<usize> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(&mut *tx).await?;
+    if count > 0 {
+        return Ok(0);
+    }
+    for p in products {
+        sqlx::query(
+            "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(p.sku.as_str())
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(p.price_cents)
+        .bind(&p.currency)
+        .bind(p.stock)
+        .bind(p.stock)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(products.len())
+}
+
+fn product(r: &sqlx::sqlite::SqliteRow) -> Product {
+    Product {
+        sku: r.get(0),
+        name: r.get(1),
+        description: r.get(2),
+        price_cents: r.get(3),
+        currency: r.get(4),
+        available: r.get(5),
+    }
+}
+
+const PRODUCT_COLUMNS: &str = "sku, name, description, price_cents, currency, available";
+
+/// One page of the catalog, by SKU, optionally filtered by `q` on name and
+/// description. Returns the page and whether more follow.
+pub async fn list_products(
+    pool: &SqlitePool,
+    q: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<(Vec<Product>, bool)> {
+    let pattern = q.map(|q| {
+        let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let rows = sqlx::query(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products
+         WHERE (?1 IS NULL OR name LIKE ?1 ESCAPE '\\' OR description LIKE ?1 ESCAPE '\\')
+           AND (?2 IS NULL OR sku > ?2)
+         ORDER BY sku LIMIT ?3"
+    ))
+    .bind(pattern)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    Ok((rows.iter().take(limit as usize).map(product).collect(), more))
+}
+
+pub async fn get_product(pool: &SqlitePool, sku: &Sku) -> sqlx::Result<Option<Product>> {
+    let row = sqlx::query(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ?"))
+        .bind(sku.as_str())
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(product))
+}
+
+pub async fn get_products(pool: &SqlitePool, skus: &[Sku]) -> sqlx::Result<Vec<Product>> {
+    let mut out = Vec::with_capacity(skus.len());
+    for sku in skus {
+        if let Some(p) = get_product(pool, sku).await? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// Stock levels of the given SKUs (unknown ones are absent).
+pub async fn levels(conn: &mut SqliteConnection, skus: impl Iterator<Item = &Sku>) -> sqlx::Result<BTreeMap<Sku, Level>> {
+    let mut out = BTreeMap::new();
+    for sku in skus {
+        let row = sqlx::query("SELECT available, reserved FROM products WHERE sku = ?")
+            .bind(sku.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(r) = row {
+            out.insert(sku.clone(), Level { available: r.get(0), reserved: r.get(1) });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_lines(s: &str) -> Vec<(Sku, i64)> {
+    // Written only by `save`; a row we can't read would be a bug, and an
+    // empty list is the safe reading (nothing to give back twice).
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+pub async fn reservation(conn: &mut SqliteConnection, order_id: OrderId) -> sqlx::Result<Option<Reservation>> {
+    let row = sqlx::query("SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = ?")
+        .bind(order_id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| {
+        let state: String = r.get(0);
+        let lines = parse_lines(r.get(1));
+        let fingerprint: Option<String> = r.get(2);
+        match state.as_str() {
+            "reserved" => Reservation::Reserved { lines, fingerprint: fingerprint.unwrap_or_default() },
+            "rejected" => Reservation::Rejected {
+                fingerprint: fingerprint.unwrap_or_default(),
+                reason: r.get::<Option<String>, _>(3).unwrap_or_default(),
+            },
+            _ => Reservation::Released { lines, fingerprint },
+        }
+    }))
+}
+
+/// Persists `change` for `order_id`: stock and the reservation row.
+pub async fn save(conn: &mut SqliteConnection, order_id: OrderId, change: &Change) -> sqlx::Result<()> {
+    let id = order_id.to_string();
+    let now = now_ms();
+    match change {
+        Change::Reserve { lines, fingerprint } => {
+            for (sku, qty) in lines {
+                // The CHECK (available >= 0) is the last line of defence.
+                sqlx::query("UPDATE products SET available = available - ?1, reserved = reserved + ?1 WHERE sku = ?2")
+                    .bind(qty)
+                    .bind(sku.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::query(
+                "INSERT INTO reservations (order_id, state, lines, fingerprint, decided_at) VALUES (?, 'reserved', ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(serde_json::to_string(lines).unwrap_or_default())
+            .bind(fingerprint)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Change::Reject { fingerprint, reason } => {
+            sqlx::query(
+                "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at)
+                 VALUES (?, 'rejected', '[]', ?, ?, ?)",
+            )
+            .bind(&id)
+            .bind(fingerprint)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Change::Release { lines } => {
+            for (sku, qty) in lines {
+                sqlx::query("UPDATE products SET available = available + ?1, reserved = reserved - ?1 WHERE sku = ?2")
+                    .bind(qty)
+                    .bind(sku.as_str())
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            sqlx::query("UPDATE reservations SET state = 'released', released_at = ? WHERE order_id = ?")
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Tombstone => {
+            sqlx::query(
+                "INSERT INTO reservations (order_id, state, lines, released_at) VALUES (?, 'released', '[]', ?)",
+            )
+            .bind(&id)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A reservation as operators and the audit see it.
+#[derive(Debug, Serialize)]
+pub struct ReservationView {
+    pub order_id: String,
+    pub state: String,
+    pub lines: Vec<(Sku, i64)>,
+    pub reason: Option<String>,
+    pub decided_at_ms: Option<i64>,
+    pub released_at_ms: Option<i64>,
+}
+
+pub async fn reservation_view(pool: &SqlitePool, order_id: OrderId) -> sqlx::Result<Option<ReservationView>> {
+    let row = sqlx::query(
+        "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations WHERE order_id = ?",
+    )
+    .bind(order_id.to_string())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| ReservationView {
+        order_id: r.get(0),
+        state: r.get(1),
+        lines: parse_lines(r.get(2)),
+        reason: r.get(3),
+        decided_at_ms: r.get(4),
+        released_at_ms: r.get(5),
+    }))
+}
+
+/// Stock bookkeeping of one product, for the audit.
+#[derive(Debug, Serialize)]
+pub struct StockView {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub initial: i64,
+    pub restocked: i64,
+}
+
+pub async fn stock(pool: &SqlitePool) -> sqlx::Result<Vec<StockView>> {
+    let rows = sqlx::query("SELECT sku, available, reserved, initial, restocked FROM products ORDER BY sku")
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StockView { sku: r.get(0), available: r.get(1), reserved: r.get(2), initial: r.get(3), restocked: r.get(4) })
+        .collect())
+}
