@@ -1,0 +1,39 @@
+//! The order service's configuration (`config/order.toml`, env `WEBSHOP_ORDER__*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shared::config::{BusConfig, DbConfig, LogConfig};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address. Default `127.0.0.1:8082`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub bus: BusConfig,
+    pub db: DbConfig,
+    pub log: LogConfig,
+    /// Seconds to wait for inventory (a stock decision, a release
+    /// confirmation) before asking again; doubles per attempt up to 60 s.
+    /// Default 5.
+    pub follow_up_secs: f64,
+    /// Seconds an early event (e.g. `in-stock` before its order) stays
+    /// parked before it is dead-lettered. Default 600.
+    pub parked_horizon_secs: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            bus: BusConfig { client_id: "webshop-order".into(), ..BusConfig::default() },
+            db: DbConfig { path: PathBuf::from("data/order.db"), ..DbConfig::default() },
+            log: LogConfig::default(),
+            follow_up_secs: 5.0,
+            parked_horizon_secs: 600.0,
+        }
+    }
+}
+
+pub const ENV_PREFIX: &str = "WEBSHOP_ORDER__";

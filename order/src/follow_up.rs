@@ -1,0 +1,56 @@
+//! End-to-end retry: the order service owns each order until it is
+//! settled. A pending order with no stock decision is re-requested (a new
+//! `orders/send`; inventory repeats a decision it already made), and a
+//! cancellation is re-sent until inventory confirms the release. Backs off
+//! per order up to a minute.
+
+use std::time::Duration;
+
+use shared::db::{now_ms, Db};
+use shared::message::{OrderStatus, ReleaseRequested};
+use shared::outbox::{self, Wakeup};
+use shared::topics::Topic;
+use tokio_util::sync::CancellationToken;
+
+use crate::store;
+
+pub async fn run(db: Db, wakeup: Wakeup, follow_up_ms: i64, shutdown: CancellationToken) {
+    let period = Duration::from_millis((follow_up_ms / 4).clamp(20, 1000) as u64);
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match pass(&db, follow_up_ms).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(orders = n, "chased inventory for unsettled orders");
+                wakeup.wake();
+            }
+            Err(e) => tracing::warn!(error = %e, "follow-up pass failed"),
+        }
+    }
+}
+
+async fn pass(db: &Db, follow_up_ms: i64) -> sqlx::Result<usize> {
+    let mut tx = db.begin().await?;
+    let due = store::due_follow_ups(&mut tx, 200).await?;
+    for (order, attempts) in &due {
+        let id = order.order_id;
+        if order.status == OrderStatus::Pending {
+            if let Some(body) = store::send_body(order) {
+                tracing::info!(order_id = %id, attempts, "no stock decision yet; asking inventory again");
+                outbox::enqueue(&mut tx, Topic::OrdersSend, id, body).await?;
+            }
+        }
+        if order.release_pending {
+            tracing::info!(order_id = %id, attempts, "release not confirmed yet; asking inventory again");
+            outbox::enqueue(&mut tx, Topic::OrdersCancelled, id, ReleaseRequested {}).await?;
+        }
+        let delay = (follow_up_ms << (*attempts).clamp(0, 4)).min(60_000);
+        store::reschedule(&mut tx, id, now_ms() + delay).await?;
+    }
+    tx.commit().await?;
+    Ok(due.len())
+}

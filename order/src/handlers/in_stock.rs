@@ -1,0 +1,15 @@
+//! `inventory/in-stock`: confirm a pending order. Parked if the order
+//! hasn't arrived; ignored once the order is settled (a cancelled order's
+//! release is already on its way).
+
+use shared::consumer::{HandleError, Outcome};
+use shared::message::{InStock, Inbound};
+use sqlx::SqliteConnection;
+
+use super::OrderHandler;
+use crate::domain::Input;
+
+pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+    let body: InStock = msg.body()?;
+    h.apply(conn, msg, Input::InStock { fingerprint: &body.fingerprint }).await
+}

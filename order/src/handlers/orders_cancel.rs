@@ -1,0 +1,14 @@
+//! `orders/cancel`: cancel a pending or confirmed order and ask inventory
+//! to release; remember a cancel for an order not seen yet (tombstone).
+
+use shared::consumer::{HandleError, Outcome};
+use shared::message::{CancelOrder, Inbound};
+use sqlx::SqliteConnection;
+
+use super::OrderHandler;
+use crate::domain::Input;
+
+pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+    let _: CancelOrder = msg.body()?;
+    h.apply(conn, msg, Input::Cancel).await
+}

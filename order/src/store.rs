@@ -1,0 +1,189 @@
+//! The order service's tables and every SQL statement that touches them.
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use shared::db::now_ms;
+use shared::ids::OrderId;
+use shared::message::{OrderStatus, SendOrder};
+
+use crate::domain::{needs_follow_up, Order};
+
+pub const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS orders (
+    order_id        TEXT PRIMARY KEY,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'rejected', 'cancelled')),
+    version         INTEGER NOT NULL,
+    customer_email  TEXT NOT NULL,
+    items           TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    total_cents     INTEGER NOT NULL,
+    fingerprint     TEXT NOT NULL,
+    reason          TEXT,
+    release_pending INTEGER NOT NULL DEFAULT 0,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    -- When to chase inventory again (stock decision or release); NULL when
+    -- nothing is outstanding.
+    follow_up_at    INTEGER,
+    follow_ups      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS orders_follow_up ON orders(follow_up_at) WHERE follow_up_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
+CREATE TABLE IF NOT EXISTS cancel_tombstones (
+    order_id TEXT PRIMARY KEY,
+    at       INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+const COLUMNS: &str = "order_id, status, version, customer_email, items, currency, total_cents, fingerprint, reason, release_pending, created_at, updated_at";
+
+fn order(r: &sqlx::sqlite::SqliteRow) -> Order {
+    let id: String = r.get(0);
+    let status: String = r.get(1);
+    let items: String = r.get(4);
+    Order {
+        // Written only by `save`, from parsed values.
+        order_id: OrderId::parse(&id).unwrap_or(OrderId(uuid::Uuid::nil())),
+        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
+        version: r.get(2),
+        customer_email: r.get(3),
+        items: serde_json::from_str(&items).unwrap_or_default(),
+        currency: r.get(5),
+        total_cents: r.get(6),
+        fingerprint: r.get(7),
+        reason: r.get(8),
+        release_pending: r.get::<i64, _>(9) != 0,
+        created_at_ms: r.get(10),
+        updated_at_ms: r.get(11),
+    }
+}
+
+pub async fn get(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<Option<Order>> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ?"))
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.as_ref().map(order))
+}
+
+pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>> {
+    let mut conn = pool.acquire().await?;
+    get(&mut conn, id).await
+}
+
+/// Inserts or updates `order`, scheduling a follow-up `retry_ms` from now
+/// when it still waits on inventory.
+pub async fn save(conn: &mut SqliteConnection, o: &Order, retry_ms: i64) -> sqlx::Result<()> {
+    let follow_up_at = needs_follow_up(o).then(|| now_ms() + retry_ms);
+    sqlx::query(
+        "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
+                             fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (order_id) DO UPDATE SET
+             status = ?2, version = ?3, reason = ?9, release_pending = ?10, updated_at = ?12,
+             follow_up_at = ?13, follow_ups = CASE WHEN ?13 IS NULL THEN follow_ups ELSE 0 END",
+    )
+    .bind(o.order_id.to_string())
+    .bind(o.status.as_str())
+    .bind(o.version)
+    .bind(&o.customer_email)
+    .bind(serde_json::to_string(&o.items).unwrap_or_default())
+    .bind(&o.currency)
+    .bind(o.total_cents)
+    .bind(&o.fingerprint)
+    .bind(&o.reason)
+    .bind(o.release_pending as i64)
+    .bind(o.created_at_ms)
+    .bind(o.updated_at_ms)
+    .bind(follow_up_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn is_tombstoned(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<bool> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cancel_tombstones WHERE order_id = ?")
+        .bind(id.to_string())
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+pub async fn tombstone(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        .bind(id.to_string())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Orders whose follow-up is due, with how many follow-ups they had.
+pub async fn due_follow_ups(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<(Order, i64)>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
+    ))
+    .bind(now_ms())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().map(|r| (order(r), r.get(12))).collect())
+}
+
+pub async fn reschedule(conn: &mut SqliteConnection, id: OrderId, at_ms: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")
+        .bind(at_ms)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The `orders/send` body that recreates `o`, for re-requests.
+pub fn send_body(o: &Order) -> Option<SendOrder> {
+    Some(SendOrder {
+        customer_email: shared::ids::Email::parse(&o.customer_email).ok()?,
+        items: o.items.clone(),
+        currency: o.currency.clone(),
+        fingerprint: o.fingerprint.clone(),
+    })
+}
+
+/// Orders by status, for operators and the audit.
+#[derive(Debug, Serialize, Default)]
+pub struct Counts {
+    pub pending: i64,
+    pub confirmed: i64,
+    pub rejected: i64,
+    pub cancelled: i64,
+    pub release_pending: i64,
+}
+
+pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Counts> {
+    let rows = sqlx::query("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(pool).await?;
+    let mut c = Counts::default();
+    for r in rows {
+        let n: i64 = r.get(1);
+        match r.get::<String, _>(0).as_str() {
+            "pending" => c.pending = n,
+            "confirmed" => c.confirmed = n,
+            "rejected" => c.rejected = n,
+            _ => c.cancelled = n,
+        }
+    }
+    c.release_pending = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE release_pending = 1").fetch_one(pool).await?;
+    Ok(c)
+}
+
+/// Every order (paged by id), for the audit.
+pub async fn list(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(order).collect())
+}
