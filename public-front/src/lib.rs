@@ -1,1 +1,77 @@
+//! public-front: the only HTTP surface customers see. Stateless: reads go
+//! to inventory and order over HTTP; placing and cancelling orders go over
+//! the bus, and are answered once the order service has committed.
+//!
+//! Layout: `api.rs` (routes), `status.rs` (waiting for `orders/status`),
+//! `downstream.rs` (HTTP client to the nodes), `config.rs`.
 
+pub mod api;
+pub mod config;
+pub mod downstream;
+pub mod status;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use shared::bus::{Bus, BusOptions};
+use shared::topics::Topic;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+pub struct App {
+    listener: TcpListener,
+    state: api::AppState,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+    bus_shutdown: CancellationToken,
+}
+
+impl App {
+    pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        let mut bus_cfg = cfg.bus.clone();
+        if bus_cfg.client_id.is_empty() {
+            bus_cfg.client_id = format!("webshop-front-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        }
+        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+        let downstream = downstream::Downstream::new(
+            &cfg.inventory_url,
+            &cfg.order_url,
+            shared::config::secs(cfg.read_timeout_secs),
+        )?;
+        // The bus stops after the HTTP server has drained, so in-flight
+        // requests can still publish.
+        let bus_shutdown = CancellationToken::new();
+        let (bus, deliveries, bus_task) = Bus::start(
+            BusOptions { config: bus_cfg, subscriptions: vec![Topic::OrdersStatus], manual_acks: false, clean_session: true },
+            bus_shutdown.clone(),
+        );
+        let waiters = status::StatusWaiters::default();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(waiters.clone().run(bus.prefix().to_owned(), deliveries, bus_shutdown.clone()));
+        tasks.spawn(async move {
+            let _ = bus_task.await;
+        });
+        let state = api::AppState {
+            bus,
+            downstream,
+            waiters,
+            commit_timeout: shared::config::secs(cfg.commit_timeout_secs),
+        };
+        Ok(App { listener, state, tasks, shutdown, bus_shutdown })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let router = api::router(self.state.clone());
+        shared::http::serve(self.listener, router, self.shutdown.clone()).await?;
+        self.bus_shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! public-front's configuration (`config/front.toml`, env `WEBSHOP_FRONT__*`).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use shared::config::{BusConfig, LogConfig};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address. Default `127.0.0.1:8080`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The bus. An empty `client_id` (default) becomes `webshop-front-<random>`,
+    /// so several fronts can run side by side.
+    pub bus: BusConfig,
+    /// Base URL of the inventory node. Default `http://127.0.0.1:8081`.
+    pub inventory_url: String,
+    /// Base URL of the order node. Default `http://127.0.0.1:8082`.
+    pub order_url: String,
+    /// Seconds `POST /api/orders` (and cancel) waits for the order service
+    /// to commit before answering 503 with `Retry-After`. Default 5.
+    pub commit_timeout_secs: f64,
+    /// Seconds a synchronous read of inventory or order may take. Default 3.
+    pub read_timeout_secs: f64,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            bus: BusConfig::default(),
+            inventory_url: "http://127.0.0.1:8081".into(),
+            order_url: "http://127.0.0.1:8082".into(),
+            commit_timeout_secs: 5.0,
+            read_timeout_secs: 3.0,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+pub const ENV_PREFIX: &str = "WEBSHOP_FRONT__";

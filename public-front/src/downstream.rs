@@ -1,0 +1,137 @@
+//! Synchronous reads from inventory and order, over one pooled HTTP client
+//! (connections are reused). Every failure maps to a clear API error: a
+//! node that is down is a 503 naming it, never a 500 or a hang.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use shared::http::ApiError;
+use shared::ids::{OrderId, Sku};
+use shared::message::{OrderLine, OrderStatus};
+
+#[derive(Clone)]
+pub struct Downstream {
+    client: reqwest::Client,
+    inventory: String,
+    order: String,
+}
+
+/// A product as inventory returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Product {
+    pub sku: String,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub currency: String,
+    pub available: i64,
+}
+
+/// An order as the order service returns it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: OrderId,
+    pub status: OrderStatus,
+    pub version: i64,
+    pub items: Vec<OrderLine>,
+    pub currency: String,
+    pub total_cents: i64,
+    pub fingerprint: String,
+    pub reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+impl Downstream {
+    pub fn new(inventory: &str, order: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(1)))
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(Self {
+            client,
+            inventory: inventory.trim_end_matches('/').to_owned(),
+            order: order.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, node: &'static str, url: String) -> Result<Option<T>, ApiError> {
+        let resp = self.client.get(&url).send().await.map_err(|e| unavailable(node, e))?;
+        decode(node, resp).await
+    }
+
+    /// Raw pass-through of inventory's catalog page.
+    pub async fn catalog(&self, query: &[(&str, String)]) -> Result<serde_json::Value, ApiError> {
+        let resp = self
+            .client
+            .get(format!("{}/products", self.inventory))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| unavailable("inventory", e))?;
+        decode("inventory", resp).await?.ok_or_else(|| ApiError::internal("inventory answered 404 for /products"))
+    }
+
+    pub async fn product(&self, sku: &Sku) -> Result<Option<Product>, ApiError> {
+        self.get_json("inventory", format!("{}/products/{sku}", self.inventory)).await
+    }
+
+    pub async fn products(&self, skus: &[Sku]) -> Result<Vec<Product>, ApiError> {
+        let resp = self
+            .client
+            .post(format!("{}/products/lookup", self.inventory))
+            .json(&serde_json::json!({ "skus": skus }))
+            .send()
+            .await
+            .map_err(|e| unavailable("inventory", e))?;
+        Ok(decode("inventory", resp).await?.unwrap_or_default())
+    }
+
+    pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ApiError> {
+        self.get_json("order", format!("{}/orders/{id}", self.order)).await
+    }
+
+    /// Whether both nodes answer their liveness probe.
+    pub async fn unreachable(&self) -> Option<String> {
+        for (name, base) in [("inventory", &self.inventory), ("order", &self.order)] {
+            let ok = self
+                .client
+                .get(format!("{base}/healthz"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !ok {
+                return Some(format!("the {name} node at {base} is not reachable"));
+            }
+        }
+        None
+    }
+}
+
+fn unavailable(node: &'static str, e: reqwest::Error) -> ApiError {
+    tracing::warn!(node, error = %e, "downstream request failed");
+    let what = if e.is_timeout() { "did not answer in time" } else { "is not reachable" };
+    ApiError::unavailable(
+        if node == "inventory" { "inventory_unavailable" } else { "order_service_unavailable" },
+        format!("The {node} service {what}; please retry shortly."),
+    )
+}
+
+async fn decode<T: DeserializeOwned>(node: &'static str, resp: reqwest::Response) -> Result<Option<T>, ApiError> {
+    match resp.status() {
+        StatusCode::NOT_FOUND => Ok(None),
+        s if s.is_success() => resp.json().await.map(Some).map_err(|e| unavailable(node, e)),
+        s if s.is_client_error() => Err(ApiError::internal(format!("{node} refused a request the front built: {s}"))),
+        s => {
+            tracing::warn!(node, status = %s, "downstream error");
+            Err(ApiError::unavailable(
+                if node == "inventory" { "inventory_unavailable" } else { "order_service_unavailable" },
+                format!("The {node} service is failing; please retry shortly."),
+            ))
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Waiting for `orders/status`: the front's only subscription. A request
+//! registers interest in an order before it publishes, then awaits the
+//! order service's status event (the proof that the order is committed).
+//! Nothing here is durable: a missed event falls back to a synchronous read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use shared::bus::Delivery;
+use shared::ids::OrderId;
+use shared::message::{Inbound, OrderStatus, StatusChanged};
+use shared::topics::Topic;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+type Waiter = (Option<OrderStatus>, oneshot::Sender<StatusChanged>);
+
+/// Who waits for which order's status.
+#[derive(Clone, Default)]
+pub struct StatusWaiters {
+    // std Mutex: never held across an await.
+    inner: Arc<Mutex<HashMap<OrderId, Vec<Waiter>>>>,
+}
+
+/// A registration; dropping it forgets the waiter.
+pub struct Waiting {
+    waiters: StatusWaiters,
+    order_id: OrderId,
+    rx: Option<oneshot::Receiver<StatusChanged>>,
+}
+
+impl Waiting {
+    /// The next status event for the order (matching the wanted status).
+    pub async fn recv(&mut self) -> Option<StatusChanged> {
+        self.rx.take()?.await.ok()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.rx = None;
+        let mut map = self.waiters.inner.lock().expect("waiters lock");
+        if let Some(list) = map.get_mut(&self.order_id) {
+            list.retain(|(_, tx)| !tx.is_closed());
+            if list.is_empty() {
+                map.remove(&self.order_id);
+            }
+        }
+    }
+}
+
+impl StatusWaiters {
+    /// Waits for a status event of `order_id`; with `want`, only for that
+    /// status.
+    pub fn register(&self, order_id: OrderId, want: Option<OrderStatus>) -> Waiting {
+        let (tx, rx) = oneshot::channel();
+        self.inner.lock().expect("waiters lock").entry(order_id).or_default().push((want, tx));
+        Waiting { waiters: self.clone(), order_id, rx: Some(rx) }
+    }
+
+    fn dispatch(&self, order_id: OrderId, status: &StatusChanged) {
+        let mut map = self.inner.lock().expect("waiters lock");
+        let Some(list) = map.get_mut(&order_id) else { return };
+        let mut keep = Vec::new();
+        for (want, tx) in list.drain(..) {
+            if want.is_none_or(|w| w == status.status) {
+                let _ = tx.send(status.clone());
+            } else {
+                keep.push((want, tx));
+            }
+        }
+        if keep.is_empty() {
+            map.remove(&order_id);
+        } else {
+            *list = keep;
+        }
+    }
+
+    /// Feeds status events from the bus to the waiters until shutdown.
+    pub async fn run(self, prefix: String, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
+        loop {
+            let d = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                d = rx.recv() => match d { Some(d) => d, None => return },
+            };
+            let parsed = match Topic::from_path(&prefix, &d.topic) {
+                Some(Topic::OrdersStatus) => Inbound::decode(Topic::OrdersStatus, d.payload.clone())
+                    .and_then(|m| m.body::<StatusChanged>().map(|b| (m.order_id(), b))),
+                _ => continue,
+            };
+            match parsed {
+                Ok((order_id, status)) => self.dispatch(order_id, &status),
+                Err(e) => tracing::warn!(reason = %e, "ignoring a malformed status event"),
+            }
+        }
+    }
+}
