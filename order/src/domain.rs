@@ -37,8 +37,13 @@ pub struct Order {
 #[derive(Clone, Debug)]
 pub enum Input<'a> {
     Send(&'a SendOrder),
-    InStock { fingerprint: &'a str },
-    OutOfStock { fingerprint: &'a str, reason: &'a str },
+    InStock {
+        fingerprint: &'a str,
+    },
+    OutOfStock {
+        fingerprint: &'a str,
+        reason: &'a str,
+    },
     Cancel,
     Released,
 }
@@ -49,7 +54,11 @@ pub enum Step {
     /// Save this order (new or changed). `emit_status` tells whether to
     /// publish a status event; `request_release` whether to ask inventory
     /// to release.
-    Save { order: Order, emit_status: bool, request_release: bool },
+    Save {
+        order: Order,
+        emit_status: bool,
+        request_release: bool,
+    },
     /// Remember a cancellation for an order not seen yet.
     Tombstone,
     /// Nothing changed, but say the current status again (a retried send
@@ -61,17 +70,31 @@ pub enum Step {
 }
 
 fn changed(order: &Order, now_ms: i64) -> Order {
-    Order { version: order.version + 1, updated_at_ms: now_ms, ..order.clone() }
+    Order {
+        version: order.version + 1,
+        updated_at_ms: now_ms,
+        ..order.clone()
+    }
 }
 
 /// The lifecycle's single transition function.
-pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, input: Input<'_>, now_ms: i64) -> Step {
+pub fn decide(
+    existing: Option<&Order>,
+    tombstoned: bool,
+    order_id: OrderId,
+    input: Input<'_>,
+    now_ms: i64,
+) -> Step {
     match (existing, input) {
         (None, Input::Send(send)) => {
             let cancelled = tombstoned;
             let order = Order {
                 order_id,
-                status: if cancelled { OrderStatus::Cancelled } else { OrderStatus::Pending },
+                status: if cancelled {
+                    OrderStatus::Cancelled
+                } else {
+                    OrderStatus::Pending
+                },
                 version: 1,
                 customer_email: send.customer_email.as_str().to_owned(),
                 items: send.items.clone(),
@@ -84,15 +107,24 @@ pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, inp
                 created_at_ms: now_ms,
                 updated_at_ms: now_ms,
             };
-            Step::Save { order, emit_status: true, request_release: cancelled }
+            Step::Save {
+                order,
+                emit_status: true,
+                request_release: cancelled,
+            }
         }
         (Some(_), Input::Send(_)) => Step::RepeatStatus,
         (None, Input::Cancel) => Step::Tombstone,
-        (None, Input::InStock { .. } | Input::OutOfStock { .. }) => Step::Park("the order has not arrived yet"),
+        (None, Input::InStock { .. } | Input::OutOfStock { .. }) => {
+            Step::Park("the order has not arrived yet")
+        }
         (None, Input::Released) => Step::Ignore("release confirmed for an order never seen"),
         (Some(order), Input::InStock { fingerprint }) => match order.status {
             OrderStatus::Pending if fingerprint == order.fingerprint => Step::Save {
-                order: Order { status: OrderStatus::Confirmed, ..changed(order, now_ms) },
+                order: Order {
+                    status: OrderStatus::Confirmed,
+                    ..changed(order, now_ms)
+                },
                 emit_status: true,
                 request_release: false,
             },
@@ -112,7 +144,11 @@ pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, inp
         },
         (Some(order), Input::OutOfStock { reason, .. }) => match order.status {
             OrderStatus::Pending => Step::Save {
-                order: Order { status: OrderStatus::Rejected, reason: Some(reason.to_owned()), ..changed(order, now_ms) },
+                order: Order {
+                    status: OrderStatus::Rejected,
+                    reason: Some(reason.to_owned()),
+                    ..changed(order, now_ms)
+                },
                 emit_status: true,
                 request_release: false,
             },
@@ -132,7 +168,11 @@ pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, inp
             _ => Step::Ignore("cancel of a settled order"),
         },
         (Some(order), Input::Released) if order.release_pending => Step::Save {
-            order: Order { release_pending: false, updated_at_ms: now_ms, ..order.clone() },
+            order: Order {
+                release_pending: false,
+                updated_at_ms: now_ms,
+                ..order.clone()
+            },
             emit_status: false,
             request_release: false,
         },
@@ -155,7 +195,11 @@ mod tests {
     fn send(fp: &str) -> SendOrder {
         SendOrder {
             customer_email: Email::parse("a@b.example").unwrap(),
-            items: vec![OrderLine { sku: Sku::parse("ABC").unwrap(), quantity: Quantity::new(2).unwrap(), unit_price_cents: 250 }],
+            items: vec![OrderLine {
+                sku: Sku::parse("ABC").unwrap(),
+                quantity: Quantity::new(2).unwrap(),
+                unit_price_cents: 250,
+            }],
             currency: "EUR".into(),
             fingerprint: fp.into(),
         }
@@ -184,7 +228,11 @@ mod tests {
         assert_eq!(decide(None, false, id, Input::Cancel, 1), Step::Tombstone);
         let s = send("fp");
         match decide(None, true, id, Input::Send(&s), 2) {
-            Step::Save { order, request_release, .. } => {
+            Step::Save {
+                order,
+                request_release,
+                ..
+            } => {
                 assert_eq!(order.status, OrderStatus::Cancelled);
                 assert!(request_release && order.release_pending);
             }

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -77,7 +79,11 @@ struct State {
 
 impl State {
     fn fail_all(&mut self) {
-        for tx in self.queued.drain(..).chain(self.inflight.drain().map(|(_, tx)| tx)) {
+        for tx in self
+            .queued
+            .drain(..)
+            .chain(self.inflight.drain().map(|(_, tx)| tx))
+        {
             let _ = tx.send(Err(BusError::ConnectionLost));
         }
     }
@@ -216,7 +222,10 @@ async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let failed = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                let failed = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if failed {
                     tracing::error!("the broker refused a subscription; not ready");
                 } else {
@@ -237,7 +246,12 @@ async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let waiter = inner.state.lock().expect("bus state lock").inflight.remove(&ack.pkid);
+                let waiter = inner
+                    .state
+                    .lock()
+                    .expect("bus state lock")
+                    .inflight
+                    .remove(&ack.pkid);
                 if let Some(tx) = waiter {
                     let _ = tx.send(Ok(()));
                 }

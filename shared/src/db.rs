@@ -70,7 +70,10 @@ impl Db {
                 .with_context(|| format!("creating database directory {}", dir.display()))?;
         }
         let synchronous = SqliteSynchronous::from_str(&cfg.synchronous).map_err(|_| {
-            anyhow::anyhow!("db.synchronous must be FULL, NORMAL, OFF or EXTRA, not `{}`", cfg.synchronous)
+            anyhow::anyhow!(
+                "db.synchronous must be FULL, NORMAL, OFF or EXTRA, not `{}`",
+                cfg.synchronous
+            )
         })?;
         let options = SqliteConnectOptions::new()
             .filename(&cfg.path)
@@ -86,8 +89,14 @@ impl Db {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening database {}", cfg.path.display()))?;
-        sqlx::raw_sql(SHARED_SCHEMA).execute(&writer).await.context("creating shared tables")?;
-        sqlx::raw_sql(schema).execute(&writer).await.context("creating service tables")?;
+        sqlx::raw_sql(SHARED_SCHEMA)
+            .execute(&writer)
+            .await
+            .context("creating shared tables")?;
+        sqlx::raw_sql(schema)
+            .execute(&writer)
+            .await
+            .context("creating service tables")?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))

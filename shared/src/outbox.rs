@@ -56,7 +56,10 @@ pub async fn backlog(pool: &sqlx::SqlitePool) -> sqlx::Result<Backlog> {
         .fetch_one(pool)
         .await?;
     let oldest: Option<i64> = row.get(1);
-    Ok(Backlog { unsent: row.get(0), oldest_unsent_age_ms: oldest.map(|t| now_ms() - t) })
+    Ok(Backlog {
+        unsent: row.get(0),
+        oldest_unsent_age_ms: oldest.map(|t| now_ms() - t),
+    })
 }
 
 /// Wakes the relay when a transaction that enqueued events has committed.
@@ -126,7 +129,10 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
         async move { bus.publish(&path, payload).await.map(|()| seq) }
     });
     let results = join_all(publishes).await;
-    let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let sent: Vec<i64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
     if !sent.is_empty() {
         let mut tx = db.begin().await?;
         let now = now_ms();
@@ -140,7 +146,11 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
         tx.commit().await?;
     }
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        anyhow::bail!("{} of {} events not acknowledged by the broker: {e}", rows.len() - sent.len(), rows.len());
+        anyhow::bail!(
+            "{} of {} events not acknowledged by the broker: {e}",
+            rows.len() - sent.len(),
+            rows.len()
+        );
     }
     Ok(rows.len())
 }

@@ -19,7 +19,12 @@ pub struct Parked {
     pub attempts: i64,
 }
 
-pub async fn park(conn: &mut SqliteConnection, msg: &Inbound, reason: &str, retry_in_ms: i64) -> sqlx::Result<()> {
+pub async fn park(
+    conn: &mut SqliteConnection,
+    msg: &Inbound,
+    reason: &str,
+    retry_in_ms: i64,
+) -> sqlx::Result<()> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO parked (message_id, topic, order_id, payload, reason, parked_at, next_attempt_at)
@@ -74,21 +79,32 @@ pub async fn due(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<Pa
 }
 
 pub async fn remove(conn: &mut SqliteConnection, message_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM parked WHERE message_id = ?").bind(message_id).execute(conn).await?;
-    Ok(())
-}
-
-/// Pushes the next attempt back (exponential, capped at a minute).
-pub async fn postpone(conn: &mut SqliteConnection, message_id: &str, attempts: i64) -> sqlx::Result<()> {
-    let delay = (1000i64 << attempts.clamp(0, 6)).min(60_000);
-    sqlx::query("UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?")
-        .bind(now_ms() + delay)
+    sqlx::query("DELETE FROM parked WHERE message_id = ?")
         .bind(message_id)
         .execute(conn)
         .await?;
     Ok(())
 }
 
+/// Pushes the next attempt back (exponential, capped at a minute).
+pub async fn postpone(
+    conn: &mut SqliteConnection,
+    message_id: &str,
+    attempts: i64,
+) -> sqlx::Result<()> {
+    let delay = (1000i64 << attempts.clamp(0, 6)).min(60_000);
+    sqlx::query(
+        "UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?",
+    )
+    .bind(now_ms() + delay)
+    .bind(message_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn count(pool: &sqlx::SqlitePool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(pool).await
+    sqlx::query_scalar("SELECT COUNT(*) FROM parked")
+        .fetch_one(pool)
+        .await
 }

@@ -8,8 +8,7 @@ use crate::config::LogConfig;
 /// configured filter. Calling it twice is harmless (the second is ignored),
 /// so the all-in-one `webshop up` can start several nodes in one process.
 pub fn init(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
     let builder = fmt().with_env_filter(filter).with_target(true);
     let _ = if cfg.format == "json" {
         builder.json().try_init()

@@ -1,0 +1,391 @@
+//! Test harness: a whole shop (embedded broker, inventory, order,
+//! public-front) on free ports with temp-dir databases, plus a raw MQTT
+//! client for injecting messages the way a tester would.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use shared::ids::OrderId;
+use shared::message::Envelope;
+use shared::topics::Topic;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after the deadline.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One running node: stop it by cancelling its token.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Graceful stop: finish the batch in hand, flush the outbox, close.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("node task")
+                .expect("node stopped cleanly");
+        }
+    }
+}
+
+pub struct Shop {
+    pub dir: tempfile::TempDir,
+    pub broker_port: u16,
+    pub inventory: Running,
+    pub order: Running,
+    pub front: Running,
+    pub http: reqwest::Client,
+}
+
+fn bus(port: u16, id: &str) -> shared::config::BusConfig {
+    shared::config::BusConfig {
+        port,
+        client_id: id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::Config {
+    inventory::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: bus(broker_port, "test-inventory"),
+        db: shared::config::DbConfig {
+            path: dir.join("inventory.db"),
+            synchronous: "NORMAL".into(),
+        },
+        ..Default::default()
+    }
+}
+
+pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
+    order::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        bus: bus(broker_port, "test-order"),
+        db: shared::config::DbConfig {
+            path: dir.join("order.db"),
+            synchronous: "NORMAL".into(),
+        },
+        follow_up_secs: 1.0,
+        ..Default::default()
+    }
+}
+
+pub async fn start_inventory(cfg: inventory::Config) -> Running {
+    let shutdown = CancellationToken::new();
+    let app = inventory::App::build(cfg, shutdown.clone())
+        .await
+        .expect("inventory starts");
+    let addr = app.local_addr();
+    Running {
+        addr,
+        shutdown,
+        task: Some(tokio::spawn(app.run())),
+    }
+}
+
+pub async fn start_order(cfg: order::Config) -> Running {
+    let shutdown = CancellationToken::new();
+    let app = order::App::build(cfg, shutdown.clone())
+        .await
+        .expect("order starts");
+    let addr = app.local_addr();
+    Running {
+        addr,
+        shutdown,
+        task: Some(tokio::spawn(app.run())),
+    }
+}
+
+impl Shop {
+    pub async fn start() -> Shop {
+        shared::telemetry::init(&shared::config::LogConfig {
+            filter: "warn".into(),
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let broker_port = free_port();
+        broker::spawn(&broker::BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+            ..Default::default()
+        })
+        .expect("broker starts");
+        let inventory = start_inventory(inventory_config(dir.path(), broker_port)).await;
+        let order = start_order(order_config(dir.path(), broker_port)).await;
+        let shutdown = CancellationToken::new();
+        let front_app = public_front::App::build(
+            public_front::Config {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                bus: bus(broker_port, ""),
+                inventory_url: format!("http://{}", inventory.addr),
+                order_url: format!("http://{}", order.addr),
+                commit_timeout_secs: 5.0,
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .expect("front starts");
+        let front = Running {
+            addr: front_app.local_addr(),
+            shutdown,
+            task: Some(tokio::spawn(front_app.run())),
+        };
+        let shop = Shop {
+            dir,
+            broker_port,
+            inventory,
+            order,
+            front,
+            http: reqwest::Client::new(),
+        };
+        shop.wait_ready().await;
+        shop
+    }
+
+    pub async fn wait_ready(&self) {
+        for addr in [self.inventory.addr, self.order.addr, self.front.addr] {
+            let url = format!("http://{addr}/readyz");
+            eventually(&format!("{url} to be ready"), || async {
+                let r = self.http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            })
+            .await;
+        }
+    }
+
+    pub fn front_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.front.addr)
+    }
+
+    pub async fn get(&self, url: String) -> (u16, Value) {
+        let r = self.http.get(url).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST /api/orders; returns the status, the body and the Location.
+    pub async fn place(&self, key: &str, body: Value) -> (u16, Value, Option<String>) {
+        let r = self
+            .http
+            .post(self.front_url("/api/orders"))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, r.json().await.unwrap_or(Value::Null), location)
+    }
+
+    pub async fn wait_status(&self, id: &str, want: &str) -> Value {
+        eventually(&format!("order {id} to be {want}"), || async {
+            let (code, body) = self.get(self.front_url(&format!("/api/orders/{id}"))).await;
+            (code == 200 && body["status"] == want).then_some(body)
+        })
+        .await
+    }
+
+    pub async fn available(&self, sku: &str) -> i64 {
+        let (_, body) = self
+            .get(self.front_url(&format!("/api/catalog/{sku}")))
+            .await;
+        body["available"].as_i64().expect("available")
+    }
+
+    /// Inventory's record of an order (404 → None).
+    pub async fn reservation(&self, id: &str) -> Option<Value> {
+        let (code, body) = self
+            .get(format!("http://{}/reservations/{id}", self.inventory.addr))
+            .await;
+        (code == 200).then_some(body)
+    }
+
+    pub async fn stats(&self, node: SocketAddr) -> Value {
+        self.get(format!("http://{node}/stats")).await.1
+    }
+
+    pub async fn dead_letters(&self, node: SocketAddr) -> Vec<Value> {
+        self.get(format!("http://{node}/dead-letters"))
+            .await
+            .1
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Checks the books: per SKU `initial + restocked == available +
+    /// reserved`, reserved equals what live reservations hold, and every
+    /// settled order agrees with inventory.
+    pub async fn audit(&self) {
+        let (_, stock) = self
+            .get(format!("http://{}/stock", self.inventory.addr))
+            .await;
+        for p in stock.as_array().unwrap() {
+            let (a, r, i, re) = (
+                p["available"].as_i64().unwrap(),
+                p["reserved"].as_i64().unwrap(),
+                p["initial"].as_i64().unwrap(),
+                p["restocked"].as_i64().unwrap(),
+            );
+            assert!(a >= 0, "{p}");
+            assert_eq!(i + re, a + r, "stock not conserved: {p}");
+        }
+        let (_, orders) = self
+            .get(format!("http://{}/orders?limit=1000", self.order.addr))
+            .await;
+        let mut held: std::collections::BTreeMap<String, i64> = Default::default();
+        for o in orders.as_array().unwrap() {
+            let id = o["order_id"].as_str().unwrap();
+            let res = self.reservation(id).await;
+            let state = res
+                .as_ref()
+                .map(|r| r["state"].as_str().unwrap().to_owned());
+            match o["status"].as_str().unwrap() {
+                "confirmed" => assert_eq!(
+                    state.as_deref(),
+                    Some("reserved"),
+                    "confirmed order {id} holds no reservation"
+                ),
+                "rejected" | "cancelled" if o["release_pending"] == false => {
+                    assert_ne!(
+                        state.as_deref(),
+                        Some("reserved"),
+                        "settled order {id} still holds stock"
+                    )
+                }
+                _ => {}
+            }
+            if state.as_deref() == Some("reserved") {
+                for line in res.unwrap()["lines"].as_array().unwrap() {
+                    *held
+                        .entry(line[0].as_str().unwrap().to_owned())
+                        .or_default() += line[1].as_i64().unwrap();
+                }
+            }
+        }
+        for p in stock.as_array().unwrap() {
+            let sku = p["sku"].as_str().unwrap();
+            assert_eq!(
+                p["reserved"].as_i64().unwrap(),
+                held.get(sku).copied().unwrap_or(0),
+                "reserved of {sku} != live reservations"
+            );
+        }
+    }
+
+    /// A raw MQTT client on the shop's broker.
+    pub async fn tester(&self) -> Tester {
+        Tester::connect(self.broker_port).await
+    }
+}
+
+pub struct Tester {
+    client: AsyncClient,
+    _task: JoinHandle<()>,
+}
+
+impl Tester {
+    pub async fn connect(port: u16) -> Tester {
+        let mut opts = MqttOptions::new(
+            format!("tester-{}", uuid::Uuid::new_v4().simple()),
+            "127.0.0.1",
+            port,
+        );
+        opts.set_max_packet_size(8 << 20, 8 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(DEADLINE, rx)
+            .await
+            .expect("tester connects")
+            .unwrap();
+        Tester {
+            client,
+            _task: task,
+        }
+    }
+
+    pub async fn publish_raw(&self, topic: Topic, payload: Vec<u8>) {
+        self.client
+            .publish(
+                topic.path(shared::topics::DEFAULT_PREFIX),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn publish<B: serde::Serialize>(&self, topic: Topic, env: &Envelope<B>) {
+        self.publish_raw(topic, env.to_json()).await;
+    }
+}
+
+/// An `orders/send` body for one line, as the front would publish it.
+pub fn send_body(sku: &str, qty: i64, fingerprint: &str) -> shared::message::SendOrder {
+    shared::message::SendOrder {
+        customer_email: shared::ids::Email::parse("tester@example.com").unwrap(),
+        items: vec![shared::message::OrderLine {
+            sku: shared::ids::Sku::parse(sku).unwrap(),
+            quantity: shared::ids::Quantity::new(qty).unwrap(),
+            unit_price_cents: 1000,
+        }],
+        currency: "EUR".into(),
+        fingerprint: fingerprint.into(),
+    }
+}
+
+pub fn new_order_id() -> OrderId {
+    OrderId(uuid::Uuid::new_v4())
+}
