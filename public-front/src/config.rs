@@ -40,3 +40,16 @@ impl Default for Config {
 }
 
 pub const ENV_PREFIX: &str = "WEBSHOP_FRONT__";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped config file and the built-in defaults must not drift.
+    #[test]
+    fn shipped_config_file_matches_defaults() {
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/front.toml"));
+        let loaded: Config = shared::config::load(Some(path), "WEBSHOP_TEST_UNUSED__").unwrap();
+        assert_eq!(serde_json::to_value(&loaded).unwrap(), serde_json::to_value(Config::default()).unwrap());
+    }
+}
