@@ -58,27 +58,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_up(up: Up) -> anyhow::Result<()> {
-    let log = shared::config::LogConfig {
-        filter: up.log.clone(),
-        ..Default::default()
-    };
+    let log = shared::config::LogConfig { filter: up.log.clone(), ..Default::default() };
     shared::telemetry::init(&log);
     let (broker_host, broker_port) = match &up.external_broker {
         Some(addr) => {
-            let (h, p) = addr
-                .rsplit_once(':')
-                .context("--external-broker must be host:port")?;
-            (
-                h.to_owned(),
-                p.parse()
-                    .context("--external-broker port must be a number")?,
-            )
+            let (h, p) = addr.rsplit_once(':').context("--external-broker must be host:port")?;
+            (h.to_owned(), p.parse().context("--external-broker port must be a number")?)
         }
         None => {
-            let cfg = broker::BrokerConfig {
-                listen: SocketAddr::new(up.host, up.broker_port),
-                ..Default::default()
-            };
+            let cfg = broker::BrokerConfig { listen: SocketAddr::new(up.host, up.broker_port), ..Default::default() };
             broker::spawn(&cfg)?;
             (up.host.to_string(), up.broker_port)
         }
@@ -89,10 +77,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
         client_id: client_id.to_owned(),
         ..Default::default()
     };
-    let db = |name: &str| shared::config::DbConfig {
-        path: up.data_dir.join(name),
-        ..Default::default()
-    };
+    let db = |name: &str| shared::config::DbConfig { path: up.data_dir.join(name), ..Default::default() };
 
     let shutdown = CancellationToken::new();
     shared::shutdown::cancel_on_signal(shutdown.clone());
@@ -138,10 +123,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     println!("webshop is up (Ctrl-C to stop)");
     match &up.external_broker {
         Some(addr) => println!("  broker        mqtt://{addr} (external)"),
-        None => println!(
-            "  broker        mqtt://{}:{} (embedded, in memory)",
-            up.host, up.broker_port
-        ),
+        None => println!("  broker        mqtt://{}:{} (embedded, in memory)", up.host, up.broker_port),
     }
     println!("  storefront    http://{}/", front.local_addr());
     println!("  public API    http://{}/api/catalog", front.local_addr());

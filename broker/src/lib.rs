@@ -143,12 +143,7 @@ impl BrokerConfig {
             next_connection_delay_ms: 1,
             connections,
         };
-        rumqttd::Config {
-            id: 0,
-            router,
-            v4: Some(HashMap::from([("1".to_owned(), server)])),
-            ..Default::default()
-        }
+        rumqttd::Config { id: 0, router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Default::default() }
     }
 }
 
@@ -170,12 +165,10 @@ pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
     // rumqttd binds on its own thread and only logs a bind failure; binding
     // here first turns "address in use" into an error for the caller and
     // keeps the readiness probe from talking to some other process.
-    drop(TcpListener::bind(cfg.listen).with_context(|| {
-        format!(
-            "MQTT broker cannot listen on {} (already in use?)",
-            cfg.listen
-        )
-    })?);
+    drop(
+        TcpListener::bind(cfg.listen)
+            .with_context(|| format!("MQTT broker cannot listen on {} (already in use?)", cfg.listen))?,
+    );
 
     let config = cfg.to_rumqttd();
     let listen = cfg.listen;
@@ -212,9 +205,7 @@ pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            return Err(last_error.context(format!(
-                "MQTT broker on {listen} not ready after {STARTUP_DEADLINE:?}"
-            )));
+            return Err(last_error.context(format!("MQTT broker on {listen} not ready after {STARTUP_DEADLINE:?}")));
         }
         std::thread::sleep(PROBE_INTERVAL);
     }
@@ -232,25 +223,17 @@ fn probe_address(listen: SocketAddr) -> SocketAddr {
 /// One readiness probe: TCP connect, MQTT 3.1.1 CONNECT, expect an accepting
 /// CONNACK, close. A bare connect-and-close would make rumqttd log an
 /// error for the missing CONNECT packet.
-fn probe(
-    addr: SocketAddr,
-    credentials: Option<(&String, &String)>,
-    deadline: Instant,
-) -> anyhow::Result<()> {
-    let budget = deadline
-        .saturating_duration_since(Instant::now())
-        .clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let mut stream = TcpStream::connect_timeout(&addr, budget)
-        .with_context(|| format!("cannot connect to {addr}"))?;
+fn probe(addr: SocketAddr, credentials: Option<(&String, &String)>, deadline: Instant) -> anyhow::Result<()> {
+    let budget =
+        deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut stream = TcpStream::connect_timeout(&addr, budget).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_read_timeout(Some(budget))?;
     stream.set_write_timeout(Some(budget))?;
     stream.set_nodelay(true)?;
 
     stream.write_all(&connect_packet(credentials))?;
     let mut connack = [0u8; 4];
-    stream
-        .read_exact(&mut connack)
-        .context("no CONNACK from the broker")?;
+    stream.read_exact(&mut connack).context("no CONNACK from the broker")?;
     match connack {
         [0x20, 0x02, _, 0x00] => {}
         [0x20, 0x02, _, code] => bail!("broker refused the readiness probe, return code {code}"),
@@ -311,17 +294,10 @@ mod tests {
     }
 
     fn local_config() -> BrokerConfig {
-        BrokerConfig {
-            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()),
-            ..Default::default()
-        }
+        BrokerConfig { listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port()), ..Default::default() }
     }
 
-    fn client(
-        cfg: &BrokerConfig,
-        id: &str,
-        login: Option<(&str, &str)>,
-    ) -> (AsyncClient, EventLoop) {
+    fn client(cfg: &BrokerConfig, id: &str, login: Option<(&str, &str)>) -> (AsyncClient, EventLoop) {
         let mut opts = MqttOptions::new(id, cfg.listen.ip().to_string(), cfg.listen.port());
         opts.set_keep_alive(Duration::from_secs(5));
         if let Some((user, password)) = login {
@@ -332,11 +308,7 @@ mod tests {
 
     /// Polls the event loop until `want` matches an incoming packet; panics
     /// on a connection error or when the deadline passes.
-    async fn wait_for<T>(
-        eventloop: &mut EventLoop,
-        what: &str,
-        mut want: impl FnMut(&Packet) -> Option<T>,
-    ) -> T {
+    async fn wait_for<T>(eventloop: &mut EventLoop, what: &str, mut want: impl FnMut(&Packet) -> Option<T>) -> T {
         let result = tokio::time::timeout(TEST_DEADLINE, async {
             loop {
                 match eventloop.poll().await {
@@ -360,28 +332,11 @@ mod tests {
         spawn(&cfg).unwrap();
 
         let (client, mut eventloop) = client(&cfg, "broker-test-pubsub", None);
-        wait_for(&mut eventloop, "CONNACK", |p| {
-            matches!(p, Packet::ConnAck(_)).then_some(())
-        })
-        .await;
-        client
-            .subscribe("webshop/test/#", QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        wait_for(&mut eventloop, "SUBACK", |p| {
-            matches!(p, Packet::SubAck(_)).then_some(())
-        })
-        .await;
+        wait_for(&mut eventloop, "CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
+        client.subscribe("webshop/test/#", QoS::AtLeastOnce).await.unwrap();
+        wait_for(&mut eventloop, "SUBACK", |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
 
-        client
-            .publish(
-                "webshop/test/hello",
-                QoS::AtLeastOnce,
-                false,
-                b"hello broker".to_vec(),
-            )
-            .await
-            .unwrap();
+        client.publish("webshop/test/hello", QoS::AtLeastOnce, false, b"hello broker".to_vec()).await.unwrap();
         let publish = wait_for(&mut eventloop, "PUBLISH", |p| match p {
             Packet::Publish(p) => Some(p.clone()),
             _ => None,
@@ -399,10 +354,7 @@ mod tests {
         spawn(&cfg).unwrap(); // the readiness probe logs in as "order"
 
         let (_good, mut eventloop) = client(&cfg, "broker-test-good", Some(("order", "s3cret")));
-        wait_for(&mut eventloop, "CONNACK", |p| {
-            matches!(p, Packet::ConnAck(_)).then_some(())
-        })
-        .await;
+        wait_for(&mut eventloop, "CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
 
         // rumqttd closes the connection without a CONNACK on bad credentials.
         for login in [Some(("order", "wrong")), None] {
@@ -424,10 +376,7 @@ mod tests {
 
     #[test]
     fn refuses_public_listener_without_users() {
-        let cfg = BrokerConfig {
-            listen: "0.0.0.0:1883".parse().unwrap(),
-            ..Default::default()
-        };
+        let cfg = BrokerConfig { listen: "0.0.0.0:1883".parse().unwrap(), ..Default::default() };
         let err = spawn(&cfg).unwrap_err().to_string();
         assert!(err.contains("Set `users`"), "{err}");
     }
@@ -435,10 +384,7 @@ mod tests {
     #[test]
     fn refuses_port_in_use() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let cfg = BrokerConfig {
-            listen: taken.local_addr().unwrap(),
-            ..Default::default()
-        };
+        let cfg = BrokerConfig { listen: taken.local_addr().unwrap(), ..Default::default() };
         let err = format!("{:#}", spawn(&cfg).unwrap_err());
         assert!(err.contains("cannot listen"), "{err}");
     }
@@ -456,8 +402,7 @@ mod tests {
     fn shipped_config_file_matches_defaults() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/broker.toml");
         let text = std::fs::read_to_string(&path).unwrap();
-        let from_file: BrokerConfig =
-            shared::config::load(Some(&path), "WEBSHOP_BROKER_TEST_UNUSED__").unwrap();
+        let from_file: BrokerConfig = shared::config::load(Some(&path), "WEBSHOP_BROKER_TEST_UNUSED__").unwrap();
         let defaults = BrokerConfig::default();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"), "{text}");
     }

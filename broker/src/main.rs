@@ -32,9 +32,7 @@ fn main() -> anyhow::Result<()> {
     broker::spawn(&cfg)?;
     println!("broker listening on mqtt://{}", cfg.listen);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(tokio::signal::ctrl_c())?;
     tracing::info!("Ctrl-C received, exiting");
     // rumqttd has no shutdown; its threads end with the process.

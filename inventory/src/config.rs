@@ -23,14 +23,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
-            bus: BusConfig {
-                client_id: "webshop-inventory".into(),
-                ..BusConfig::default()
-            },
-            db: DbConfig {
-                path: PathBuf::from("data/inventory.db"),
-                ..DbConfig::default()
-            },
+            bus: BusConfig { client_id: "webshop-inventory".into(), ..BusConfig::default() },
+            db: DbConfig { path: PathBuf::from("data/inventory.db"), ..DbConfig::default() },
             log: LogConfig::default(),
             catalog: None,
         }

@@ -19,17 +19,11 @@ pub struct Level {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reservation {
     /// Holds `lines` (aggregated per SKU).
-    Reserved {
-        lines: Vec<(Sku, i64)>,
-        fingerprint: String,
-    },
+    Reserved { lines: Vec<(Sku, i64)>, fingerprint: String },
     /// Refused; held nothing.
     Rejected { fingerprint: String, reason: String },
     /// Held `lines` until the order was cancelled; holds nothing now.
-    Released {
-        lines: Vec<(Sku, i64)>,
-        fingerprint: Option<String>,
-    },
+    Released { lines: Vec<(Sku, i64)>, fingerprint: Option<String> },
 }
 
 /// A state change to persist.
@@ -79,22 +73,12 @@ pub fn on_send(
     match existing {
         // Already decided: say it again (the order service re-requests
         // when it lost our answer), change nothing.
-        Some(Reservation::Reserved { fingerprint, .. }) => (
-            None,
-            Some(Event::InStock {
-                fingerprint: fingerprint.clone(),
-            }),
-        ),
-        Some(Reservation::Rejected {
-            fingerprint,
-            reason,
-        }) => (
-            None,
-            Some(Event::OutOfStock {
-                fingerprint: fingerprint.clone(),
-                reason: reason.clone(),
-            }),
-        ),
+        Some(Reservation::Reserved { fingerprint, .. }) => {
+            (None, Some(Event::InStock { fingerprint: fingerprint.clone() }))
+        }
+        Some(Reservation::Rejected { fingerprint, reason }) => {
+            (None, Some(Event::OutOfStock { fingerprint: fingerprint.clone(), reason: reason.clone() }))
+        }
         // Cancelled (and released, or tombstoned): never reserve again. Say
         // no, so an order service that still waits settles it as rejected.
         Some(Reservation::Released { .. }) => (
@@ -110,30 +94,17 @@ pub fn on_send(
             for (sku, qty) in &lines {
                 let reason = match stock.get(sku) {
                     None => format!("unknown product {sku}"),
-                    Some(level) if level.available < *qty => format!(
-                        "not enough stock for {sku}: {qty} requested, {} available",
-                        level.available
-                    ),
+                    Some(level) if level.available < *qty => {
+                        format!("not enough stock for {sku}: {qty} requested, {} available", level.available)
+                    }
                     Some(_) => continue,
                 };
                 return (
-                    Some(Change::Reject {
-                        fingerprint: fingerprint.clone(),
-                        reason: reason.clone(),
-                    }),
-                    Some(Event::OutOfStock {
-                        fingerprint,
-                        reason,
-                    }),
+                    Some(Change::Reject { fingerprint: fingerprint.clone(), reason: reason.clone() }),
+                    Some(Event::OutOfStock { fingerprint, reason }),
                 );
             }
-            (
-                Some(Change::Reserve {
-                    lines,
-                    fingerprint: fingerprint.clone(),
-                }),
-                Some(Event::InStock { fingerprint }),
-            )
+            (Some(Change::Reserve { lines, fingerprint: fingerprint.clone() }), Some(Event::InStock { fingerprint }))
         }
     }
 }
@@ -142,16 +113,9 @@ pub fn on_send(
 pub fn on_cancelled(existing: Option<&Reservation>) -> (Option<Change>, Event) {
     match existing {
         None => (Some(Change::Tombstone), Event::Released),
-        Some(Reservation::Reserved { lines, .. }) => (
-            Some(Change::Release {
-                lines: lines.clone(),
-            }),
-            Event::Released,
-        ),
+        Some(Reservation::Reserved { lines, .. }) => (Some(Change::Release { lines: lines.clone() }), Event::Released),
         // Nothing held: confirm again so the order service stops asking.
-        Some(Reservation::Rejected { .. }) | Some(Reservation::Released { .. }) => {
-            (None, Event::Released)
-        }
+        Some(Reservation::Rejected { .. }) | Some(Reservation::Released { .. }) => (None, Event::Released),
     }
 }
 
@@ -181,17 +145,12 @@ pub fn apply(stock: &mut BTreeMap<Sku, Level>, change: &Change) {
 /// The reservation an order has after `change`.
 pub fn next_reservation(existing: Option<Reservation>, change: &Change) -> Option<Reservation> {
     match change {
-        Change::Reserve { lines, fingerprint } => Some(Reservation::Reserved {
-            lines: lines.clone(),
-            fingerprint: fingerprint.clone(),
-        }),
-        Change::Reject {
-            fingerprint,
-            reason,
-        } => Some(Reservation::Rejected {
-            fingerprint: fingerprint.clone(),
-            reason: reason.clone(),
-        }),
+        Change::Reserve { lines, fingerprint } => {
+            Some(Reservation::Reserved { lines: lines.clone(), fingerprint: fingerprint.clone() })
+        }
+        Change::Reject { fingerprint, reason } => {
+            Some(Reservation::Rejected { fingerprint: fingerprint.clone(), reason: reason.clone() })
+        }
         Change::Release { lines } => Some(Reservation::Released {
             lines: lines.clone(),
             fingerprint: match existing {
@@ -199,10 +158,7 @@ pub fn next_reservation(existing: Option<Reservation>, change: &Change) -> Optio
                 _ => None,
             },
         }),
-        Change::Tombstone => Some(Reservation::Released {
-            lines: vec![],
-            fingerprint: None,
-        }),
+        Change::Tombstone => Some(Reservation::Released { lines: vec![], fingerprint: None }),
     }
 }
 
@@ -222,11 +178,7 @@ mod tests {
             customer_email: Email::parse("a@b.example").unwrap(),
             items: lines
                 .iter()
-                .map(|(s, q)| OrderLine {
-                    sku: sku(*s),
-                    quantity: Quantity::new(*q).unwrap(),
-                    unit_price_cents: 100,
-                })
+                .map(|(s, q)| OrderLine { sku: sku(*s), quantity: Quantity::new(*q).unwrap(), unit_price_cents: 100 })
                 .collect(),
             currency: "EUR".into(),
             fingerprint: "fp".into(),
@@ -236,35 +188,17 @@ mod tests {
     #[test]
     fn two_lines_of_one_sku_count_together() {
         let mut stock = BTreeMap::new();
-        stock.insert(
-            sku(1),
-            Level {
-                available: 3,
-                reserved: 0,
-            },
-        );
+        stock.insert(sku(1), Level { available: 3, reserved: 0 });
         let (change, event) = on_send(None, &order(&[(1, 2), (1, 2)]), &stock);
         assert!(matches!(change, Some(Change::Reject { .. })));
         assert!(matches!(event, Some(Event::OutOfStock { .. })));
         let (change, _) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock);
-        assert_eq!(
-            change,
-            Some(Change::Reserve {
-                lines: vec![(sku(1), 3)],
-                fingerprint: "fp".into()
-            })
-        );
+        assert_eq!(change, Some(Change::Reserve { lines: vec![(sku(1), 3)], fingerprint: "fp".into() }));
     }
 
     #[test]
     fn cancelled_before_send_never_reserves() {
-        let stock = BTreeMap::from([(
-            sku(1),
-            Level {
-                available: 5,
-                reserved: 0,
-            },
-        )]);
+        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0 })]);
         let (change, event) = on_cancelled(None);
         assert_eq!(event, Event::Released);
         let res = next_reservation(None, &change.unwrap());

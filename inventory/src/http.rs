@@ -38,26 +38,15 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-async fn list(
-    State(node): State<Node>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Page>, ApiError> {
+async fn list(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Page>, ApiError> {
     let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 100",
-        ));
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
     }
     let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    let (items, more) =
-        store::list_products(&node.db.reader, search, q.cursor.as_deref(), limit).await?;
-    let next_cursor = if more {
-        items.last().map(|p| p.sku.clone())
-    } else {
-        None
-    };
+    let (items, more) = store::list_products(&node.db.reader, search, q.cursor.as_deref(), limit).await?;
+    let next_cursor = if more { items.last().map(|p| p.sku.clone()) } else { None };
     Ok(Json(Page { items, next_cursor }))
 }
 
@@ -80,31 +69,20 @@ async fn lookup(
 ) -> Result<Json<Vec<Product>>, ApiError> {
     let Json(body) = body.map_err(|e| rejection(&e, e.status()))?;
     if body.skus.len() > 100 {
-        return Err(ApiError::bad_request(
-            "too_many_skus",
-            "look up at most 100 SKUs at once",
-        ));
+        return Err(ApiError::bad_request("too_many_skus", "look up at most 100 SKUs at once"));
     }
-    Ok(Json(
-        store::get_products(&node.db.reader, &body.skus).await?,
-    ))
+    Ok(Json(store::get_products(&node.db.reader, &body.skus).await?))
 }
 
 async fn reservation(
     State(node): State<Node>,
     Path(order_id): Path<String>,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let id = OrderId::parse(&order_id)
-        .map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+    let id = OrderId::parse(&order_id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
     store::reservation_view(&node.db.reader, id)
         .await?
         .map(Json)
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "unknown_reservation",
-                format!("inventory has no record of order {id}"),
-            )
-        })
+        .ok_or_else(|| ApiError::not_found("unknown_reservation", format!("inventory has no record of order {id}")))
 }
 
 async fn stock(State(node): State<Node>) -> Result<Json<Vec<StockView>>, ApiError> {

@@ -43,22 +43,17 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         let db = Db::open(&cfg.db, store::SCHEMA).await?;
         let catalog = match &cfg.catalog {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading catalog {}", path.display()))?,
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?
+            }
             None => SAMPLE_CATALOG.to_owned(),
         };
-        let products: Vec<store::SeedProduct> =
-            serde_json::from_str(&catalog).context("parsing the catalog")?;
+        let products: Vec<store::SeedProduct> = serde_json::from_str(&catalog).context("parsing the catalog")?;
         let seeded = store::seed_if_empty(&db.writer, &products).await?;
         if seeded > 0 {
-            tracing::info!(
-                products = seeded,
-                "loaded the catalog into an empty database"
-            );
+            tracing::info!(products = seeded, "loaded the catalog into an empty database");
         }
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("binding {}", cfg.listen))?;
+        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let mut tasks = JoinSet::new();
         let bus = BusOptions {
             config: cfg.bus.clone(),
@@ -67,30 +62,13 @@ impl App {
             clean_session: false,
         };
         // Inventory never parks: everything it receives can be decided.
-        let policy = ParkingPolicy {
-            retry_ms: 1000,
-            horizon_ms: 600_000,
-        };
-        let node = Node::start(
-            db,
-            bus,
-            handlers::InventoryHandler,
-            policy,
-            &shutdown,
-            &mut tasks,
-        );
-        Ok(App {
-            listener,
-            node,
-            tasks,
-            shutdown,
-        })
+        let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
+        let node = Node::start(db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks);
+        Ok(App { listener, node, tasks, shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn node(&self) -> &Node {

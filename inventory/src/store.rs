@@ -58,9 +58,7 @@ pub struct SeedProduct {
 /// Loads `products` if the catalog is empty (first start only).
 pub async fn seed_if_empty(pool: &SqlitePool, products: &[SeedProduct]) -> sqlx::Result<usize> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products")
-        .fetch_one(&mut *tx)
-        .await?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(&mut *tx).await?;
     if count > 0 {
         return Ok(0);
     }
@@ -105,10 +103,7 @@ pub async fn list_products(
     limit: i64,
 ) -> sqlx::Result<(Vec<Product>, bool)> {
     let pattern = q.map(|q| {
-        let escaped = q
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
+        let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         format!("%{escaped}%")
     });
     let rows = sqlx::query(&format!(
@@ -123,19 +118,14 @@ pub async fn list_products(
     .fetch_all(pool)
     .await?;
     let more = rows.len() as i64 > limit;
-    Ok((
-        rows.iter().take(limit as usize).map(product).collect(),
-        more,
-    ))
+    Ok((rows.iter().take(limit as usize).map(product).collect(), more))
 }
 
 pub async fn get_product(pool: &SqlitePool, sku: &Sku) -> sqlx::Result<Option<Product>> {
-    let row = sqlx::query(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ?"
-    ))
-    .bind(sku.as_str())
-    .fetch_optional(pool)
-    .await?;
+    let row = sqlx::query(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ?"))
+        .bind(sku.as_str())
+        .fetch_optional(pool)
+        .await?;
     Ok(row.as_ref().map(product))
 }
 
@@ -161,13 +151,7 @@ pub async fn levels(
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(r) = row {
-            out.insert(
-                sku.clone(),
-                Level {
-                    available: r.get(0),
-                    reserved: r.get(1),
-                },
-            );
+            out.insert(sku.clone(), Level { available: r.get(0), reserved: r.get(1) });
         }
     }
     Ok(out)
@@ -179,25 +163,17 @@ fn parse_lines(s: &str) -> Vec<(Sku, i64)> {
     serde_json::from_str(s).unwrap_or_default()
 }
 
-pub async fn reservation(
-    conn: &mut SqliteConnection,
-    order_id: OrderId,
-) -> sqlx::Result<Option<Reservation>> {
-    let row = sqlx::query(
-        "SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = ?",
-    )
-    .bind(order_id.to_string())
-    .fetch_optional(conn)
-    .await?;
+pub async fn reservation(conn: &mut SqliteConnection, order_id: OrderId) -> sqlx::Result<Option<Reservation>> {
+    let row = sqlx::query("SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = ?")
+        .bind(order_id.to_string())
+        .fetch_optional(conn)
+        .await?;
     Ok(row.map(|r| {
         let state: String = r.get(0);
         let lines = parse_lines(r.get(1));
         let fingerprint: Option<String> = r.get(2);
         match state.as_str() {
-            "reserved" => Reservation::Reserved {
-                lines,
-                fingerprint: fingerprint.unwrap_or_default(),
-            },
+            "reserved" => Reservation::Reserved { lines, fingerprint: fingerprint.unwrap_or_default() },
             "rejected" => Reservation::Rejected {
                 fingerprint: fingerprint.unwrap_or_default(),
                 reason: r.get::<Option<String>, _>(3).unwrap_or_default(),
@@ -208,11 +184,7 @@ pub async fn reservation(
 }
 
 /// Persists `change` for `order_id`: stock and the reservation row.
-pub async fn save(
-    conn: &mut SqliteConnection,
-    order_id: OrderId,
-    change: &Change,
-) -> sqlx::Result<()> {
+pub async fn save(conn: &mut SqliteConnection, order_id: OrderId, change: &Change) -> sqlx::Result<()> {
     let id = order_id.to_string();
     let now = now_ms();
     match change {
@@ -235,10 +207,7 @@ pub async fn save(
             .execute(&mut *conn)
             .await?;
         }
-        Change::Reject {
-            fingerprint,
-            reason,
-        } => {
+        Change::Reject { fingerprint, reason } => {
             sqlx::query(
                 "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at)
                  VALUES (?, 'rejected', '[]', ?, ?, ?)",
@@ -258,13 +227,11 @@ pub async fn save(
                     .execute(&mut *conn)
                     .await?;
             }
-            sqlx::query(
-                "UPDATE reservations SET state = 'released', released_at = ? WHERE order_id = ?",
-            )
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("UPDATE reservations SET state = 'released', released_at = ? WHERE order_id = ?")
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
         }
         Change::Tombstone => {
             sqlx::query(
@@ -290,10 +257,7 @@ pub struct ReservationView {
     pub released_at_ms: Option<i64>,
 }
 
-pub async fn reservation_view(
-    pool: &SqlitePool,
-    order_id: OrderId,
-) -> sqlx::Result<Option<ReservationView>> {
+pub async fn reservation_view(pool: &SqlitePool, order_id: OrderId) -> sqlx::Result<Option<ReservationView>> {
     let row = sqlx::query(
         "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations WHERE order_id = ?",
     )
@@ -321,11 +285,9 @@ pub struct StockView {
 }
 
 pub async fn stock(pool: &SqlitePool) -> sqlx::Result<Vec<StockView>> {
-    let rows = sqlx::query(
-        "SELECT sku, available, reserved, initial, restocked FROM products ORDER BY sku",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query("SELECT sku, available, reserved, initial, restocked FROM products ORDER BY sku")
+        .fetch_all(pool)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| StockView {

@@ -27,14 +27,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
-            bus: BusConfig {
-                client_id: "webshop-order".into(),
-                ..BusConfig::default()
-            },
-            db: DbConfig {
-                path: PathBuf::from("data/order.db"),
-                ..DbConfig::default()
-            },
+            bus: BusConfig { client_id: "webshop-order".into(), ..BusConfig::default() },
+            db: DbConfig { path: PathBuf::from("data/order.db"), ..DbConfig::default() },
             log: LogConfig::default(),
             follow_up_secs: 5.0,
             parked_horizon_secs: 600.0,

@@ -37,13 +37,8 @@ pub struct Order {
 #[derive(Clone, Debug)]
 pub enum Input<'a> {
     Send(&'a SendOrder),
-    InStock {
-        fingerprint: &'a str,
-    },
-    OutOfStock {
-        fingerprint: &'a str,
-        reason: &'a str,
-    },
+    InStock { fingerprint: &'a str },
+    OutOfStock { fingerprint: &'a str, reason: &'a str },
     Cancel,
     Released,
 }
@@ -70,31 +65,17 @@ pub enum Step {
 }
 
 fn changed(order: &Order, now_ms: i64) -> Order {
-    Order {
-        version: order.version + 1,
-        updated_at_ms: now_ms,
-        ..order.clone()
-    }
+    Order { version: order.version + 1, updated_at_ms: now_ms, ..order.clone() }
 }
 
 /// The lifecycle's single transition function.
-pub fn decide(
-    existing: Option<&Order>,
-    tombstoned: bool,
-    order_id: OrderId,
-    input: Input<'_>,
-    now_ms: i64,
-) -> Step {
+pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, input: Input<'_>, now_ms: i64) -> Step {
     match (existing, input) {
         (None, Input::Send(send)) => {
             let cancelled = tombstoned;
             let order = Order {
                 order_id,
-                status: if cancelled {
-                    OrderStatus::Cancelled
-                } else {
-                    OrderStatus::Pending
-                },
+                status: if cancelled { OrderStatus::Cancelled } else { OrderStatus::Pending },
                 version: 1,
                 customer_email: send.customer_email.as_str().to_owned(),
                 items: send.items.clone(),
@@ -107,24 +88,15 @@ pub fn decide(
                 created_at_ms: now_ms,
                 updated_at_ms: now_ms,
             };
-            Step::Save {
-                order,
-                emit_status: true,
-                request_release: cancelled,
-            }
+            Step::Save { order, emit_status: true, request_release: cancelled }
         }
         (Some(_), Input::Send(_)) => Step::RepeatStatus,
         (None, Input::Cancel) => Step::Tombstone,
-        (None, Input::InStock { .. } | Input::OutOfStock { .. }) => {
-            Step::Park("the order has not arrived yet")
-        }
+        (None, Input::InStock { .. } | Input::OutOfStock { .. }) => Step::Park("the order has not arrived yet"),
         (None, Input::Released) => Step::Ignore("release confirmed for an order never seen"),
         (Some(order), Input::InStock { fingerprint }) => match order.status {
             OrderStatus::Pending if fingerprint == order.fingerprint => Step::Save {
-                order: Order {
-                    status: OrderStatus::Confirmed,
-                    ..changed(order, now_ms)
-                },
+                order: Order { status: OrderStatus::Confirmed, ..changed(order, now_ms) },
                 emit_status: true,
                 request_release: false,
             },
@@ -168,11 +140,7 @@ pub fn decide(
             _ => Step::Ignore("cancel of a settled order"),
         },
         (Some(order), Input::Released) if order.release_pending => Step::Save {
-            order: Order {
-                release_pending: false,
-                updated_at_ms: now_ms,
-                ..order.clone()
-            },
+            order: Order { release_pending: false, updated_at_ms: now_ms, ..order.clone() },
             emit_status: false,
             request_release: false,
         },
@@ -228,11 +196,7 @@ mod tests {
         assert_eq!(decide(None, false, id, Input::Cancel, 1), Step::Tombstone);
         let s = send("fp");
         match decide(None, true, id, Input::Send(&s), 2) {
-            Step::Save {
-                order,
-                request_release,
-                ..
-            } => {
+            Step::Save { order, request_release, .. } => {
                 assert_eq!(order.status, OrderStatus::Cancelled);
                 assert!(request_release && order.release_pending);
             }

@@ -25,8 +25,7 @@ pub fn router(node: Node) -> Router {
 }
 
 async fn one(State(node): State<Node>, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
-    let id = OrderId::parse(&id)
-        .map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+    let id = OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
     store::read(&node.db.reader, id)
         .await?
         .map(Json)
@@ -45,9 +44,7 @@ async fn list(
 ) -> Result<Json<Vec<Order>>, ApiError> {
     let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(
-        store::list(&node.db.reader, q.after.as_deref(), limit).await?,
-    ))
+    Ok(Json(store::list(&node.db.reader, q.after.as_deref(), limit).await?))
 }
 
 async fn counts(State(node): State<Node>) -> Result<Json<Counts>, ApiError> {

@@ -38,9 +38,7 @@ pub struct App {
 impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         let db = Db::open(&cfg.db, store::SCHEMA).await?;
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("binding {}", cfg.listen))?;
+        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let follow_up_ms = (cfg.follow_up_secs * 1000.0).max(10.0) as i64;
         let mut tasks = JoinSet::new();
         let bus = BusOptions {
@@ -49,30 +47,16 @@ impl App {
             manual_acks: true,
             clean_session: false,
         };
-        let policy = ParkingPolicy {
-            retry_ms: follow_up_ms.min(1000),
-            horizon_ms: (cfg.parked_horizon_secs * 1000.0) as i64,
-        };
+        let policy =
+            ParkingPolicy { retry_ms: follow_up_ms.min(1000), horizon_ms: (cfg.parked_horizon_secs * 1000.0) as i64 };
         let handler = handlers::OrderHandler { follow_up_ms };
         let node = Node::start(db, bus, handler, policy, &shutdown, &mut tasks);
-        tasks.spawn(follow_up::run(
-            node.db.clone(),
-            node.wakeup.clone(),
-            follow_up_ms,
-            shutdown.clone(),
-        ));
-        Ok(App {
-            listener,
-            node,
-            tasks,
-            shutdown,
-        })
+        tasks.spawn(follow_up::run(node.db.clone(), node.wakeup.clone(), follow_up_ms, shutdown.clone()));
+        Ok(App { listener, node, tasks, shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn node(&self) -> &Node {

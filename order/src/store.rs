@@ -111,21 +111,16 @@ pub async fn is_tombstoned(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Re
 }
 
 pub async fn tombstone(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-    )
-    .bind(id.to_string())
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        .bind(id.to_string())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
 /// Orders whose follow-up is due, with how many follow-ups they had.
-pub async fn due_follow_ups(
-    conn: &mut SqliteConnection,
-    limit: i64,
-) -> sqlx::Result<Vec<(Order, i64)>> {
+pub async fn due_follow_ups(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<(Order, i64)>> {
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
     ))
@@ -137,13 +132,11 @@ pub async fn due_follow_ups(
 }
 
 pub async fn reschedule(conn: &mut SqliteConnection, id: OrderId, at_ms: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?",
-    )
-    .bind(at_ms)
-    .bind(id.to_string())
-    .execute(conn)
-    .await?;
+    sqlx::query("UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")
+        .bind(at_ms)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -168,9 +161,7 @@ pub struct Counts {
 }
 
 pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Counts> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM orders GROUP BY status")
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(pool).await?;
     let mut c = Counts::default();
     for r in rows {
         let n: i64 = r.get(1);
@@ -181,9 +172,8 @@ pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Counts> {
             _ => c.cancelled = n,
         }
     }
-    c.release_pending = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE release_pending = 1")
-        .fetch_one(pool)
-        .await?;
+    c.release_pending =
+        sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE release_pending = 1").fetch_one(pool).await?;
     Ok(c)
 }
 

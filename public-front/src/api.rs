@@ -15,9 +15,7 @@ use sha2::{Digest, Sha256};
 use shared::bus::Bus;
 use shared::http::{rejection, ApiError};
 use shared::ids::{Email, IdempotencyKey, OrderId, Quantity, Sku};
-use shared::message::{
-    CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, StatusChanged, MAX_LINES,
-};
+use shared::message::{CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, StatusChanged, MAX_LINES};
 use shared::topics::Topic;
 use time::OffsetDateTime;
 use tower_http::timeout::TimeoutLayer;
@@ -43,26 +41,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders", post(place_order))
         .route("/api/orders/{order_id}", get(get_order))
         .route("/api/orders/{order_id}/cancel", post(cancel_order))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
         .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
         .with_state(state)
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if !s.bus.is_ready() {
-        return Err(ApiError::unavailable(
-            "not_ready",
-            "not connected to the MQTT broker",
-        ));
+        return Err(ApiError::unavailable("not_ready", "not connected to the MQTT broker"));
     }
     if let Some(reason) = s.downstream.unreachable().await {
         return Err(ApiError::unavailable("not_ready", reason));
@@ -84,23 +73,14 @@ async fn catalog(
     let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 100",
-        ));
+        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
     }
     if q.q.as_ref().is_some_and(|q| q.len() > 200) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "q must be at most 200 characters",
-        ));
+        return Err(ApiError::bad_request("invalid_query", "q must be at most 200 characters"));
     }
     if let Some(c) = &q.cursor {
         Sku::parse(c).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor must be a next_cursor from a previous page",
-            )
+            ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor from a previous page")
         })?;
     }
     let mut query = vec![("limit", limit.to_string())];
@@ -109,17 +89,13 @@ async fn catalog(
     Ok(Json(s.downstream.catalog(&query).await?))
 }
 
-async fn product(
-    State(s): State<AppState>,
-    Path(sku): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+async fn product(State(s): State<AppState>, Path(sku): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
-    s.downstream.product(&sku).await?.map(Json).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown_product",
-            format!("There is no product with SKU {sku}."),
-        )
-    })
+    s.downstream
+        .product(&sku)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("unknown_product", format!("There is no product with SKU {sku}.")))
 }
 
 /// `POST /api/orders` body.
@@ -154,12 +130,7 @@ fn json_error(e: JsonRejection) -> ApiError {
 
 fn accepted(order_id: OrderId, status: OrderStatus) -> Response {
     let location = format!("/api/orders/{order_id}");
-    (
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(Accepted { order_id, status }),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status })).into_response()
 }
 
 /// A W3C traceparent: the caller's, or a fresh one.
@@ -187,28 +158,15 @@ async fn place_order(
             "Send an Idempotency-Key header so the order can be retried safely.",
         )
     })?;
-    let key = key
-        .to_str()
-        .ok()
-        .and_then(|k| IdempotencyKey::parse(k).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_idempotency_key",
-                "The Idempotency-Key must be 1-200 visible ASCII characters.",
-            )
-        })?;
+    let key = key.to_str().ok().and_then(|k| IdempotencyKey::parse(k).ok()).ok_or_else(|| {
+        ApiError::bad_request("invalid_idempotency_key", "The Idempotency-Key must be 1-200 visible ASCII characters.")
+    })?;
     let Json(req) = body.map_err(json_error)?;
     if req.items.is_empty() {
-        return Err(ApiError::unprocessable(
-            "empty_order",
-            "An order needs at least one item.",
-        ));
+        return Err(ApiError::unprocessable("empty_order", "An order needs at least one item."));
     }
     if req.items.len() > MAX_LINES {
-        return Err(ApiError::unprocessable(
-            "too_many_lines",
-            format!("An order holds at most {MAX_LINES} lines."),
-        ));
+        return Err(ApiError::unprocessable("too_many_lines", format!("An order holds at most {MAX_LINES} lines.")));
     }
     let order_id = OrderId::from_idempotency_key(&key);
 
@@ -221,27 +179,14 @@ async fn place_order(
     let mut lines = Vec::with_capacity(req.items.len());
     let mut currency: Option<&str> = None;
     for line in &req.items {
-        let p = products
-            .iter()
-            .find(|p| p.sku == line.sku.as_str())
-            .ok_or_else(|| {
-                ApiError::unprocessable(
-                    "unknown_sku",
-                    format!("There is no product with SKU {}.", line.sku),
-                )
-            })?;
+        let p = products.iter().find(|p| p.sku == line.sku.as_str()).ok_or_else(|| {
+            ApiError::unprocessable("unknown_sku", format!("There is no product with SKU {}.", line.sku))
+        })?;
         if currency.is_some_and(|c| c != p.currency) {
-            return Err(ApiError::unprocessable(
-                "mixed_currencies",
-                "All items of an order must share one currency.",
-            ));
+            return Err(ApiError::unprocessable("mixed_currencies", "All items of an order must share one currency."));
         }
         currency = Some(&p.currency);
-        lines.push(OrderLine {
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            unit_price_cents: p.price_cents,
-        });
+        lines.push(OrderLine { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: p.price_cents });
     }
     let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()));
     let send = SendOrder {
@@ -253,29 +198,17 @@ async fn place_order(
 
     // Register before publishing so the status event can't slip past.
     let mut waiting = s.waiters.register(order_id, None);
-    let envelope = Envelope::new(Topic::OrdersSend, order_id, send)
-        .with_traceparent(Some(traceparent(&headers)));
-    publish(
-        &s.bus,
-        &Topic::OrdersSend.path(s.bus.prefix()),
-        envelope.to_json(),
-    )
-    .await?;
+    let envelope = Envelope::new(Topic::OrdersSend, order_id, send).with_traceparent(Some(traceparent(&headers)));
+    publish(&s.bus, &Topic::OrdersSend.path(s.bus.prefix()), envelope.to_json()).await?;
 
     let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
         Ok(Some(status)) => Some(status),
-        _ => s
-            .downstream
-            .order(order_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|o| StatusChanged {
-                status: o.status,
-                version: o.version,
-                fingerprint: o.fingerprint,
-                reason: o.reason,
-            }),
+        _ => s.downstream.order(order_id).await.ok().flatten().map(|o| StatusChanged {
+            status: o.status,
+            version: o.version,
+            fingerprint: o.fingerprint,
+            reason: o.reason,
+        }),
     };
     match status {
         Some(st) if st.fingerprint != fingerprint => Err(ApiError::conflict(
@@ -300,10 +233,7 @@ fn not_committed() -> ApiError {
 async fn publish(bus: &Bus, topic: &str, payload: Vec<u8>) -> Result<(), ApiError> {
     bus.publish(topic, payload).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
-        ApiError::unavailable(
-            "bus_unavailable",
-            "The message bus is not reachable; please retry shortly.",
-        )
+        ApiError::unavailable("bus_unavailable", "The message bus is not reachable; please retry shortly.")
     })
 }
 
@@ -333,8 +263,7 @@ struct OrderView {
 }
 
 fn at(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl From<Order> for OrderView {
@@ -353,16 +282,9 @@ impl From<Order> for OrderView {
     }
 }
 
-async fn get_order(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+async fn get_order(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let id = parse_order_id(&id)?;
-    let order = s
-        .downstream
-        .order(id)
-        .await?
-        .ok_or_else(|| unknown_order(id))?;
+    let order = s.downstream.order(id).await?.ok_or_else(|| unknown_order(id))?;
     Ok(Json(OrderView::from(order)))
 }
 
@@ -372,44 +294,23 @@ async fn cancel_order(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    let order = s
-        .downstream
-        .order(id)
-        .await?
-        .ok_or_else(|| unknown_order(id))?;
+    let order = s.downstream.order(id).await?.ok_or_else(|| unknown_order(id))?;
     match order.status {
         OrderStatus::Rejected => {
-            return Err(ApiError::conflict(
-                "order_rejected",
-                "The order was rejected; there is nothing to cancel.",
-            ))
+            return Err(ApiError::conflict("order_rejected", "The order was rejected; there is nothing to cancel."))
         }
         OrderStatus::Cancelled => {
-            return Err(ApiError::conflict(
-                "already_cancelled",
-                "The order is already cancelled.",
-            ))
+            return Err(ApiError::conflict("already_cancelled", "The order is already cancelled."))
         }
         OrderStatus::Pending | OrderStatus::Confirmed => {}
     }
     let mut waiting = s.waiters.register(id, Some(OrderStatus::Cancelled));
-    let envelope = Envelope::new(Topic::OrdersCancel, id, CancelOrder::default())
-        .with_traceparent(Some(traceparent(&headers)));
-    publish(
-        &s.bus,
-        &Topic::OrdersCancel.path(s.bus.prefix()),
-        envelope.to_json(),
-    )
-    .await?;
+    let envelope =
+        Envelope::new(Topic::OrdersCancel, id, CancelOrder::default()).with_traceparent(Some(traceparent(&headers)));
+    publish(&s.bus, &Topic::OrdersCancel.path(s.bus.prefix()), envelope.to_json()).await?;
     let cancelled = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
         Ok(Some(_)) => true,
-        _ => s
-            .downstream
-            .order(id)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|o| o.status == OrderStatus::Cancelled),
+        _ => s.downstream.order(id).await.ok().flatten().is_some_and(|o| o.status == OrderStatus::Cancelled),
     };
     if cancelled {
         tracing::info!(order_id = %id, "order cancelled");

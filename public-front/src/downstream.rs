@@ -58,17 +58,8 @@ impl Downstream {
         })
     }
 
-    async fn get_json<T: DeserializeOwned>(
-        &self,
-        node: &'static str,
-        url: String,
-    ) -> Result<Option<T>, ApiError> {
-        let resp = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| unavailable(node, e))?;
+    async fn get_json<T: DeserializeOwned>(&self, node: &'static str, url: String) -> Result<Option<T>, ApiError> {
+        let resp = self.client.get(&url).send().await.map_err(|e| unavailable(node, e))?;
         decode(node, resp).await
     }
 
@@ -81,14 +72,11 @@ impl Downstream {
             .send()
             .await
             .map_err(|e| unavailable("inventory", e))?;
-        decode("inventory", resp)
-            .await?
-            .ok_or_else(|| ApiError::internal("inventory answered 404 for /products"))
+        decode("inventory", resp).await?.ok_or_else(|| ApiError::internal("inventory answered 404 for /products"))
     }
 
     pub async fn product(&self, sku: &Sku) -> Result<Option<Product>, ApiError> {
-        self.get_json("inventory", format!("{}/products/{sku}", self.inventory))
-            .await
+        self.get_json("inventory", format!("{}/products/{sku}", self.inventory)).await
     }
 
     pub async fn products(&self, skus: &[Sku]) -> Result<Vec<Product>, ApiError> {
@@ -103,8 +91,7 @@ impl Downstream {
     }
 
     pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ApiError> {
-        self.get_json("order", format!("{}/orders/{id}", self.order))
-            .await
+        self.get_json("order", format!("{}/orders/{id}", self.order)).await
     }
 
     /// Whether both nodes answer their liveness probe.
@@ -127,43 +114,22 @@ impl Downstream {
 
 fn unavailable(node: &'static str, e: reqwest::Error) -> ApiError {
     tracing::warn!(node, error = %e, "downstream request failed");
-    let what = if e.is_timeout() {
-        "did not answer in time"
-    } else {
-        "is not reachable"
-    };
+    let what = if e.is_timeout() { "did not answer in time" } else { "is not reachable" };
     ApiError::unavailable(
-        if node == "inventory" {
-            "inventory_unavailable"
-        } else {
-            "order_service_unavailable"
-        },
+        if node == "inventory" { "inventory_unavailable" } else { "order_service_unavailable" },
         format!("The {node} service {what}; please retry shortly."),
     )
 }
 
-async fn decode<T: DeserializeOwned>(
-    node: &'static str,
-    resp: reqwest::Response,
-) -> Result<Option<T>, ApiError> {
+async fn decode<T: DeserializeOwned>(node: &'static str, resp: reqwest::Response) -> Result<Option<T>, ApiError> {
     match resp.status() {
         StatusCode::NOT_FOUND => Ok(None),
-        s if s.is_success() => resp
-            .json()
-            .await
-            .map(Some)
-            .map_err(|e| unavailable(node, e)),
-        s if s.is_client_error() => Err(ApiError::internal(format!(
-            "{node} refused a request the front built: {s}"
-        ))),
+        s if s.is_success() => resp.json().await.map(Some).map_err(|e| unavailable(node, e)),
+        s if s.is_client_error() => Err(ApiError::internal(format!("{node} refused a request the front built: {s}"))),
         s => {
             tracing::warn!(node, status = %s, "downstream error");
             Err(ApiError::unavailable(
-                if node == "inventory" {
-                    "inventory_unavailable"
-                } else {
-                    "order_service_unavailable"
-                },
+                if node == "inventory" { "inventory_unavailable" } else { "order_service_unavailable" },
                 format!("The {node} service is failing; please retry shortly."),
             ))
         }

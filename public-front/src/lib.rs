@@ -33,14 +33,9 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         let mut bus_cfg = cfg.bus.clone();
         if bus_cfg.client_id.is_empty() {
-            bus_cfg.client_id = format!(
-                "webshop-front-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            );
+            bus_cfg.client_id = format!("webshop-front-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         }
-        let listener = TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("binding {}", cfg.listen))?;
+        let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let downstream = downstream::Downstream::new(
             &cfg.inventory_url,
             &cfg.order_url,
@@ -60,33 +55,17 @@ impl App {
         );
         let waiters = status::StatusWaiters::default();
         let mut tasks = JoinSet::new();
-        tasks.spawn(
-            waiters
-                .clone()
-                .run(bus.prefix().to_owned(), deliveries, bus_shutdown.clone()),
-        );
+        tasks.spawn(waiters.clone().run(bus.prefix().to_owned(), deliveries, bus_shutdown.clone()));
         tasks.spawn(async move {
             let _ = bus_task.await;
         });
-        let state = api::AppState {
-            bus,
-            downstream,
-            waiters,
-            commit_timeout: shared::config::secs(cfg.commit_timeout_secs),
-        };
-        Ok(App {
-            listener,
-            state,
-            tasks,
-            shutdown,
-            bus_shutdown,
-        })
+        let state =
+            api::AppState { bus, downstream, waiters, commit_timeout: shared::config::secs(cfg.commit_timeout_secs) };
+        Ok(App { listener, state, tasks, shutdown, bus_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {

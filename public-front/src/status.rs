@@ -54,17 +54,8 @@ impl StatusWaiters {
     /// status.
     pub fn register(&self, order_id: OrderId, want: Option<OrderStatus>) -> Waiting {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .lock()
-            .expect("waiters lock")
-            .entry(order_id)
-            .or_default()
-            .push((want, tx));
-        Waiting {
-            waiters: self.clone(),
-            order_id,
-            rx: Some(rx),
-        }
+        self.inner.lock().expect("waiters lock").entry(order_id).or_default().push((want, tx));
+        Waiting { waiters: self.clone(), order_id, rx: Some(rx) }
     }
 
     fn dispatch(&self, order_id: OrderId, status: &StatusChanged) {
@@ -88,22 +79,15 @@ impl StatusWaiters {
     }
 
     /// Feeds status events from the bus to the waiters until shutdown.
-    pub async fn run(
-        self,
-        prefix: String,
-        mut rx: mpsc::UnboundedReceiver<Delivery>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, prefix: String, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
         loop {
             let d = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 d = rx.recv() => match d { Some(d) => d, None => return },
             };
             let parsed = match Topic::from_path(&prefix, &d.topic) {
-                Some(Topic::OrdersStatus) => {
-                    Inbound::decode(Topic::OrdersStatus, d.payload.clone())
-                        .and_then(|m| m.body::<StatusChanged>().map(|b| (m.order_id(), b)))
-                }
+                Some(Topic::OrdersStatus) => Inbound::decode(Topic::OrdersStatus, d.payload.clone())
+                    .and_then(|m| m.body::<StatusChanged>().map(|b| (m.order_id(), b))),
                 _ => continue,
             };
             match parsed {

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,11 +77,7 @@ struct State {
 
 impl State {
     fn fail_all(&mut self) {
-        for tx in self
-            .queued
-            .drain(..)
-            .chain(self.inflight.drain().map(|(_, tx)| tx))
-        {
+        for tx in self.queued.drain(..).chain(self.inflight.drain().map(|(_, tx)| tx)) {
             let _ = tx.send(Err(BusError::ConnectionLost));
         }
     }
@@ -196,11 +190,8 @@ async fn run(
 ) {
     let inner = &bus.inner;
     let mut backoff = Duration::from_millis(50);
-    let filters: Vec<SubscribeFilter> = opts
-        .subscriptions
-        .iter()
-        .map(|t| SubscribeFilter::new(t.path(&inner.prefix), QoS::AtLeastOnce))
-        .collect();
+    let filters: Vec<SubscribeFilter> =
+        opts.subscriptions.iter().map(|t| SubscribeFilter::new(t.path(&inner.prefix), QoS::AtLeastOnce)).collect();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -222,10 +213,7 @@ async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let failed = ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                let failed = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if failed {
                     tracing::error!("the broker refused a subscription; not ready");
                 } else {
@@ -234,24 +222,15 @@ async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let generation = inner.state.lock().expect("bus state lock").generation;
-                let delivery = Delivery {
-                    topic: publish.topic.clone(),
-                    payload: publish.payload.clone(),
-                    generation,
-                    publish,
-                };
+                let delivery =
+                    Delivery { topic: publish.topic.clone(), payload: publish.payload.clone(), generation, publish };
                 if deliveries.send(delivery).is_err() {
                     // Nobody consumes any more: we are shutting down.
                     break;
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let waiter = inner
-                    .state
-                    .lock()
-                    .expect("bus state lock")
-                    .inflight
-                    .remove(&ack.pkid);
+                let waiter = inner.state.lock().expect("bus state lock").inflight.remove(&ack.pkid);
                 if let Some(tx) = waiter {
                     let _ = tx.send(Ok(()));
                 }

@@ -31,10 +31,7 @@ where
     }
     figment = figment.merge(Env::prefixed(env_prefix).split("__"));
     figment.extract().with_context(|| match file {
-        Some(f) => format!(
-            "invalid configuration in {} or {env_prefix}* environment",
-            f.display()
-        ),
+        Some(f) => format!("invalid configuration in {} or {env_prefix}* environment", f.display()),
         None => format!("invalid configuration in {env_prefix}* environment"),
     })
 }
@@ -106,10 +103,7 @@ pub struct DbConfig {
 
 impl Default for DbConfig {
     fn default() -> Self {
-        Self {
-            path: PathBuf::from("data/service.db"),
-            synchronous: "FULL".into(),
-        }
+        Self { path: PathBuf::from("data/service.db"), synchronous: "FULL".into() }
     }
 }
 
@@ -125,10 +119,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            filter: "info".into(),
-            format: "text".into(),
-        }
+        Self { filter: "info".into(), format: "text".into() }
     }
 }
 

@@ -151,22 +151,8 @@ impl<H> Clone for Consumer<H> {
 }
 
 impl<H: Handler> Consumer<H> {
-    pub fn new(
-        db: Db,
-        bus: Bus,
-        handler: H,
-        wakeup: Wakeup,
-        stats: Arc<Stats>,
-        policy: ParkingPolicy,
-    ) -> Self {
-        Self {
-            db,
-            bus,
-            handler: Arc::new(handler),
-            wakeup,
-            stats,
-            policy,
-        }
+    pub fn new(db: Db, bus: Bus, handler: H, wakeup: Wakeup, stats: Arc<Stats>, policy: ParkingPolicy) -> Self {
+        Self { db, bus, handler: Arc::new(handler), wakeup, stats, policy }
     }
 
     /// Consumes until `shutdown`; a batch already taken is finished (and
@@ -224,8 +210,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(msg) => msg,
                 Err(poison) => {
                     tracing::warn!(topic = %d.topic, bytes = d.payload.len(), reason = %poison, "dead-lettering a malformed message");
-                    dead_letter::record(&mut tx, &d.topic, None, None, &d.payload, &poison.0)
-                        .await?;
+                    dead_letter::record(&mut tx, &d.topic, None, None, &d.payload, &poison.0).await?;
                     tally.dead_lettered += 1;
                     continue;
                 }
@@ -324,15 +309,8 @@ impl<H: Handler> Consumer<H> {
             Ok(msg) => msg,
             Err(poison) => {
                 parking::remove(conn, &p.message_id).await?;
-                dead_letter::record(
-                    conn,
-                    &p.topic,
-                    Some(p.message_id),
-                    Some(p.order_id),
-                    &p.payload,
-                    &poison.0,
-                )
-                .await?;
+                dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
+                    .await?;
                 tally.dead_lettered += 1;
                 return Ok(());
             }
@@ -345,20 +323,9 @@ impl<H: Handler> Consumer<H> {
                 Err(HandleError::Poison(_)) => sp.rollback().await?,
             }
             parking::remove(conn, &p.message_id).await?;
-            let reason = format!(
-                "parked for {} s and what it waits for never came",
-                self.policy.horizon_ms / 1000
-            );
+            let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
             tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
-            dead_letter::record(
-                conn,
-                &p.topic,
-                Some(p.message_id),
-                Some(p.order_id),
-                &p.payload,
-                &reason,
-            )
-            .await?;
+            dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason).await?;
             tally.dead_lettered += 1;
             return Ok(());
         }
@@ -377,15 +344,8 @@ impl<H: Handler> Consumer<H> {
             Err(HandleError::Poison(poison)) => {
                 sp.rollback().await?;
                 parking::remove(conn, &p.message_id).await?;
-                dead_letter::record(
-                    conn,
-                    &p.topic,
-                    Some(p.message_id),
-                    Some(p.order_id),
-                    &p.payload,
-                    &poison.0,
-                )
-                .await?;
+                dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
+                    .await?;
                 tally.dead_lettered += 1;
             }
             Err(HandleError::Db(e)) => return Err(e),
@@ -396,9 +356,7 @@ impl<H: Handler> Consumer<H> {
     /// The parking timer: retries due parked messages and dead-letters
     /// those past the horizon.
     pub async fn run_parking_timer(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_millis(
-            self.policy.retry_ms.clamp(50, 1000) as u64,
-        ));
+        let mut tick = tokio::time::interval(Duration::from_millis(self.policy.retry_ms.clamp(50, 1000) as u64));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -66,14 +66,10 @@ impl Db {
     /// and the service's own idempotent `schema`.
     pub async fn open(cfg: &DbConfig, schema: &str) -> anyhow::Result<Db> {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating database directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating database directory {}", dir.display()))?;
         }
         let synchronous = SqliteSynchronous::from_str(&cfg.synchronous).map_err(|_| {
-            anyhow::anyhow!(
-                "db.synchronous must be FULL, NORMAL, OFF or EXTRA, not `{}`",
-                cfg.synchronous
-            )
+            anyhow::anyhow!("db.synchronous must be FULL, NORMAL, OFF or EXTRA, not `{}`", cfg.synchronous)
         })?;
         let options = SqliteConnectOptions::new()
             .filename(&cfg.path)
@@ -89,14 +85,8 @@ impl Db {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening database {}", cfg.path.display()))?;
-        sqlx::raw_sql(SHARED_SCHEMA)
-            .execute(&writer)
-            .await
-            .context("creating shared tables")?;
-        sqlx::raw_sql(schema)
-            .execute(&writer)
-            .await
-            .context("creating service tables")?;
+        sqlx::raw_sql(SHARED_SCHEMA).execute(&writer).await.context("creating shared tables")?;
+        sqlx::raw_sql(schema).execute(&writer).await.context("creating service tables")?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))

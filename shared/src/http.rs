@@ -30,12 +30,7 @@ struct Problem<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            retry_after_secs: None,
-        }
+        Self { status, code, detail: detail.into(), retry_after_secs: None }
     }
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
@@ -51,19 +46,12 @@ impl ApiError {
     }
     /// A dependency is down or slow; the client may retry after a while.
     pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            retry_after_secs: Some(1),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
-        }
+        Self { retry_after_secs: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail) }
     }
     /// An unexpected failure: logged with its cause, reported generically.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "An internal error occurred; it has been logged.",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "An internal error occurred; it has been logged.")
     }
 }
 
@@ -84,12 +72,7 @@ impl IntoResponse for ApiError {
             detail: &self.detail,
         })
         .unwrap_or_default();
-        let mut resp = (
-            self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body,
-        )
-            .into_response();
+        let mut resp = (self.status, [(header::CONTENT_TYPE, "application/problem+json")], body).into_response();
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut().insert(header::RETRY_AFTER, secs.into());
         }
@@ -104,22 +87,12 @@ pub fn rejection(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         _ => "invalid_request",
     };
-    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
-        StatusCode::BAD_REQUEST
-    } else {
-        status
-    };
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
     ApiError::new(status, code, e.to_string())
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets in-flight
 /// requests finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }

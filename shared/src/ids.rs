@@ -36,9 +36,7 @@ impl OrderId {
         Self(Uuid::new_v5(&ORDER_NAMESPACE, key.0.as_bytes()))
     }
     pub fn parse(s: &str) -> Result<Self, ParseError> {
-        Uuid::parse_str(s)
-            .map(Self)
-            .map_err(|_| ParseError::OrderId(s.chars().take(64).collect()))
+        Uuid::parse_str(s).map(Self).map_err(|_| ParseError::OrderId(s.chars().take(64).collect()))
     }
 }
 
@@ -87,8 +85,7 @@ pub struct Sku(String);
 impl Sku {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         let ok = (3..=40).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-');
         if ok {
             Ok(Self(s.to_owned()))
@@ -150,10 +147,7 @@ impl Email {
         let s = s.trim();
         let ok = s.len() <= 254
             && s.split_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty()
-                    && domain.contains('.')
-                    && !domain.starts_with('.')
-                    && !domain.ends_with('.')
+                !local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.')
             })
             && !s.chars().any(|c| c.is_whitespace() || c.is_control());
         if ok {
@@ -196,15 +190,9 @@ mod tests {
     #[test]
     fn same_key_same_order() {
         let k = IdempotencyKey::parse("abc-123").unwrap();
-        assert_eq!(
-            OrderId::from_idempotency_key(&k),
-            OrderId::from_idempotency_key(&k)
-        );
+        assert_eq!(OrderId::from_idempotency_key(&k), OrderId::from_idempotency_key(&k));
         let other = IdempotencyKey::parse("abc-124").unwrap();
-        assert_ne!(
-            OrderId::from_idempotency_key(&k),
-            OrderId::from_idempotency_key(&other)
-        );
+        assert_ne!(OrderId::from_idempotency_key(&k), OrderId::from_idempotency_key(&other));
     }
 
     #[test]

@@ -25,9 +25,6 @@ pub async fn record(conn: &mut SqliteConnection, msg: &Inbound) -> sqlx::Result<
 /// still harmless: business keys (one order, one reservation, one release
 /// per `order_id`) make every effect idempotent on their own.
 pub async fn prune(conn: &mut SqliteConnection, keep_ms: i64) -> sqlx::Result<u64> {
-    let r = sqlx::query("DELETE FROM inbox WHERE received_at < ?")
-        .bind(now_ms() - keep_ms)
-        .execute(conn)
-        .await?;
+    let r = sqlx::query("DELETE FROM inbox WHERE received_at < ?").bind(now_ms() - keep_ms).execute(conn).await?;
     Ok(r.rows_affected())
 }

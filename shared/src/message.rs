@@ -84,8 +84,8 @@ impl Inbound {
                 payload.len()
             )));
         }
-        let envelope: Envelope<Box<RawValue>> = serde_json::from_slice(&payload)
-            .map_err(|e| Poison(format!("invalid envelope: {e}")))?;
+        let envelope: Envelope<Box<RawValue>> =
+            serde_json::from_slice(&payload).map_err(|e| Poison(format!("invalid envelope: {e}")))?;
         if envelope.v != SCHEMA_VERSION {
             return Err(Poison(format!(
                 "unsupported schema version {} (this build reads {SCHEMA_VERSION})",
@@ -100,11 +100,7 @@ impl Inbound {
                 topic.message_type()
             )));
         }
-        Ok(Inbound {
-            topic,
-            envelope,
-            payload,
-        })
+        Ok(Inbound { topic, envelope, payload })
     }
 
     pub fn message_id(&self) -> MessageId {
@@ -161,10 +157,7 @@ impl SendOrder {
     pub fn total_cents(&self) -> i64 {
         self.items
             .iter()
-            .map(|l| {
-                l.unit_price_cents
-                    .saturating_mul(i64::from(l.quantity.get()))
-            })
+            .map(|l| l.unit_price_cents.saturating_mul(i64::from(l.quantity.get())))
             .fold(0i64, i64::saturating_add)
     }
 }
@@ -269,25 +262,13 @@ mod tests {
 
     #[test]
     fn poison_is_named() {
-        assert!(
-            Inbound::decode(Topic::OrdersSend, Bytes::from_static(b"not json"))
-                .unwrap_err()
-                .0
-                .contains("invalid envelope")
-        );
-        let env = Envelope::new(
-            Topic::OrdersCancel,
-            OrderId(uuid::Uuid::nil()),
-            CancelOrder::default(),
-        );
-        assert!(Inbound::decode(Topic::OrdersSend, env.to_json().into())
+        assert!(Inbound::decode(Topic::OrdersSend, Bytes::from_static(b"not json"))
             .unwrap_err()
             .0
-            .contains("does not belong"));
+            .contains("invalid envelope"));
+        let env = Envelope::new(Topic::OrdersCancel, OrderId(uuid::Uuid::nil()), CancelOrder::default());
+        assert!(Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap_err().0.contains("does not belong"));
         let big = Bytes::from(vec![b' '; MAX_MESSAGE_BYTES + 1]);
-        assert!(Inbound::decode(Topic::OrdersSend, big)
-            .unwrap_err()
-            .0
-            .contains("exceeds"));
+        assert!(Inbound::decode(Topic::OrdersSend, big).unwrap_err().0.contains("exceeds"));
     }
 }

@@ -50,34 +50,17 @@ impl Node {
         let (bus, deliveries, bus_task) = Bus::start(bus, bus_shutdown.clone());
         let stats = Arc::new(Stats::default());
         let wakeup = Wakeup::default();
-        let consumer = Consumer::new(
-            db.clone(),
-            bus.clone(),
-            handler,
-            wakeup.clone(),
-            stats.clone(),
-            policy,
-        );
+        let consumer = Consumer::new(db.clone(), bus.clone(), handler, wakeup.clone(), stats.clone(), policy);
         let mut inner = JoinSet::new();
         inner.spawn(consumer.clone().run(deliveries, shutdown.clone()));
         inner.spawn(consumer.run_parking_timer(shutdown.clone()));
-        inner.spawn(outbox::relay(
-            db.clone(),
-            bus.clone(),
-            wakeup.clone(),
-            shutdown.clone(),
-        ));
+        inner.spawn(outbox::relay(db.clone(), bus.clone(), wakeup.clone(), shutdown.clone()));
         tasks.spawn(async move {
             while inner.join_next().await.is_some() {}
             bus_shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), bus_task).await;
         });
-        Node {
-            db,
-            bus,
-            stats,
-            wakeup,
-        }
+        Node { db, bus, stats, wakeup }
     }
 
     /// Why the node isn't ready, if it isn't.
@@ -102,9 +85,7 @@ impl Node {
             messages: self.stats.snapshot(),
             outbox: outbox::backlog(&self.db.reader).await?,
             parked: parking::count(&self.db.reader).await?,
-            dead_letters: sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
-                .fetch_one(&self.db.reader)
-                .await?,
+            dead_letters: sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&self.db.reader).await?,
         })
     }
 
@@ -139,14 +120,8 @@ pub fn routes(node: Node) -> axum::Router {
     async fn stats(State(node): State<Node>) -> Result<impl IntoResponse, ApiError> {
         Ok(Json(node.stats().await?))
     }
-    async fn dead_letters(
-        State(node): State<Node>,
-        Query(q): Query<Limit>,
-    ) -> Result<impl IntoResponse, ApiError> {
-        Ok(Json(
-            node.dead_letters(q.limit.unwrap_or(100).clamp(1, 1000))
-                .await?,
-        ))
+    async fn dead_letters(State(node): State<Node>, Query(q): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(node.dead_letters(q.limit.unwrap_or(100).clamp(1, 1000)).await?))
     }
     axum::Router::new()
         .route("/healthz", get(healthz))

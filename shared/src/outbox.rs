@@ -31,16 +31,14 @@ pub async fn enqueue<B: Serialize>(
     body: B,
 ) -> sqlx::Result<()> {
     let envelope = Envelope::new(topic, order_id, body);
-    sqlx::query(
-        "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(envelope.message_id.to_string())
-    .bind(topic.suffix())
-    .bind(order_id.to_string())
-    .bind(envelope.to_json())
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(envelope.message_id.to_string())
+        .bind(topic.suffix())
+        .bind(order_id.to_string())
+        .bind(envelope.to_json())
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -52,14 +50,9 @@ pub struct Backlog {
 }
 
 pub async fn backlog(pool: &sqlx::SqlitePool) -> sqlx::Result<Backlog> {
-    let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL")
-        .fetch_one(pool)
-        .await?;
+    let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await?;
     let oldest: Option<i64> = row.get(1);
-    Ok(Backlog {
-        unsent: row.get(0),
-        oldest_unsent_age_ms: oldest.map(|t| now_ms() - t),
-    })
+    Ok(Backlog { unsent: row.get(0), oldest_unsent_age_ms: oldest.map(|t| now_ms() - t) })
 }
 
 /// Wakes the relay when a transaction that enqueued events has committed.
@@ -112,12 +105,10 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
 /// Publishes one batch, marks the PUBACKed ones sent; returns how many
 /// were attempted.
 async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
-    let rows = sqlx::query(
-        "SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?",
-    )
-    .bind(BATCH)
-    .fetch_all(&db.writer)
-    .await?;
+    let rows = sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?")
+        .bind(BATCH)
+        .fetch_all(&db.writer)
+        .await?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -129,28 +120,17 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
         async move { bus.publish(&path, payload).await.map(|()| seq) }
     });
     let results = join_all(publishes).await;
-    let sent: Vec<i64> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
-        .collect();
+    let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     if !sent.is_empty() {
         let mut tx = db.begin().await?;
         let now = now_ms();
         for seq in &sent {
-            sqlx::query("UPDATE outbox SET sent_at = ? WHERE seq = ?")
-                .bind(now)
-                .bind(seq)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("UPDATE outbox SET sent_at = ? WHERE seq = ?").bind(now).bind(seq).execute(&mut *tx).await?;
         }
         tx.commit().await?;
     }
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        anyhow::bail!(
-            "{} of {} events not acknowledged by the broker: {e}",
-            rows.len() - sent.len(),
-            rows.len()
-        );
+        anyhow::bail!("{} of {} events not acknowledged by the broker: {e}", rows.len() - sent.len(), rows.len());
     }
     Ok(rows.len())
 }

@@ -19,12 +19,7 @@ pub struct Parked {
     pub attempts: i64,
 }
 
-pub async fn park(
-    conn: &mut SqliteConnection,
-    msg: &Inbound,
-    reason: &str,
-    retry_in_ms: i64,
-) -> sqlx::Result<()> {
+pub async fn park(conn: &mut SqliteConnection, msg: &Inbound, reason: &str, retry_in_ms: i64) -> sqlx::Result<()> {
     let now = now_ms();
     sqlx::query(
         "INSERT INTO parked (message_id, topic, order_id, payload, reason, parked_at, next_attempt_at)
@@ -57,12 +52,10 @@ const COLUMNS: &str = "message_id, topic, order_id, payload, parked_at, attempts
 
 /// The messages parked for `order_id`, oldest first.
 pub async fn for_order(conn: &mut SqliteConnection, order_id: &str) -> sqlx::Result<Vec<Parked>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM parked WHERE order_id = ? ORDER BY parked_at, message_id"
-    ))
-    .bind(order_id)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM parked WHERE order_id = ? ORDER BY parked_at, message_id"))
+        .bind(order_id)
+        .fetch_all(conn)
+        .await?;
     Ok(rows.into_iter().map(from_row).collect())
 }
 
@@ -79,32 +72,21 @@ pub async fn due(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<Pa
 }
 
 pub async fn remove(conn: &mut SqliteConnection, message_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM parked WHERE message_id = ?")
+    sqlx::query("DELETE FROM parked WHERE message_id = ?").bind(message_id).execute(conn).await?;
+    Ok(())
+}
+
+/// Pushes the next attempt back (exponential, capped at a minute).
+pub async fn postpone(conn: &mut SqliteConnection, message_id: &str, attempts: i64) -> sqlx::Result<()> {
+    let delay = (1000i64 << attempts.clamp(0, 6)).min(60_000);
+    sqlx::query("UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?")
+        .bind(now_ms() + delay)
         .bind(message_id)
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Pushes the next attempt back (exponential, capped at a minute).
-pub async fn postpone(
-    conn: &mut SqliteConnection,
-    message_id: &str,
-    attempts: i64,
-) -> sqlx::Result<()> {
-    let delay = (1000i64 << attempts.clamp(0, 6)).min(60_000);
-    sqlx::query(
-        "UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?",
-    )
-    .bind(now_ms() + delay)
-    .bind(message_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 pub async fn count(pool: &sqlx::SqlitePool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM parked")
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(pool).await
 }

@@ -10,9 +10,5 @@ use crate::config::LogConfig;
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
     let builder = fmt().with_env_filter(filter).with_target(true);
-    let _ = if cfg.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

@@ -78,10 +78,7 @@ mod tests {
     #[test]
     fn paths_round_trip() {
         for t in Topic::ALL {
-            assert_eq!(
-                Topic::from_path(DEFAULT_PREFIX, &t.path(DEFAULT_PREFIX)),
-                Some(t)
-            );
+            assert_eq!(Topic::from_path(DEFAULT_PREFIX, &t.path(DEFAULT_PREFIX)), Some(t));
         }
         assert_eq!(Topic::from_path(DEFAULT_PREFIX, "webshop/v1/nope"), None);
     }

@@ -17,11 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after the deadline.
@@ -54,16 +50,73 @@ impl Running {
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
-            task.await
-                .expect("node task")
-                .expect("node stopped cleanly");
+            task.await.expect("node task").expect("node stopped cleanly");
         }
     }
+}
+
+/// Which MQTT broker the shop runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum BrokerKind {
+    Embedded,
+    Mosquitto,
+}
+
+/// A Mosquitto process on a free port, killed on drop.
+pub struct Mosquitto {
+    child: std::process::Child,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto_binary() -> Option<std::path::PathBuf> {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Starts Mosquitto on `port`; `None` if it isn't installed (an error when
+/// `WEBSHOP_REQUIRE_MOSQUITTO` is set, as in CI).
+pub async fn start_mosquitto(dir: &std::path::Path, port: u16) -> Option<Mosquitto> {
+    let Some(bin) = mosquitto_binary() else {
+        if std::env::var_os("WEBSHOP_REQUIRE_MOSQUITTO").is_some() {
+            panic!("mosquitto is required (WEBSHOP_REQUIRE_MOSQUITTO) but not installed");
+        }
+        eprintln!("mosquitto not installed: skipping the Mosquitto run (apt-get install mosquitto)");
+        return None;
+    };
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto starts");
+    let m = Mosquitto { child };
+    eventually("mosquitto to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    Some(m)
 }
 
 pub struct Shop {
     pub dir: tempfile::TempDir,
     pub broker_port: u16,
+    /// Kept so the broker process lives as long as the shop.
+    pub _mosquitto: Option<Mosquitto>,
     pub inventory: Running,
     pub order: Running,
     pub front: Running,
@@ -71,21 +124,14 @@ pub struct Shop {
 }
 
 fn bus(port: u16, id: &str) -> shared::config::BusConfig {
-    shared::config::BusConfig {
-        port,
-        client_id: id.into(),
-        ..Default::default()
-    }
+    shared::config::BusConfig { port, client_id: id.into(), ..Default::default() }
 }
 
 pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::Config {
     inventory::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-inventory"),
-        db: shared::config::DbConfig {
-            path: dir.join("inventory.db"),
-            synchronous: "NORMAL".into(),
-        },
+        db: shared::config::DbConfig { path: dir.join("inventory.db"), synchronous: "NORMAL".into() },
         ..Default::default()
     }
 }
@@ -94,10 +140,7 @@ pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
     order::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-order"),
-        db: shared::config::DbConfig {
-            path: dir.join("order.db"),
-            synchronous: "NORMAL".into(),
-        },
+        db: shared::config::DbConfig { path: dir.join("order.db"), synchronous: "NORMAL".into() },
         follow_up_secs: 1.0,
         ..Default::default()
     }
@@ -105,43 +148,35 @@ pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
 
 pub async fn start_inventory(cfg: inventory::Config) -> Running {
     let shutdown = CancellationToken::new();
-    let app = inventory::App::build(cfg, shutdown.clone())
-        .await
-        .expect("inventory starts");
+    let app = inventory::App::build(cfg, shutdown.clone()).await.expect("inventory starts");
     let addr = app.local_addr();
-    Running {
-        addr,
-        shutdown,
-        task: Some(tokio::spawn(app.run())),
-    }
+    Running { addr, shutdown, task: Some(tokio::spawn(app.run())) }
 }
 
 pub async fn start_order(cfg: order::Config) -> Running {
     let shutdown = CancellationToken::new();
-    let app = order::App::build(cfg, shutdown.clone())
-        .await
-        .expect("order starts");
+    let app = order::App::build(cfg, shutdown.clone()).await.expect("order starts");
     let addr = app.local_addr();
-    Running {
-        addr,
-        shutdown,
-        task: Some(tokio::spawn(app.run())),
-    }
+    Running { addr, shutdown, task: Some(tokio::spawn(app.run())) }
 }
 
 impl Shop {
-    pub async fn start() -> Shop {
-        shared::telemetry::init(&shared::config::LogConfig {
-            filter: "warn".into(),
-            ..Default::default()
-        });
+    /// The whole shop on `kind`; `None` when that broker isn't installed.
+    pub async fn start(kind: BrokerKind) -> Option<Shop> {
+        shared::telemetry::init(&shared::config::LogConfig { filter: "warn,rumqttd=off".into(), ..Default::default() });
         let dir = tempfile::tempdir().unwrap();
         let broker_port = free_port();
-        broker::spawn(&broker::BrokerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
-            ..Default::default()
-        })
-        .expect("broker starts");
+        let mosquitto = match kind {
+            BrokerKind::Embedded => {
+                broker::spawn(&broker::BrokerConfig {
+                    listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+                    ..Default::default()
+                })
+                .expect("broker starts");
+                None
+            }
+            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), broker_port).await?),
+        };
         let inventory = start_inventory(inventory_config(dir.path(), broker_port)).await;
         let order = start_order(order_config(dir.path(), broker_port)).await;
         let shutdown = CancellationToken::new();
@@ -158,21 +193,10 @@ impl Shop {
         )
         .await
         .expect("front starts");
-        let front = Running {
-            addr: front_app.local_addr(),
-            shutdown,
-            task: Some(tokio::spawn(front_app.run())),
-        };
-        let shop = Shop {
-            dir,
-            broker_port,
-            inventory,
-            order,
-            front,
-            http: reqwest::Client::new(),
-        };
+        let front = Running { addr: front_app.local_addr(), shutdown, task: Some(tokio::spawn(front_app.run())) };
+        let shop = Shop { dir, broker_port, _mosquitto: mosquitto, inventory, order, front, http: reqwest::Client::new() };
         shop.wait_ready().await;
-        shop
+        Some(shop)
     }
 
     pub async fn wait_ready(&self) {
@@ -207,10 +231,7 @@ impl Shop {
             .await
             .expect("request");
         let status = r.status().as_u16();
-        let location = r
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
         (status, r.json().await.unwrap_or(Value::Null), location)
     }
 
@@ -223,17 +244,13 @@ impl Shop {
     }
 
     pub async fn available(&self, sku: &str) -> i64 {
-        let (_, body) = self
-            .get(self.front_url(&format!("/api/catalog/{sku}")))
-            .await;
+        let (_, body) = self.get(self.front_url(&format!("/api/catalog/{sku}"))).await;
         body["available"].as_i64().expect("available")
     }
 
     /// Inventory's record of an order (404 → None).
     pub async fn reservation(&self, id: &str) -> Option<Value> {
-        let (code, body) = self
-            .get(format!("http://{}/reservations/{id}", self.inventory.addr))
-            .await;
+        let (code, body) = self.get(format!("http://{}/reservations/{id}", self.inventory.addr)).await;
         (code == 200).then_some(body)
     }
 
@@ -242,21 +259,14 @@ impl Shop {
     }
 
     pub async fn dead_letters(&self, node: SocketAddr) -> Vec<Value> {
-        self.get(format!("http://{node}/dead-letters"))
-            .await
-            .1
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.get(format!("http://{node}/dead-letters")).await.1.as_array().cloned().unwrap_or_default()
     }
 
     /// Checks the books: per SKU `initial + restocked == available +
     /// reserved`, reserved equals what live reservations hold, and every
     /// settled order agrees with inventory.
     pub async fn audit(&self) {
-        let (_, stock) = self
-            .get(format!("http://{}/stock", self.inventory.addr))
-            .await;
+        let (_, stock) = self.get(format!("http://{}/stock", self.inventory.addr)).await;
         for p in stock.as_array().unwrap() {
             let (a, r, i, re) = (
                 p["available"].as_i64().unwrap(),
@@ -267,36 +277,24 @@ impl Shop {
             assert!(a >= 0, "{p}");
             assert_eq!(i + re, a + r, "stock not conserved: {p}");
         }
-        let (_, orders) = self
-            .get(format!("http://{}/orders?limit=1000", self.order.addr))
-            .await;
+        let (_, orders) = self.get(format!("http://{}/orders?limit=1000", self.order.addr)).await;
         let mut held: std::collections::BTreeMap<String, i64> = Default::default();
         for o in orders.as_array().unwrap() {
             let id = o["order_id"].as_str().unwrap();
             let res = self.reservation(id).await;
-            let state = res
-                .as_ref()
-                .map(|r| r["state"].as_str().unwrap().to_owned());
+            let state = res.as_ref().map(|r| r["state"].as_str().unwrap().to_owned());
             match o["status"].as_str().unwrap() {
-                "confirmed" => assert_eq!(
-                    state.as_deref(),
-                    Some("reserved"),
-                    "confirmed order {id} holds no reservation"
-                ),
+                "confirmed" => {
+                    assert_eq!(state.as_deref(), Some("reserved"), "confirmed order {id} holds no reservation")
+                }
                 "rejected" | "cancelled" if o["release_pending"] == false => {
-                    assert_ne!(
-                        state.as_deref(),
-                        Some("reserved"),
-                        "settled order {id} still holds stock"
-                    )
+                    assert_ne!(state.as_deref(), Some("reserved"), "settled order {id} still holds stock")
                 }
                 _ => {}
             }
             if state.as_deref() == Some("reserved") {
                 for line in res.unwrap()["lines"].as_array().unwrap() {
-                    *held
-                        .entry(line[0].as_str().unwrap().to_owned())
-                        .or_default() += line[1].as_i64().unwrap();
+                    *held.entry(line[0].as_str().unwrap().to_owned()).or_default() += line[1].as_i64().unwrap();
                 }
             }
         }
@@ -323,11 +321,7 @@ pub struct Tester {
 
 impl Tester {
     pub async fn connect(port: u16) -> Tester {
-        let mut opts = MqttOptions::new(
-            format!("tester-{}", uuid::Uuid::new_v4().simple()),
-            "127.0.0.1",
-            port,
-        );
+        let mut opts = MqttOptions::new(format!("tester-{}", uuid::Uuid::new_v4().simple()), "127.0.0.1", port);
         opts.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -345,24 +339,13 @@ impl Tester {
                 }
             }
         });
-        tokio::time::timeout(DEADLINE, rx)
-            .await
-            .expect("tester connects")
-            .unwrap();
-        Tester {
-            client,
-            _task: task,
-        }
+        tokio::time::timeout(DEADLINE, rx).await.expect("tester connects").unwrap();
+        Tester { client, _task: task }
     }
 
     pub async fn publish_raw(&self, topic: Topic, payload: Vec<u8>) {
         self.client
-            .publish(
-                topic.path(shared::topics::DEFAULT_PREFIX),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish(topic.path(shared::topics::DEFAULT_PREFIX), QoS::AtLeastOnce, false, payload)
             .await
             .unwrap();
     }

@@ -8,23 +8,59 @@ use serde_json::json;
 use shared::message::{CancelOrder, Envelope, InStock, ReleaseRequested};
 use shared::topics::Topic;
 
+/// Every scenario runs twice: on the embedded rumqttd broker and on a real
+/// Mosquitto (started by the test on a free port), since any standard
+/// broker must work in rumqttd's place.
+macro_rules! on_both_brokers {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Shop::start(super::BrokerKind::Embedded).await.unwrap()).await
+                }
+            )*
+        }
+        mod mosquitto {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(shop) = super::Shop::start(super::BrokerKind::Mosquitto).await {
+                        super::$name(shop).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+on_both_brokers!(
+    happy_path_place_confirm_cancel_restores_stock,
+    out_of_stock_is_rejected_and_reserves_nothing,
+    the_same_send_five_times_makes_one_order_and_one_reservation,
+    in_stock_before_send_is_parked_then_confirms,
+    cancel_before_send_at_the_order_service,
+    cancel_before_send_at_inventory,
+    retried_post_is_the_same_order_and_a_different_body_conflicts,
+    malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on,
+    bad_http_input_gets_a_clear_4xx,
+    catalog_search_and_paging,
+    a_node_that_is_down_is_a_503_not_a_500,
+    orders_sent_while_the_order_service_restarts_are_not_lost,
+);
+
 const SKU: &str = "APRON-CNV-001";
 
 fn one_line(sku: &str, qty: i64) -> serde_json::Value {
     json!({"customer_email": "ada@example.com", "items": [{"sku": sku, "quantity": qty}]})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn happy_path_place_confirm_cancel_restores_stock() {
-    let shop = Shop::start().await;
+async fn happy_path_place_confirm_cancel_restores_stock(shop: Shop) {
     let before = shop.available(SKU).await;
     let (code, body, location) = shop.place("happy-1", one_line(SKU, 3)).await;
     assert_eq!(code, 202, "{body}");
     let id = body["order_id"].as_str().unwrap().to_owned();
-    assert_eq!(
-        location.as_deref(),
-        Some(format!("/api/orders/{id}").as_str())
-    );
+    assert_eq!(location.as_deref(), Some(format!("/api/orders/{id}").as_str()));
     assert!(["pending", "confirmed"].contains(&body["status"].as_str().unwrap()));
 
     let order = shop.wait_status(&id, "confirmed").await;
@@ -32,36 +68,21 @@ async fn happy_path_place_confirm_cancel_restores_stock() {
     assert_eq!(order["items"][0]["quantity"], 3);
     assert_eq!(shop.available(SKU).await, before - 3);
 
-    let r = shop
-        .http
-        .post(shop.front_url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let r = shop.http.post(shop.front_url(&format!("/api/orders/{id}/cancel"))).send().await.unwrap();
     assert_eq!(r.status(), 202);
     shop.wait_status(&id, "cancelled").await;
-    eventually("stock to come back", || async {
-        (shop.available(SKU).await == before).then_some(())
-    })
-    .await;
+    eventually("stock to come back", || async { (shop.available(SKU).await == before).then_some(()) }).await;
     assert_eq!(shop.reservation(&id).await.unwrap()["state"], "released");
 
     // Cancelling again is a clear conflict.
-    let r = shop
-        .http
-        .post(shop.front_url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let r = shop.http.post(shop.front_url(&format!("/api/orders/{id}/cancel"))).send().await.unwrap();
     assert_eq!(r.status(), 409);
     let problem: serde_json::Value = r.json().await.unwrap();
     assert_eq!(problem["code"], "already_cancelled");
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_stock_is_rejected_and_reserves_nothing() {
-    let shop = Shop::start().await;
+async fn out_of_stock_is_rejected_and_reserves_nothing(shop: Shop) {
     let before = shop.available(SKU).await;
     // Two lines of the same SKU count together: each alone would fit.
     let body = json!({"customer_email": "ada@example.com", "items": [
@@ -71,29 +92,16 @@ async fn out_of_stock_is_rejected_and_reserves_nothing() {
     assert_eq!(code, 202, "{body}");
     let id = body["order_id"].as_str().unwrap().to_owned();
     let order = shop.wait_status(&id, "rejected").await;
-    assert!(
-        order["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not enough stock"),
-        "{order}"
-    );
+    assert!(order["reason"].as_str().unwrap().contains("not enough stock"), "{order}");
     assert_eq!(shop.available(SKU).await, before);
     assert_eq!(shop.reservation(&id).await.unwrap()["state"], "rejected");
 
-    let r = shop
-        .http
-        .post(shop.front_url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let r = shop.http.post(shop.front_url(&format!("/api/orders/{id}/cancel"))).send().await.unwrap();
     assert_eq!(r.status(), 409);
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_send_five_times_makes_one_order_and_one_reservation() {
-    let shop = Shop::start().await;
+async fn the_same_send_five_times_makes_one_order_and_one_reservation(shop: Shop) {
     let before = shop.available(SKU).await;
     let tester = shop.tester().await;
     let id = new_order_id();
@@ -103,12 +111,7 @@ async fn the_same_send_five_times_makes_one_order_and_one_reservation() {
     }
     // And five more copies under fresh message ids: business keys hold too.
     for _ in 0..5 {
-        tester
-            .publish(
-                Topic::OrdersSend,
-                &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 2, "fp-dup")),
-            )
-            .await;
+        tester.publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 2, "fp-dup"))).await;
     }
     shop.wait_status(&id.to_string(), "confirmed").await;
     eventually("all copies to be consumed", || async {
@@ -118,49 +121,24 @@ async fn the_same_send_five_times_makes_one_order_and_one_reservation() {
     .await;
     assert_eq!(shop.available(SKU).await, before - 2);
     let inv = shop.stats(shop.inventory.addr).await;
-    assert!(
-        inv["messages"]["deduplicated"].as_u64().unwrap() >= 4,
-        "{inv}"
-    );
-    let order = shop
-        .get(shop.front_url(&format!("/api/orders/{id}")))
-        .await
-        .1;
-    assert_eq!(
-        order["version"], 2,
-        "one creation, one confirmation: {order}"
-    );
+    assert!(inv["messages"]["deduplicated"].as_u64().unwrap() >= 4, "{inv}");
+    let order = shop.get(shop.front_url(&format!("/api/orders/{id}"))).await.1;
+    assert_eq!(order["version"], 2, "one creation, one confirmation: {order}");
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_stock_before_send_is_parked_then_confirms() {
-    let shop = Shop::start().await;
+async fn in_stock_before_send_is_parked_then_confirms(shop: Shop) {
     let tester = shop.tester().await;
     let id = new_order_id();
     tester
-        .publish(
-            Topic::InStock,
-            &Envelope::new(
-                Topic::InStock,
-                id,
-                InStock {
-                    fingerprint: "fp-early".into(),
-                },
-            ),
-        )
+        .publish(Topic::InStock, &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-early".into() }))
         .await;
     eventually("the early in-stock to be parked", || async {
         let s = shop.stats(shop.order.addr).await;
         (s["parked"].as_i64()? == 1).then_some(())
     })
     .await;
-    tester
-        .publish(
-            Topic::OrdersSend,
-            &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 1, "fp-early")),
-        )
-        .await;
+    tester.publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 1, "fp-early"))).await;
     shop.wait_status(&id.to_string(), "confirmed").await;
     let s = shop.stats(shop.order.addr).await;
     assert_eq!(s["parked"], 0, "{s}");
@@ -168,29 +146,17 @@ async fn in_stock_before_send_is_parked_then_confirms() {
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_before_send_at_the_order_service() {
-    let shop = Shop::start().await;
+async fn cancel_before_send_at_the_order_service(shop: Shop) {
     let before = shop.available(SKU).await;
     let tester = shop.tester().await;
     let id = new_order_id();
-    tester
-        .publish(
-            Topic::OrdersCancel,
-            &Envelope::new(Topic::OrdersCancel, id, CancelOrder::default()),
-        )
-        .await;
+    tester.publish(Topic::OrdersCancel, &Envelope::new(Topic::OrdersCancel, id, CancelOrder::default())).await;
     eventually("the cancel to be applied", || async {
         let s = shop.stats(shop.order.addr).await;
         (s["messages"]["applied"].as_u64()? >= 1).then_some(())
     })
     .await;
-    tester
-        .publish(
-            Topic::OrdersSend,
-            &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 4, "fp-c")),
-        )
-        .await;
+    tester.publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 4, "fp-c"))).await;
     let order = shop.wait_status(&id.to_string(), "cancelled").await;
     assert_eq!(order["version"], 1, "created cancelled: {order}");
     // Inventory may have reserved from the same send; the order service
@@ -203,42 +169,25 @@ async fn cancel_before_send_at_the_order_service() {
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_before_send_at_inventory() {
-    let shop = Shop::start().await;
+async fn cancel_before_send_at_inventory(shop: Shop) {
     let before = shop.available(SKU).await;
     let tester = shop.tester().await;
     let id = new_order_id();
-    tester
-        .publish(
-            Topic::OrdersCancelled,
-            &Envelope::new(Topic::OrdersCancelled, id, ReleaseRequested {}),
-        )
-        .await;
+    tester.publish(Topic::OrdersCancelled, &Envelope::new(Topic::OrdersCancelled, id, ReleaseRequested {})).await;
     eventually("inventory to tombstone the order", || async {
         let r = shop.reservation(&id.to_string()).await?;
         (r["state"] == "released").then_some(())
     })
     .await;
-    tester
-        .publish(
-            Topic::OrdersSend,
-            &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 4, "fp-i")),
-        )
-        .await;
+    tester.publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, id, send_body(SKU, 4, "fp-i"))).await;
     // The late send reserves nothing; the order settles without stock.
     let order = shop.wait_status(&id.to_string(), "rejected").await;
-    assert!(
-        order["reason"].as_str().unwrap().contains("cancelled"),
-        "{order}"
-    );
+    assert!(order["reason"].as_str().unwrap().contains("cancelled"), "{order}");
     assert_eq!(shop.available(SKU).await, before);
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_post_is_the_same_order_and_a_different_body_conflicts() {
-    let shop = Shop::start().await;
+async fn retried_post_is_the_same_order_and_a_different_body_conflicts(shop: Shop) {
     let before = shop.available(SKU).await;
     let (c1, b1, _) = shop.place("retry-1", one_line(SKU, 2)).await;
     let (c2, b2, _) = shop.place("retry-1", one_line(SKU, 2)).await;
@@ -250,21 +199,15 @@ async fn retried_post_is_the_same_order_and_a_different_body_conflicts() {
     assert_eq!(c3, 409, "{b3}");
     assert_eq!(b3["code"], "idempotency_key_reused");
     // Concurrent retries too.
-    let (a, b) = tokio::join!(
-        shop.place("retry-2", one_line(SKU, 1)),
-        shop.place("retry-2", one_line(SKU, 1))
-    );
+    let (a, b) = tokio::join!(shop.place("retry-2", one_line(SKU, 1)), shop.place("retry-2", one_line(SKU, 1)));
     assert_eq!((a.0, b.0), (202, 202));
     assert_eq!(a.1["order_id"], b.1["order_id"]);
-    shop.wait_status(a.1["order_id"].as_str().unwrap(), "confirmed")
-        .await;
+    shop.wait_status(a.1["order_id"].as_str().unwrap(), "confirmed").await;
     assert_eq!(shop.available(SKU).await, before - 3);
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on() {
-    let shop = Shop::start().await;
+async fn malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on(shop: Shop) {
     let tester = shop.tester().await;
     let consumed = [
         (Topic::OrdersSend, 2),
@@ -275,23 +218,15 @@ async fn malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on(
         (Topic::Released, 1),
     ];
     for (topic, _) in consumed {
-        tester
-            .publish_raw(topic, b"this is not json".to_vec())
-            .await;
+        tester.publish_raw(topic, b"this is not json".to_vec()).await;
         tester.publish_raw(topic, vec![b'x'; 1024 * 1024]).await;
     }
     // A wrong schema version and a wrong type are poison too.
-    let mut wrong_version: serde_json::Value = serde_json::from_slice(
-        &Envelope::new(Topic::OrdersCancel, new_order_id(), CancelOrder::default()).to_json(),
-    )
-    .unwrap();
+    let mut wrong_version: serde_json::Value =
+        serde_json::from_slice(&Envelope::new(Topic::OrdersCancel, new_order_id(), CancelOrder::default()).to_json())
+            .unwrap();
     wrong_version["v"] = json!(99);
-    tester
-        .publish_raw(
-            Topic::OrdersCancel,
-            serde_json::to_vec(&wrong_version).unwrap(),
-        )
-        .await;
+    tester.publish_raw(Topic::OrdersCancel, serde_json::to_vec(&wrong_version).unwrap()).await;
     tester
         .publish_raw(
             Topic::OrdersSend,
@@ -309,40 +244,21 @@ async fn malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on(
     })
     .await;
     let dl = shop.dead_letters(shop.order.addr).await;
-    assert!(
-        dl.iter()
-            .any(|d| d["reason"].as_str().unwrap().contains("exceeds")),
-        "{dl:?}"
-    );
-    assert!(
-        dl.iter()
-            .any(|d| d["reason"].as_str().unwrap().contains("invalid envelope")),
-        "{dl:?}"
-    );
-    assert!(
-        dl.iter()
-            .any(|d| d["reason"].as_str().unwrap().contains("schema version")),
-        "{dl:?}"
-    );
+    assert!(dl.iter().any(|d| d["reason"].as_str().unwrap().contains("exceeds")), "{dl:?}");
+    assert!(dl.iter().any(|d| d["reason"].as_str().unwrap().contains("invalid envelope")), "{dl:?}");
+    assert!(dl.iter().any(|d| d["reason"].as_str().unwrap().contains("schema version")), "{dl:?}");
     assert!(dl.iter().all(|d| d["payload_bytes"].as_i64().unwrap() > 0));
 
     // Still working.
     let (code, body, _) = shop.place("after-poison", one_line(SKU, 1)).await;
     assert_eq!(code, 202, "{body}");
-    shop.wait_status(body["order_id"].as_str().unwrap(), "confirmed")
-        .await;
+    shop.wait_status(body["order_id"].as_str().unwrap(), "confirmed").await;
     shop.audit().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_http_input_gets_a_clear_4xx() {
-    let shop = Shop::start().await;
+async fn bad_http_input_gets_a_clear_4xx(shop: Shop) {
     let post = |key: Option<&'static str>, body: String| {
-        let mut r = shop
-            .http
-            .post(shop.front_url("/api/orders"))
-            .header("content-type", "application/json")
-            .body(body);
+        let mut r = shop.http.post(shop.front_url("/api/orders")).header("content-type", "application/json").body(body);
         if let Some(k) = key {
             r = r.header("Idempotency-Key", k);
         }
@@ -350,71 +266,27 @@ async fn bad_http_input_gets_a_clear_4xx() {
             let r = r.send().await.unwrap();
             let code = r.status().as_u16();
             let body: serde_json::Value = r.json().await.unwrap_or_default();
-            (
-                code,
-                body["code"].as_str().unwrap_or("").to_owned(),
-                body["detail"].as_str().unwrap_or("").to_owned(),
-            )
+            (code, body["code"].as_str().unwrap_or("").to_owned(), body["detail"].as_str().unwrap_or("").to_owned())
         }
     };
     let ok = one_line(SKU, 1).to_string();
     let cases: Vec<(Option<&'static str>, String, u16, &str)> = vec![
         (None, ok.clone(), 400, "missing_idempotency_key"),
         (Some("k"), "{not json".into(), 400, "malformed_json"),
-        (
-            Some("k"),
-            json!({"items": []}).to_string(),
-            422,
-            "invalid_order",
-        ),
-        (
-            Some("k"),
-            json!({"customer_email": "ada@example.com", "items": []}).to_string(),
-            422,
-            "empty_order",
-        ),
-        (
-            Some("k"),
-            one_line(SKU, 0).to_string(),
-            422,
-            "invalid_order",
-        ),
-        (
-            Some("k"),
-            one_line(SKU, -3).to_string(),
-            422,
-            "invalid_order",
-        ),
-        (
-            Some("k"),
-            one_line(SKU, 10_000_000_000).to_string(),
-            422,
-            "invalid_order",
-        ),
-        (
-            Some("k"),
-            one_line("NO-SUCH-SKU", 1).to_string(),
-            422,
-            "unknown_sku",
-        ),
-        (
-            Some("k"),
-            one_line("bad sku!", 1).to_string(),
-            422,
-            "invalid_order",
-        ),
+        (Some("k"), json!({"items": []}).to_string(), 422, "invalid_order"),
+        (Some("k"), json!({"customer_email": "ada@example.com", "items": []}).to_string(), 422, "empty_order"),
+        (Some("k"), one_line(SKU, 0).to_string(), 422, "invalid_order"),
+        (Some("k"), one_line(SKU, -3).to_string(), 422, "invalid_order"),
+        (Some("k"), one_line(SKU, 10_000_000_000).to_string(), 422, "invalid_order"),
+        (Some("k"), one_line("NO-SUCH-SKU", 1).to_string(), 422, "unknown_sku"),
+        (Some("k"), one_line("bad sku!", 1).to_string(), 422, "invalid_order"),
         (
             Some("k"),
             json!({"customer_email": "nope", "items": [{"sku": SKU, "quantity": 1}]}).to_string(),
             422,
             "invalid_order",
         ),
-        (
-            Some("k"),
-            format!("{{\"customer_email\": \"{}\"}}", "a".repeat(100_000)),
-            413,
-            "body_too_large",
-        ),
+        (Some("k"), format!("{{\"customer_email\": \"{}\"}}", "a".repeat(100_000)), 413, "body_too_large"),
     ];
     for (key, body, want_code, want) in cases {
         let (code, got, detail) = post(key, body).await;
@@ -422,42 +294,25 @@ async fn bad_http_input_gets_a_clear_4xx() {
         assert!(!detail.is_empty());
     }
     let (code, body) = shop.get(shop.front_url("/api/orders/not-a-uuid")).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (400, Some("invalid_order_id"))
-    );
-    let (code, body) = shop
-        .get(shop.front_url(&format!("/api/orders/{}", new_order_id())))
-        .await;
+    assert_eq!((code, body["code"].as_str()), (400, Some("invalid_order_id")));
+    let (code, body) = shop.get(shop.front_url(&format!("/api/orders/{}", new_order_id()))).await;
     assert_eq!((code, body["code"].as_str()), (404, Some("unknown_order")));
     let (code, body) = shop.get(shop.front_url("/api/catalog/NOPE-404")).await;
-    assert_eq!(
-        (code, body["code"].as_str()),
-        (404, Some("unknown_product"))
-    );
+    assert_eq!((code, body["code"].as_str()), (404, Some("unknown_product")));
     let (code, _) = shop.get(shop.front_url("/api/catalog?limit=0")).await;
     assert_eq!(code, 400);
-    let r = shop
-        .http
-        .post(shop.front_url(&format!("/api/orders/{}/cancel", new_order_id())))
-        .send()
-        .await
-        .unwrap();
+    let r = shop.http.post(shop.front_url(&format!("/api/orders/{}/cancel", new_order_id()))).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn catalog_search_and_paging() {
-    let shop = Shop::start().await;
+async fn catalog_search_and_paging(shop: Shop) {
     let (code, page) = shop.get(shop.front_url("/api/catalog?limit=10")).await;
     assert_eq!(code, 200);
     assert_eq!(page["items"].as_array().unwrap().len(), 10);
     let mut seen = 10;
     let mut cursor = page["next_cursor"].as_str().map(str::to_owned);
     while let Some(c) = cursor {
-        let (_, p) = shop
-            .get(shop.front_url(&format!("/api/catalog?limit=10&cursor={c}")))
-            .await;
+        let (_, p) = shop.get(shop.front_url(&format!("/api/catalog?limit=10&cursor={c}"))).await;
         seen += p["items"].as_array().unwrap().len();
         cursor = p["next_cursor"].as_str().map(str::to_owned);
     }
@@ -468,41 +323,23 @@ async fn catalog_search_and_paging() {
     for p in items {
         let text = format!("{} {}", p["name"], p["description"]).to_lowercase();
         assert!(text.contains("apron"));
-        for field in [
-            "sku",
-            "name",
-            "description",
-            "price_cents",
-            "currency",
-            "available",
-        ] {
+        for field in ["sku", "name", "description", "price_cents", "currency", "available"] {
             assert!(!p[field].is_null(), "{field} missing in {p}");
         }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_is_down_is_a_503_not_a_500() {
-    let shop = Shop::start().await;
+async fn a_node_that_is_down_is_a_503_not_a_500(shop: Shop) {
     let (_, body, _) = shop.place("down-1", one_line(SKU, 1)).await;
     let id = body["order_id"].as_str().unwrap().to_owned();
     shop.wait_status(&id, "confirmed").await;
     shop.order.shutdown.cancel();
     eventually("order node to stop answering", || async {
-        let r = shop
-            .http
-            .get(format!("http://{}/healthz", shop.order.addr))
-            .send()
-            .await;
+        let r = shop.http.get(format!("http://{}/healthz", shop.order.addr)).send().await;
         r.is_err().then_some(())
     })
     .await;
-    let r = shop
-        .http
-        .get(shop.front_url(&format!("/api/orders/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = shop.http.get(shop.front_url(&format!("/api/orders/{id}"))).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
     let problem: serde_json::Value = r.json().await.unwrap();
@@ -514,9 +351,7 @@ async fn a_node_that_is_down_is_a_503_not_a_500() {
     assert_eq!(code, 503, "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_sent_while_the_order_service_restarts_are_not_lost() {
-    let mut shop = Shop::start().await;
+async fn orders_sent_while_the_order_service_restarts_are_not_lost(mut shop: Shop) {
     let before = shop.available(SKU).await;
     let tester = shop.tester().await;
     let addr = shop.order.addr;
@@ -525,14 +360,7 @@ async fn orders_sent_while_the_order_service_restarts_are_not_lost() {
     let ids: Vec<_> = (0..5).map(|_| new_order_id()).collect();
     for (i, id) in ids.iter().enumerate() {
         tester
-            .publish(
-                Topic::OrdersSend,
-                &Envelope::new(
-                    Topic::OrdersSend,
-                    *id,
-                    send_body(SKU, 1, &format!("fp-r{i}")),
-                ),
-            )
+            .publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, *id, send_body(SKU, 1, &format!("fp-r{i}"))))
             .await;
     }
     let mut cfg = order_config(shop.dir.path(), shop.broker_port);

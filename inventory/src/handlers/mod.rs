@@ -17,11 +17,7 @@ pub const SUBSCRIPTIONS: [Topic; 2] = [Topic::OrdersSend, Topic::OrdersCancelled
 pub struct InventoryHandler;
 
 impl Handler for InventoryHandler {
-    async fn handle(
-        &self,
-        conn: &mut SqliteConnection,
-        msg: &Inbound,
-    ) -> Result<Outcome, HandleError> {
+    async fn handle(&self, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
             Topic::OrdersSend => orders_send::handle(conn, msg).await,
             Topic::OrdersCancelled => orders_cancelled::handle(conn, msg).await,

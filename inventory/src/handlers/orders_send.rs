@@ -25,25 +25,11 @@ pub async fn handle(conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcom
         Some(Event::InStock { fingerprint }) => {
             outbox::enqueue(conn, Topic::InStock, order_id, InStock { fingerprint }).await?
         }
-        Some(Event::OutOfStock {
-            fingerprint,
-            reason,
-        }) => {
+        Some(Event::OutOfStock { fingerprint, reason }) => {
             tracing::info!(%reason, "order rejected");
-            outbox::enqueue(
-                conn,
-                Topic::OutOfStock,
-                order_id,
-                OutOfStock {
-                    fingerprint,
-                    reason,
-                },
-            )
-            .await?
+            outbox::enqueue(conn, Topic::OutOfStock, order_id, OutOfStock { fingerprint, reason }).await?
         }
-        Some(Event::Released) => {
-            outbox::enqueue(conn, Topic::Released, order_id, Released {}).await?
-        }
+        Some(Event::Released) => outbox::enqueue(conn, Topic::Released, order_id, Released {}).await?,
         None => {}
     }
     Ok(Outcome::Applied)

@@ -9,18 +9,7 @@ use sqlx::SqliteConnection;
 use super::OrderHandler;
 use crate::domain::Input;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
     let body: InStock = msg.body()?;
-    h.apply(
-        conn,
-        msg,
-        Input::InStock {
-            fingerprint: &body.fingerprint,
-        },
-    )
-    .await
+    h.apply(conn, msg, Input::InStock { fingerprint: &body.fingerprint }).await
 }

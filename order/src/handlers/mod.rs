@@ -26,13 +26,8 @@ use crate::domain::{self, Input, Order, Step};
 use crate::store;
 
 /// The topics the order service subscribes to.
-pub const SUBSCRIPTIONS: [Topic; 5] = [
-    Topic::OrdersSend,
-    Topic::OrdersCancel,
-    Topic::InStock,
-    Topic::OutOfStock,
-    Topic::Released,
-];
+pub const SUBSCRIPTIONS: [Topic; 5] =
+    [Topic::OrdersSend, Topic::OrdersCancel, Topic::InStock, Topic::OutOfStock, Topic::Released];
 
 /// Dispatches a decoded message to its topic's handler.
 pub struct OrderHandler {
@@ -41,11 +36,7 @@ pub struct OrderHandler {
 }
 
 impl Handler for OrderHandler {
-    async fn handle(
-        &self,
-        conn: &mut SqliteConnection,
-        msg: &Inbound,
-    ) -> Result<Outcome, HandleError> {
+    async fn handle(&self, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
             Topic::OrdersSend => orders_send::handle(self, conn, msg).await,
             Topic::OrdersCancel => orders_cancel::handle(self, conn, msg).await,
@@ -62,13 +53,7 @@ impl Handler for OrderHandler {
         if msg.topic == Topic::InStock && store::get(conn, msg.order_id()).await?.is_none() {
             tracing::warn!(order_id = %msg.order_id(), "releasing stock reserved for an order that never arrived");
             store::tombstone(conn, msg.order_id()).await?;
-            outbox::enqueue(
-                conn,
-                Topic::OrdersCancelled,
-                msg.order_id(),
-                ReleaseRequested {},
-            )
-            .await?;
+            outbox::enqueue(conn, Topic::OrdersCancelled, msg.order_id(), ReleaseRequested {}).await?;
         }
         Ok(())
     }
@@ -86,18 +71,10 @@ impl OrderHandler {
         let existing = store::get(conn, id).await?;
         let tombstoned = existing.is_none() && store::is_tombstoned(conn, id).await?;
         match domain::decide(existing.as_ref(), tombstoned, id, input, now_ms()) {
-            Step::Save {
-                order,
-                emit_status,
-                request_release,
-            } => {
+            Step::Save { order, emit_status, request_release } => {
                 store::save(conn, &order, self.follow_up_ms).await?;
                 if emit_status {
-                    tracing::info!(
-                        status = order.status.as_str(),
-                        version = order.version,
-                        "order status changed"
-                    );
+                    tracing::info!(status = order.status.as_str(), version = order.version, "order status changed");
                     publish_status(conn, &order).await?;
                 }
                 if request_release {

@@ -9,11 +9,7 @@ use sqlx::SqliteConnection;
 use super::OrderHandler;
 use crate::domain::Input;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
     let send: SendOrder = msg.body()?;
     send.validate()?;
     h.apply(conn, msg, Input::Send(&send)).await

@@ -8,19 +8,7 @@ use sqlx::SqliteConnection;
 use super::OrderHandler;
 use crate::domain::Input;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
     let body: OutOfStock = msg.body()?;
-    h.apply(
-        conn,
-        msg,
-        Input::OutOfStock {
-            fingerprint: &body.fingerprint,
-            reason: &body.reason,
-        },
-    )
-    .await
+    h.apply(conn, msg, Input::OutOfStock { fingerprint: &body.fingerprint, reason: &body.reason }).await
 }

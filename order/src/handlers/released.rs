@@ -8,11 +8,7 @@ use sqlx::SqliteConnection;
 use super::OrderHandler;
 use crate::domain::Input;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
     let _: Released = msg.body()?;
     h.apply(conn, msg, Input::Released).await
 }
