@@ -6,8 +6,10 @@
 //! per-node binaries (`broker`, `inventory`, `order`, `public-front`) with
 //! the files in `config/` instead.
 
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -24,6 +26,109 @@ struct Cli {
 enum Command {
     /// Start the broker and all three nodes in this process.
     Up(Up),
+    /// Check the shop's books (stock conservation, order/inventory
+    /// agreement, nothing stuck); exits 1 when an invariant is broken.
+    Audit {
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        inventory_url: String,
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        order_url: String,
+        /// Seconds after which unsettled work counts as stuck.
+        #[arg(long, default_value_t = 60.0)]
+        horizon_secs: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a message (a file, or stdin) to a topic N times.
+    Inject {
+        /// Topic below the prefix, e.g. `orders/send`.
+        #[arg(long)]
+        topic: String,
+        /// Payload file; `-` or absent reads stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        times: usize,
+        /// Give every copy a fresh message_id.
+        #[arg(long)]
+        fresh_ids: bool,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Record everything on the bus to a JSON-lines file.
+    Capture {
+        #[arg(long)]
+        out: PathBuf,
+        /// How long to record (Ctrl-C stops early).
+        #[arg(long, default_value_t = 60.0)]
+        seconds: f64,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// Publish a capture again: all of it, or a selection, in any order.
+    Replay {
+        #[arg(long)]
+        file: PathBuf,
+        /// Only these topics (repeatable), e.g. `--topic inventory/in-stock`.
+        #[arg(long)]
+        topic: Vec<String>,
+        /// Only messages about this order.
+        #[arg(long)]
+        order_id: Option<String>,
+        /// Shuffle with this seed.
+        #[arg(long)]
+        shuffle: Option<u64>,
+        /// Replay last to first.
+        #[arg(long)]
+        reverse: bool,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+    /// A fault-injecting MQTT proxy: point nodes at --listen instead of the
+    /// broker.
+    Chaos {
+        #[arg(long, default_value = "127.0.0.1:1884")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        upstream: SocketAddr,
+        /// Probability to duplicate a client PUBLISH.
+        #[arg(long, default_value_t = 0.1)]
+        duplicate: f64,
+        /// Probability to delay a client PUBLISH (by up to --max-delay-ms).
+        #[arg(long, default_value_t = 0.1)]
+        delay: f64,
+        #[arg(long, default_value_t = 200)]
+        max_delay_ms: u64,
+        /// Probability to hold a PUBLISH back behind the next one.
+        #[arg(long, default_value_t = 0.1)]
+        reorder: f64,
+        /// Probability to cut the connection at a PUBLISH.
+        #[arg(long, default_value_t = 0.0)]
+        cut: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// List a node's dead letters, or publish one again.
+    DeadLetters {
+        /// The node's base URL (inventory or order).
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        node: String,
+        /// Publish the dead letter with this id again (after a fix).
+        #[arg(long)]
+        replay: Option<i64>,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct BusArgs {
+    /// The broker, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    #[arg(long, default_value = shared::topics::DEFAULT_PREFIX)]
+    prefix: String,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +150,9 @@ struct Up {
     /// Use this MQTT broker (host:port) instead of starting the embedded one.
     #[arg(long)]
     external_broker: Option<String>,
+    /// Bearer token for the front's /admin routes (unset: admin disabled).
+    #[arg(long, env = "WEBSHOP_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Log filter (`RUST_LOG` wins).
     #[arg(long, default_value = "info,rumqttd=warn")]
     log: String,
@@ -54,6 +162,114 @@ struct Up {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(up) => run_up(up).await,
+        Command::Audit { inventory_url, order_url, horizon_secs, json } => {
+            let down = public_front::downstream::Downstream::new(&inventory_url, &order_url, Duration::from_secs(30))?;
+            let report = public_front::audit::run(&down, shared::config::secs(horizon_secs))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            std::process::exit(if report.passed { 0 } else { 1 });
+        }
+        Command::Inject { topic, file, times, fresh_ids, bus } => {
+            let payload = match file.filter(|f| f.as_os_str() != "-") {
+                Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin().read_to_end(&mut buf)?;
+                    buf
+                }
+            };
+            let n = webshop::tools::inject::run(webshop::tools::inject::Inject {
+                broker: bus.broker,
+                prefix: bus.prefix,
+                topic,
+                payload,
+                times,
+                fresh_ids,
+            })
+            .await?;
+            println!("published {n} message(s), all acknowledged by the broker");
+            Ok(())
+        }
+        Command::Capture { out, seconds, bus } => {
+            let n =
+                webshop::tools::capture::capture(&bus.broker, &bus.prefix, shared::config::secs(seconds), &out).await?;
+            println!("captured {n} message(s) to {}", out.display());
+            Ok(())
+        }
+        Command::Replay { file, topic, order_id, shuffle, reverse, bus } => {
+            use webshop::tools::capture;
+            let msgs = capture::read_capture(&file)?;
+            let total = msgs.len();
+            let sel = capture::Selection { topics: topic, order_id, shuffle_seed: shuffle, reverse };
+            let msgs = capture::select(msgs, &sel);
+            let n = capture::replay(&bus.broker, msgs).await?;
+            println!("replayed {n} of {total} captured message(s)");
+            Ok(())
+        }
+        Command::Chaos { listen, upstream, duplicate, delay, max_delay_ms, reorder, cut, seed } => {
+            shared::telemetry::init(&Default::default());
+            let faults = webshop::tools::chaos::Faults {
+                duplicate,
+                delay,
+                max_delay: Duration::from_millis(max_delay_ms),
+                reorder,
+                cut,
+                seed,
+            };
+            let shutdown = CancellationToken::new();
+            let chaos = webshop::tools::chaos::start(listen, upstream, faults, shutdown.clone()).await?;
+            println!("chaos proxy on mqtt://{} -> {upstream} (Ctrl-C to stop)", chaos.addr);
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = tick.tick() => println!("{}", chaos.stats.report()),
+                }
+            }
+            shutdown.cancel();
+            println!("final: {}", chaos.stats.report());
+            Ok(())
+        }
+        Command::DeadLetters { node, replay, bus } => {
+            let url = format!("{}/dead-letters?limit=1000", node.trim_end_matches('/'));
+            let letters: Vec<serde_json::Value> =
+                reqwest::get(&url).await.with_context(|| format!("reading {url}"))?.error_for_status()?.json().await?;
+            match replay {
+                None => {
+                    for d in &letters {
+                        println!(
+                            "#{} {} {} bytes order={} reason: {}",
+                            d["id"],
+                            d["topic"].as_str().unwrap_or(""),
+                            d["payload_bytes"],
+                            d["order_id"].as_str().unwrap_or("-"),
+                            d["reason"].as_str().unwrap_or("")
+                        );
+                    }
+                    println!("{} dead letter(s)", letters.len());
+                    Ok(())
+                }
+                Some(id) => {
+                    let d = letters
+                        .iter()
+                        .find(|d| d["id"] == id)
+                        .with_context(|| format!("no dead letter #{id} among the latest 1000"))?;
+                    let payload = d["payload"].as_str().unwrap_or("").as_bytes().to_vec();
+                    if d["payload_bytes"].as_u64() != Some(payload.len() as u64) {
+                        anyhow::bail!("dead letter #{id} was stored truncated; it can't be replayed");
+                    }
+                    let topic = d["topic"].as_str().unwrap_or("").to_owned();
+                    webshop::tools::mqtt::publish_all(&bus.broker, vec![(topic.clone(), payload)]).await?;
+                    println!("dead letter #{id} published again to {topic}");
+                    Ok(())
+                }
+            }
+        }
     }
 }
 
@@ -112,6 +328,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
             bus: bus(""),
             inventory_url: format!("http://{}", inventory.local_addr()),
             order_url: format!("http://{}", order.local_addr()),
+            admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             log: log.clone(),
             ..Default::default()
         },

@@ -19,6 +19,7 @@ pub fn router(node: Node) -> Router {
         .route("/products", get(list))
         .route("/products/lookup", post(lookup))
         .route("/products/{sku}", get(one))
+        .route("/reservations", get(reservations))
         .route("/reservations/{order_id}", get(reservation))
         .route("/stock", get(stock))
         .with_state(node.clone())
@@ -83,6 +84,21 @@ async fn reservation(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("unknown_reservation", format!("inventory has no record of order {id}")))
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn reservations(
+    State(node): State<Node>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Vec<ReservationView>>, ApiError> {
+    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(store::list_reservations(&node.db.reader, q.after.as_deref(), limit).await?))
 }
 
 async fn stock(State(node): State<Node>) -> Result<Json<Vec<StockView>>, ApiError> {

@@ -247,7 +247,7 @@ pub async fn save(conn: &mut SqliteConnection, order_id: OrderId, change: &Chang
 }
 
 /// A reservation as operators and the audit see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ReservationView {
     pub order_id: String,
     pub state: String,
@@ -257,6 +257,34 @@ pub struct ReservationView {
     pub released_at_ms: Option<i64>,
 }
 
+/// Every reservation (paged by order id), for the audit.
+pub async fn list_reservations(
+    pool: &SqlitePool,
+    after: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<ReservationView>> {
+    let rows = sqlx::query(
+        "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations
+         WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(reservation_row).collect())
+}
+
+fn reservation_row(r: sqlx::sqlite::SqliteRow) -> ReservationView {
+    ReservationView {
+        order_id: r.get(0),
+        state: r.get(1),
+        lines: parse_lines(r.get(2)),
+        reason: r.get(3),
+        decided_at_ms: r.get(4),
+        released_at_ms: r.get(5),
+    }
+}
+
 pub async fn reservation_view(pool: &SqlitePool, order_id: OrderId) -> sqlx::Result<Option<ReservationView>> {
     let row = sqlx::query(
         "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations WHERE order_id = ?",
@@ -264,18 +292,11 @@ pub async fn reservation_view(pool: &SqlitePool, order_id: OrderId) -> sqlx::Res
     .bind(order_id.to_string())
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| ReservationView {
-        order_id: r.get(0),
-        state: r.get(1),
-        lines: parse_lines(r.get(2)),
-        reason: r.get(3),
-        decided_at_ms: r.get(4),
-        released_at_ms: r.get(5),
-    }))
+    Ok(row.map(reservation_row))
 }
 
 /// Stock bookkeeping of one product, for the audit.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StockView {
     pub sku: String,
     pub available: i64,

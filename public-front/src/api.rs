@@ -32,6 +32,8 @@ pub struct AppState {
     pub downstream: Downstream,
     pub waiters: StatusWaiters,
     pub commit_timeout: Duration,
+    pub admin_token: Option<shared::config::Secret>,
+    pub audit_horizon: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -43,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders/{order_id}/cancel", post(cancel_order))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/admin/audit", get(audit))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
         .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
@@ -57,6 +60,35 @@ async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError
         return Err(ApiError::unavailable("not_ready", reason));
     }
     Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+/// Admin routes need `Authorization: Bearer <admin_token>`.
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &s.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "The admin API is disabled: set admin_token in the front's config.",
+        ));
+    };
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit on the first differing byte.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.expose().len()
+            && g.bytes().zip(token.expose().bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "A valid admin bearer token is required."))
+    }
+}
+
+/// `GET /admin/audit`: the books audit (200 either way; see `passed`).
+async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(crate::audit::run(&s.downstream, s.audit_horizon).await?))
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
-use shared::config::{BusConfig, LogConfig};
+use shared::config::{BusConfig, LogConfig, Secret};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,6 +22,12 @@ pub struct Config {
     pub commit_timeout_secs: f64,
     /// Seconds a synchronous read of inventory or order may take. Default 3.
     pub read_timeout_secs: f64,
+    /// Bearer token for the `/admin/*` routes. Unset (default): the admin
+    /// API answers 403. Set it through `WEBSHOP_FRONT__ADMIN_TOKEN`.
+    pub admin_token: Option<Secret>,
+    /// Seconds after which unsettled work counts as stuck in the audit.
+    /// Default 60.
+    pub audit_horizon_secs: f64,
     pub log: LogConfig,
 }
 
@@ -34,6 +40,8 @@ impl Default for Config {
             order_url: "http://127.0.0.1:8082".into(),
             commit_timeout_secs: 5.0,
             read_timeout_secs: 3.0,
+            admin_token: None,
+            audit_horizon_secs: 60.0,
             log: LogConfig::default(),
         }
     }

@@ -40,6 +40,9 @@ pub struct Order {
     pub total_cents: i64,
     pub fingerprint: String,
     pub reason: Option<String>,
+    /// A release was asked of inventory and not yet confirmed.
+    #[serde(default)]
+    pub release_pending: bool,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -88,6 +91,14 @@ impl Downstream {
             .await
             .map_err(|e| unavailable("inventory", e))?;
         Ok(decode("inventory", resp).await?.unwrap_or_default())
+    }
+
+    /// GET `path` on a node, for operator tools (audit).
+    pub async fn node_json<T: DeserializeOwned>(&self, node: &'static str, path: &str) -> Result<T, ApiError> {
+        let base = if node == "inventory" { &self.inventory } else { &self.order };
+        self.get_json(node, format!("{base}{path}"))
+            .await?
+            .ok_or_else(|| ApiError::internal(format!("{node} answered 404 for {path}")))
     }
 
     pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ApiError> {

@@ -6,6 +6,7 @@
 //! `downstream.rs` (HTTP client to the nodes), `config.rs`.
 
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod downstream;
 pub mod status;
@@ -59,8 +60,14 @@ impl App {
         tasks.spawn(async move {
             let _ = bus_task.await;
         });
-        let state =
-            api::AppState { bus, downstream, waiters, commit_timeout: shared::config::secs(cfg.commit_timeout_secs) };
+        let state = api::AppState {
+            bus,
+            downstream,
+            waiters,
+            commit_timeout: shared::config::secs(cfg.commit_timeout_secs),
+            admin_token: cfg.admin_token.clone(),
+            audit_horizon: shared::config::secs(cfg.audit_horizon_secs),
+        };
         Ok(App { listener, state, tasks, shutdown, bus_shutdown })
     }
 

@@ -297,7 +297,7 @@ impl<H: Handler> Consumer<H> {
     async fn retry_parked(
         &self,
         conn: &mut SqliteConnection,
-        p: Parked,
+        mut p: Parked,
         tally: &mut StatsSnapshot,
     ) -> sqlx::Result<()> {
         let msg = Topic::ALL
@@ -305,6 +305,8 @@ impl<H: Handler> Consumer<H> {
             .find(|t| t.suffix() == p.topic)
             .ok_or_else(|| Poison(format!("unknown topic {}", p.topic)))
             .and_then(|t| Inbound::decode(t, p.payload.clone().into()));
+        // Dead letters name the full topic, so they can be replayed as is.
+        p.topic = format!("{}{}", self.bus.prefix(), p.topic);
         let msg = match msg {
             Ok(msg) => msg,
             Err(poison) => {

@@ -194,7 +194,8 @@ impl Shop {
         .await
         .expect("front starts");
         let front = Running { addr: front_app.local_addr(), shutdown, task: Some(tokio::spawn(front_app.run())) };
-        let shop = Shop { dir, broker_port, _mosquitto: mosquitto, inventory, order, front, http: reqwest::Client::new() };
+        let shop =
+            Shop { dir, broker_port, _mosquitto: mosquitto, inventory, order, front, http: reqwest::Client::new() };
         shop.wait_ready().await;
         Some(shop)
     }

@@ -1,0 +1,293 @@
+//! The books audit: reads both services and checks the invariants of the
+//! design. Used by `webshop audit` and `GET /admin/audit`.
+//!
+//! - per SKU: `available >= 0` and `initial + restocked == available +
+//!   reserved`, and `reserved` equals what live reservations hold;
+//! - each order id has at most one reservation and one release (the
+//!   reservations table is keyed by order id; a release is a state);
+//! - order and inventory agree: confirmed ⇔ reserved; rejected or
+//!   cancelled (release confirmed) ⇔ nothing held;
+//! - nothing is stuck: no order pending, no release unconfirmed, no outbox
+//!   event unsent past the horizon; parked and dead letters are reported.
+//!
+//! Work in flight (a pending order, a release on its way) is not a failure
+//! until it is older than the horizon.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use shared::db::now_ms;
+use shared::ids::Sku;
+use shared::message::OrderStatus;
+use shared::node::NodeStats;
+
+use crate::downstream::{Downstream, Order};
+
+#[derive(Debug, Deserialize)]
+pub struct StockRow {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub initial: i64,
+    pub restocked: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReservationRow {
+    pub order_id: String,
+    pub state: String,
+    pub lines: Vec<(Sku, i64)>,
+    pub decided_at_ms: Option<i64>,
+    pub released_at_ms: Option<i64>,
+}
+
+/// One broken invariant (or one piece of work in flight).
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: &'static str,
+    pub subject: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub passed: bool,
+    pub skus: usize,
+    pub orders: usize,
+    pub reservations: usize,
+    pub orders_by_status: BTreeMap<&'static str, usize>,
+    pub failures: Vec<Finding>,
+    pub in_flight: Vec<Finding>,
+    pub parked: i64,
+    pub dead_letters: i64,
+}
+
+/// Everything the audit reads.
+pub struct Books {
+    pub stock: Vec<StockRow>,
+    pub orders: Vec<Order>,
+    pub reservations: Vec<ReservationRow>,
+    pub inventory: NodeStatsLite,
+    pub order: NodeStatsLite,
+}
+
+/// The parts of a node's `/stats` the audit looks at.
+#[derive(Debug, Deserialize)]
+pub struct NodeStatsLite {
+    pub outbox: OutboxLite,
+    pub parked: i64,
+    pub dead_letters: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OutboxLite {
+    pub unsent: i64,
+    pub oldest_unsent_age_ms: Option<i64>,
+}
+
+impl From<NodeStats> for NodeStatsLite {
+    fn from(s: NodeStats) -> Self {
+        Self {
+            outbox: OutboxLite { unsent: s.outbox.unsent, oldest_unsent_age_ms: s.outbox.oldest_unsent_age_ms },
+            parked: s.parked,
+            dead_letters: s.dead_letters,
+        }
+    }
+}
+
+/// Checks the invariants on `books`; pure, so it is tested without I/O.
+pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
+    let horizon_ms = horizon.as_millis() as i64;
+    let mut failures = Vec::new();
+    let mut fail = |check, subject: String, detail: String| failures.push(Finding { check, subject, detail });
+
+    let reservations: HashMap<&str, &ReservationRow> =
+        books.reservations.iter().map(|r| (r.order_id.as_str(), r)).collect();
+    if reservations.len() != books.reservations.len() {
+        fail("one_reservation_per_order", "reservations".into(), "an order id appears twice".into());
+    }
+    let mut held: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in &books.reservations {
+        if r.state == "reserved" {
+            for (sku, qty) in &r.lines {
+                *held.entry(sku.as_str()).or_default() += qty;
+            }
+        }
+        if r.state == "released" && r.released_at_ms.is_none() {
+            fail("one_release_per_order", r.order_id.clone(), "released without a release time".into());
+        }
+    }
+    for s in &books.stock {
+        if s.available < 0 || s.reserved < 0 {
+            fail("stock_non_negative", s.sku.clone(), format!("available {} reserved {}", s.available, s.reserved));
+        }
+        if s.initial + s.restocked != s.available + s.reserved {
+            fail(
+                "stock_conserved",
+                s.sku.clone(),
+                format!(
+                    "initial {} + restocked {} != available {} + reserved {}",
+                    s.initial, s.restocked, s.available, s.reserved
+                ),
+            );
+        }
+        let live = held.get(s.sku.as_str()).copied().unwrap_or(0);
+        if live != s.reserved {
+            fail(
+                "reserved_matches_reservations",
+                s.sku.clone(),
+                format!("reserved {} but live reservations hold {live}", s.reserved),
+            );
+        }
+    }
+
+    let orders: HashMap<String, &Order> = books.orders.iter().map(|o| (o.order_id.to_string(), o)).collect();
+    let mut by_status: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut stuck_or_in_flight = Vec::new();
+    for o in &books.orders {
+        *by_status.entry(o.status.as_str()).or_default() += 1;
+        let id = o.order_id.to_string();
+        let state = reservations.get(id.as_str()).map(|r| r.state.as_str());
+        let age = now_ms - o.updated_at_ms;
+        let waiting = |what: &str| Finding {
+            check: "settled_in_time",
+            subject: id.clone(),
+            detail: format!("{what} for {} s", age / 1000),
+        };
+        match o.status {
+            OrderStatus::Confirmed if state != Some("reserved") => fail(
+                "confirmed_is_reserved",
+                id.clone(),
+                format!("confirmed, but inventory says {}", state.unwrap_or("nothing")),
+            ),
+            OrderStatus::Rejected | OrderStatus::Cancelled if !o.release_pending && state == Some("reserved") => fail(
+                "settled_holds_nothing",
+                id.clone(),
+                format!("{} but inventory still holds stock", o.status.as_str()),
+            ),
+            OrderStatus::Pending => stuck_or_in_flight.push((age, waiting("pending without a stock decision"))),
+            _ if o.release_pending => {
+                stuck_or_in_flight.push((age, waiting("waiting for inventory to confirm the release")))
+            }
+            _ => {}
+        }
+    }
+    let mut in_flight = Vec::new();
+    for (age, f) in stuck_or_in_flight {
+        if age > horizon_ms {
+            failures.push(f);
+        } else {
+            in_flight.push(f);
+        }
+    }
+
+    for r in &books.reservations {
+        if r.state == "reserved" && !orders.contains_key(&r.order_id) {
+            let age = now_ms - r.decided_at_ms.unwrap_or(now_ms);
+            let f = Finding {
+                check: "reservation_has_order",
+                subject: r.order_id.clone(),
+                detail: format!("stock reserved for an order the order service doesn't know, for {} s", age / 1000),
+            };
+            if age > horizon_ms {
+                failures.push(f);
+            } else {
+                in_flight.push(f);
+            }
+        }
+        if let (Some(o), "reserved") = (orders.get(&r.order_id), r.state.as_str()) {
+            if o.status == OrderStatus::Pending {
+                in_flight.push(Finding {
+                    check: "confirmed_is_reserved",
+                    subject: r.order_id.clone(),
+                    detail: "reserved; the order service hasn't applied in-stock yet".into(),
+                });
+            }
+        }
+    }
+    for (name, stats) in [("inventory", &books.inventory), ("order", &books.order)] {
+        if let Some(age) = stats.outbox.oldest_unsent_age_ms {
+            let f = Finding {
+                check: "outbox_drains",
+                subject: name.into(),
+                detail: format!("{} events unsent, oldest {} s", stats.outbox.unsent, age / 1000),
+            };
+            if age > horizon_ms {
+                failures.push(f);
+            } else {
+                in_flight.push(f);
+            }
+        }
+    }
+    Report {
+        passed: failures.is_empty(),
+        skus: books.stock.len(),
+        orders: books.orders.len(),
+        reservations: books.reservations.len(),
+        orders_by_status: by_status,
+        failures,
+        in_flight,
+        parked: books.inventory.parked + books.order.parked,
+        dead_letters: books.inventory.dead_letters + books.order.dead_letters,
+    }
+}
+
+/// Reads both services' books over HTTP.
+pub async fn fetch(down: &Downstream) -> Result<Books, shared::http::ApiError> {
+    let stock = down.node_json("inventory", "/stock").await?;
+    let mut orders: Vec<Order> = Vec::new();
+    loop {
+        let after = orders.last().map(|o| format!("&after={}", o.order_id)).unwrap_or_default();
+        let page: Vec<Order> = down.node_json("order", &format!("/orders?limit=1000{after}")).await?;
+        let done = page.len() < 1000;
+        orders.extend(page);
+        if done {
+            break;
+        }
+    }
+    let mut reservations: Vec<ReservationRow> = Vec::new();
+    loop {
+        let after = reservations.last().map(|r| format!("&after={}", r.order_id)).unwrap_or_default();
+        let page: Vec<ReservationRow> =
+            down.node_json("inventory", &format!("/reservations?limit=1000{after}")).await?;
+        let done = page.len() < 1000;
+        reservations.extend(page);
+        if done {
+            break;
+        }
+    }
+    let inventory = down.node_json("inventory", "/stats").await?;
+    let order = down.node_json("order", "/stats").await?;
+    Ok(Books { stock, orders, reservations, inventory, order })
+}
+
+/// Fetches and checks.
+pub async fn run(down: &Downstream, horizon: Duration) -> Result<Report, shared::http::ApiError> {
+    let books = fetch(down).await?;
+    Ok(check(&books, now_ms(), horizon))
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "audit: {}", if self.passed { "PASS" } else { "FAIL" })?;
+        writeln!(f, "  {} SKUs, {} orders, {} reservations", self.skus, self.orders, self.reservations)?;
+        let statuses: Vec<String> = self.orders_by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        writeln!(f, "  orders: {}", if statuses.is_empty() { "none".into() } else { statuses.join(", ") })?;
+        writeln!(f, "  parked events: {}, dead letters: {}", self.parked, self.dead_letters)?;
+        if !self.in_flight.is_empty() {
+            writeln!(f, "  in flight ({}):", self.in_flight.len())?;
+            for x in self.in_flight.iter().take(20) {
+                writeln!(f, "    {} {}: {}", x.check, x.subject, x.detail)?;
+            }
+        }
+        if !self.failures.is_empty() {
+            writeln!(f, "  FAILURES ({}):", self.failures.len())?;
+            for x in &self.failures {
+                writeln!(f, "    {} {}: {}", x.check, x.subject, x.detail)?;
+            }
+        }
+        Ok(())
+    }
+}

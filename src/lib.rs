@@ -1,0 +1,12 @@
+//! The `webshop` command's library: the tester and operator tools that
+//! work on a running shop from outside.
+//!
+//! - [`tools::inject`]: publish a message N times;
+//! - [`tools::capture`]: record the bus to JSON lines, and replay it;
+//! - [`tools::chaos`]: a fault-injecting MQTT proxy;
+//! - [`tools::mqtt`]: the small MQTT client they share.
+//!
+//! The audit lives in `public-front` (`public_front::audit`), which also
+//! serves it at `GET /admin/audit`.
+
+pub mod tools;

@@ -1,0 +1,4 @@
+pub mod capture;
+pub mod chaos;
+pub mod inject;
+pub mod mqtt;
