@@ -202,7 +202,10 @@ async fn proxy(
     };
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut held: Option<Bytes> = None;
+    // A publish held back to be overtaken. Released after the next publish,
+    // or after `max_delay` if none comes: a network reorders, it doesn't
+    // hold a packet forever (the client would stall waiting for its ack).
+    let held: Arc<Mutex<Option<Bytes>>> = Arc::default();
     'read: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -239,13 +242,21 @@ async fn proxy(
                 });
                 continue;
             }
-            if held.is_none() && rng.gen_bool(faults.reorder.clamp(0.0, 1.0)) {
+            let free = held.lock().expect("held lock").is_none();
+            if free && rng.gen_bool(faults.reorder.clamp(0.0, 1.0)) {
                 stats.reordered.fetch_add(1, Ordering::Relaxed);
-                held = Some(raw);
+                *held.lock().expect("held lock") = Some(raw);
+                let (held, tx, wait) = (held.clone(), to_server.clone(), faults.max_delay);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Some(h) = held.lock().expect("held lock").take() {
+                        let _ = tx.send(h);
+                    }
+                });
                 continue;
             }
             let _ = to_server.send(raw);
-            if let Some(h) = held.take() {
+            if let Some(h) = held.lock().expect("held lock").take() {
                 let _ = to_server.send(h);
             }
         }

@@ -115,6 +115,9 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16) -> Option<Mosquit
 pub struct Shop {
     pub dir: tempfile::TempDir,
     pub broker_port: u16,
+    /// Where nodes connect: the broker, or the chaos proxy in front of it.
+    pub node_port: u16,
+    pub chaos: Option<webshop::tools::chaos::Chaos>,
     /// Kept so the broker process lives as long as the shop.
     pub _mosquitto: Option<Mosquitto>,
     pub inventory: Running,
@@ -163,6 +166,11 @@ pub async fn start_order(cfg: order::Config) -> Running {
 impl Shop {
     /// The whole shop on `kind`; `None` when that broker isn't installed.
     pub async fn start(kind: BrokerKind) -> Option<Shop> {
+        Self::start_with(kind, None).await
+    }
+
+    /// The shop with its nodes connected through a chaos proxy, when given.
+    pub async fn start_with(kind: BrokerKind, faults: Option<webshop::tools::chaos::Faults>) -> Option<Shop> {
         shared::telemetry::init(&shared::config::LogConfig { filter: "warn,rumqttd=off".into(), ..Default::default() });
         let dir = tempfile::tempdir().unwrap();
         let broker_port = free_port();
@@ -177,13 +185,28 @@ impl Shop {
             }
             BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), broker_port).await?),
         };
-        let inventory = start_inventory(inventory_config(dir.path(), broker_port)).await;
-        let order = start_order(order_config(dir.path(), broker_port)).await;
+        let chaos = match faults {
+            Some(faults) => Some(
+                webshop::tools::chaos::start(
+                    "127.0.0.1:0".parse().unwrap(),
+                    SocketAddr::from(([127, 0, 0, 1], broker_port)),
+                    faults,
+                    CancellationToken::new(),
+                )
+                .await
+                .unwrap(),
+            ),
+            None => None,
+        };
+        // Nodes talk to the proxy when there is one; testers to the broker.
+        let node_port = chaos.as_ref().map_or(broker_port, |c| c.addr.port());
+        let inventory = start_inventory(inventory_config(dir.path(), node_port)).await;
+        let order = start_order(order_config(dir.path(), node_port)).await;
         let shutdown = CancellationToken::new();
         let front_app = public_front::App::build(
             public_front::Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
-                bus: bus(broker_port, ""),
+                bus: bus(node_port, ""),
                 inventory_url: format!("http://{}", inventory.addr),
                 order_url: format!("http://{}", order.addr),
                 commit_timeout_secs: 5.0,
@@ -195,7 +218,7 @@ impl Shop {
         .expect("front starts");
         let front = Running { addr: front_app.local_addr(), shutdown, task: Some(tokio::spawn(front_app.run())) };
         let shop =
-            Shop { dir, broker_port, _mosquitto: mosquitto, inventory, order, front, http: reqwest::Client::new() };
+            Shop { dir, broker_port, node_port, chaos, _mosquitto: mosquitto, inventory, order, front, http: reqwest::Client::new() };
         shop.wait_ready().await;
         Some(shop)
     }
@@ -263,50 +286,23 @@ impl Shop {
         self.get(format!("http://{node}/dead-letters")).await.1.as_array().cloned().unwrap_or_default()
     }
 
-    /// Checks the books: per SKU `initial + restocked == available +
-    /// reserved`, reserved equals what live reservations hold, and every
-    /// settled order agrees with inventory.
-    pub async fn audit(&self) {
-        let (_, stock) = self.get(format!("http://{}/stock", self.inventory.addr)).await;
-        for p in stock.as_array().unwrap() {
-            let (a, r, i, re) = (
-                p["available"].as_i64().unwrap(),
-                p["reserved"].as_i64().unwrap(),
-                p["initial"].as_i64().unwrap(),
-                p["restocked"].as_i64().unwrap(),
-            );
-            assert!(a >= 0, "{p}");
-            assert_eq!(i + re, a + r, "stock not conserved: {p}");
-        }
-        let (_, orders) = self.get(format!("http://{}/orders?limit=1000", self.order.addr)).await;
-        let mut held: std::collections::BTreeMap<String, i64> = Default::default();
-        for o in orders.as_array().unwrap() {
-            let id = o["order_id"].as_str().unwrap();
-            let res = self.reservation(id).await;
-            let state = res.as_ref().map(|r| r["state"].as_str().unwrap().to_owned());
-            match o["status"].as_str().unwrap() {
-                "confirmed" => {
-                    assert_eq!(state.as_deref(), Some("reserved"), "confirmed order {id} holds no reservation")
-                }
-                "rejected" | "cancelled" if o["release_pending"] == false => {
-                    assert_ne!(state.as_deref(), Some("reserved"), "settled order {id} still holds stock")
-                }
-                _ => {}
-            }
-            if state.as_deref() == Some("reserved") {
-                for line in res.unwrap()["lines"].as_array().unwrap() {
-                    *held.entry(line[0].as_str().unwrap().to_owned()).or_default() += line[1].as_i64().unwrap();
-                }
-            }
-        }
-        for p in stock.as_array().unwrap() {
-            let sku = p["sku"].as_str().unwrap();
-            assert_eq!(
-                p["reserved"].as_i64().unwrap(),
-                held.get(sku).copied().unwrap_or(0),
-                "reserved of {sku} != live reservations"
-            );
-        }
+    /// Runs the books audit (`public_front::audit`) until nothing is in
+    /// flight any more, and asserts it passes.
+    pub async fn audit(&self) -> public_front::audit::Report {
+        let down = public_front::downstream::Downstream::new(
+            &format!("http://{}", self.inventory.addr),
+            &format!("http://{}", self.order.addr),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let report = eventually("the audit to find nothing in flight", || async {
+            let r = public_front::audit::run(&down, Duration::from_secs(60)).await.ok()?;
+            assert!(r.passed, "audit failed:\n{r}");
+            r.in_flight.is_empty().then_some(r)
+        })
+        .await;
+        assert!(report.passed, "audit failed:\n{report}");
+        report
     }
 
     /// A raw MQTT client on the shop's broker.

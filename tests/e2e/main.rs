@@ -1,6 +1,7 @@
 //! End-to-end tests: the real broker, the real nodes, real HTTP and MQTT,
 //! temp-dir SQLite, free ports. Every wait has a deadline.
 
+mod faults;
 mod helpers;
 
 use helpers::*;
@@ -363,7 +364,7 @@ async fn orders_sent_while_the_order_service_restarts_are_not_lost(mut shop: Sho
             .publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, *id, send_body(SKU, 1, &format!("fp-r{i}"))))
             .await;
     }
-    let mut cfg = order_config(shop.dir.path(), shop.broker_port);
+    let mut cfg = order_config(shop.dir.path(), shop.node_port);
     cfg.listen = addr;
     shop.order = start_order(cfg).await;
     for id in &ids {
