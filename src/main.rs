@@ -26,6 +26,15 @@ struct Cli {
 enum Command {
     /// Start the broker and all three nodes in this process.
     Up(Up),
+    /// Run one node from its config file, as operators do on separate
+    /// machines (environment variables override the file).
+    Node {
+        #[arg(value_enum)]
+        node: NodeKind,
+        /// Config file; default `config/<node>.toml` if it exists.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check the shop's books (stock conservation, order/inventory
     /// agreement, nothing stuck); exits 1 when an invariant is broken.
     Audit {
@@ -122,6 +131,14 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NodeKind {
+    Broker,
+    Inventory,
+    Order,
+    Front,
+}
+
 #[derive(clap::Args)]
 struct BusArgs {
     /// The broker, host:port.
@@ -162,6 +179,22 @@ struct Up {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(up) => run_up(up).await,
+        Command::Node { node, config } => {
+            let default = match node {
+                NodeKind::Broker => "config/broker.toml",
+                NodeKind::Inventory => "config/inventory.toml",
+                NodeKind::Order => "config/order.toml",
+                NodeKind::Front => "config/front.toml",
+            };
+            let path = config.or_else(|| Some(PathBuf::from(default)).filter(|p| p.exists()));
+            let file = path.as_deref();
+            match node {
+                NodeKind::Broker => broker::main_with_config(file).await,
+                NodeKind::Inventory => inventory::main_with_config(file).await,
+                NodeKind::Order => order::main_with_config(file).await,
+                NodeKind::Front => public_front::main_with_config(file).await,
+            }
+        }
         Command::Audit { inventory_url, order_url, horizon_secs, json } => {
             let down = public_front::downstream::Downstream::new(&inventory_url, &order_url, Duration::from_secs(30))?;
             let report = public_front::audit::run(&down, shared::config::secs(horizon_secs))

@@ -72,3 +72,16 @@ impl App {
         Ok(())
     }
 }
+
+/// What the binary does: load the config (`file`, then the environment),
+/// set up logging, serve until SIGTERM/Ctrl-C, drain, exit.
+pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg: Config = shared::config::load(file, config::ENV_PREFIX)?;
+    shared::telemetry::init(&cfg.log);
+    shared::failpoints::setup();
+    let shutdown = CancellationToken::new();
+    shared::shutdown::cancel_on_signal(shutdown.clone());
+    let app = App::build(cfg, shutdown).await?;
+    tracing::info!(addr = %app.local_addr(), "order listening");
+    app.run().await
+}

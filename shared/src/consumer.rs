@@ -190,6 +190,7 @@ impl<H: Handler> Consumer<H> {
                     }
                 }
             }
+            crate::crash_point!("consumer::before_ack");
             for d in &batch {
                 self.bus.ack(d);
             }
@@ -230,6 +231,7 @@ impl<H: Handler> Consumer<H> {
             .instrument(span)
             .await?;
         }
+        crate::crash_point!("consumer::before_commit");
         tx.commit().await?;
         Ok(tally)
     }

@@ -15,6 +15,7 @@ pub mod bus;
 pub mod config;
 pub mod consumer;
 pub mod db;
+pub mod failpoints;
 pub mod dead_letter;
 pub mod http;
 pub mod ids;

@@ -112,6 +112,7 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
     if rows.is_empty() {
         return Ok(0);
     }
+    crate::crash_point!("outbox::before_publish");
     let publishes = rows.iter().map(|row| {
         let seq: i64 = row.get(0);
         let topic: String = row.get(1);
@@ -122,6 +123,7 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
     let results = join_all(publishes).await;
     let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     if !sent.is_empty() {
+        crate::crash_point!("outbox::before_mark_sent");
         let mut tx = db.begin().await?;
         let now = now_ms();
         for seq in &sent {

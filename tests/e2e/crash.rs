@@ -1,0 +1,288 @@
+//! Crash tests with real processes: the broker and the three nodes run as
+//! `webshop node ...` processes (built with crash points), orders flow, and
+//! a node is killed, by a crash point (between receive and commit, commit
+//! and ack, commit and publish, publish and marking sent) or by SIGKILL,
+//! then restarted. Every order that got a 202 must settle, and the audit
+//! must pass.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::helpers::*;
+
+/// One node process; restarted with the same environment (minus failpoints).
+struct Proc {
+    name: &'static str,
+    args: Vec<String>,
+    env: HashMap<String, String>,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, node: &str, env: HashMap<String, String>, failpoints: Option<&str>) -> Proc {
+        let mut p = Proc { name, args: vec!["node".into(), node.into()], env, child: None };
+        p.start(failpoints);
+        p
+    }
+
+    fn start(&mut self, failpoints: Option<&str>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_webshop"));
+        cmd.args(&self.args).envs(&self.env).env("RUST_LOG", "warn,rumqttd=off").stdout(Stdio::null());
+        if let Some(fp) = failpoints {
+            cmd.env("FAILPOINTS", fp);
+        }
+        self.child = Some(cmd.spawn().expect("node process starts"));
+    }
+
+    fn has_exited(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        self.start(None);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    broker: Proc,
+    inventory: Proc,
+    order: Proc,
+    front: Proc,
+    ports: [u16; 4],
+    http: reqwest::Client,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    Broker,
+    Inventory,
+    Order,
+    Front,
+}
+
+impl Cluster {
+    fn start(victim: Victim, failpoints: Option<&str>) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let [broker, inventory, order, front] = [free_port(), free_port(), free_port(), free_port()];
+        let fp = |v| if v == victim { failpoints } else { None };
+        let e = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let b = Proc::spawn("broker", "broker", e(&[("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}"))]), None);
+        let i = Proc::spawn(
+            "inventory",
+            "inventory",
+            e(&[
+                ("WEBSHOP_INVENTORY__LISTEN", format!("127.0.0.1:{inventory}")),
+                ("WEBSHOP_INVENTORY__BUS__PORT", broker.to_string()),
+                ("WEBSHOP_INVENTORY__DB__PATH", dir.path().join("inventory.db").display().to_string()),
+            ]),
+            fp(Victim::Inventory),
+        );
+        let o = Proc::spawn(
+            "order",
+            "order",
+            e(&[
+                ("WEBSHOP_ORDER__LISTEN", format!("127.0.0.1:{order}")),
+                ("WEBSHOP_ORDER__BUS__PORT", broker.to_string()),
+                ("WEBSHOP_ORDER__DB__PATH", dir.path().join("order.db").display().to_string()),
+                ("WEBSHOP_ORDER__FOLLOW_UP_SECS", "1".into()),
+            ]),
+            fp(Victim::Order),
+        );
+        let f = Proc::spawn(
+            "front",
+            "front",
+            e(&[
+                ("WEBSHOP_FRONT__LISTEN", format!("127.0.0.1:{front}")),
+                ("WEBSHOP_FRONT__BUS__PORT", broker.to_string()),
+                ("WEBSHOP_FRONT__INVENTORY_URL", format!("http://127.0.0.1:{inventory}")),
+                ("WEBSHOP_FRONT__ORDER_URL", format!("http://127.0.0.1:{order}")),
+                ("WEBSHOP_FRONT__COMMIT_TIMEOUT_SECS", "3".into()),
+            ]),
+            fp(Victim::Front),
+        );
+        Cluster {
+            _dir: dir,
+            broker: b,
+            inventory: i,
+            order: o,
+            front: f,
+            ports: [broker, inventory, order, front],
+            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        }
+    }
+
+    fn url(&self, port_index: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[port_index])
+    }
+
+    async fn wait_ready(&self) {
+        for i in 1..4 {
+            let url = self.url(i, "/readyz");
+            eventually(&format!("{url} ready"), || async {
+                let r = self.http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            })
+            .await;
+        }
+    }
+
+    fn proc(&mut self, v: Victim) -> &mut Proc {
+        match v {
+            Victim::Broker => &mut self.broker,
+            Victim::Inventory => &mut self.inventory,
+            Victim::Order => &mut self.order,
+            Victim::Front => &mut self.front,
+        }
+    }
+
+    async fn audit(&self) -> public_front::audit::Report {
+        let down = public_front::downstream::Downstream::new(&self.url(1, ""), &self.url(2, ""), Duration::from_secs(10))
+            .unwrap();
+        eventually("the audit to find nothing in flight", || async {
+            let r = public_front::audit::run(&down, Duration::from_secs(120)).await.ok()?;
+            assert!(r.passed, "audit failed:\n{r}");
+            r.in_flight.is_empty().then_some(r)
+        })
+        .await
+    }
+}
+
+/// Places `n` orders from 4 concurrent clients while `victim` crashes (by
+/// its failpoint, or by `kill` after a few orders), restarts it, and checks
+/// that everything accepted settles and the books balance.
+async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
+    let cluster = Arc::new(Mutex::new(Cluster::start(victim, failpoints)));
+    cluster.lock().await.wait_ready().await;
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    let client = cluster.lock().await.place_handle();
+    for c in 0..4 {
+        let (client, accepted) = (client.clone(), accepted.clone());
+        clients.push(tokio::spawn(async move {
+            for i in 0..n / 4 {
+                let key = format!("crash-{c}-{i}");
+                let id = client.place(&key).await;
+                accepted.lock().await.push(id.unwrap_or_else(|| panic!("{key} never accepted")));
+            }
+        }));
+    }
+    // The restarter: a failpoint aborts the victim; a plain kill happens
+    // once a few orders were accepted.
+    let mut crashes = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while clients.iter().any(|c| !c.is_finished()) {
+        assert!(tokio::time::Instant::now() < deadline, "orders did not finish");
+        {
+            let mut cl = cluster.lock().await;
+            let name = cl.proc(victim).name;
+            if failpoints.is_some() && cl.proc(victim).has_exited() {
+                eprintln!("{name} crashed at its failpoint; restarting");
+                cl.proc(victim).restart();
+                crashes += 1;
+            } else if failpoints.is_none() && crashes == 0 && accepted.lock().await.len() >= n / 4 {
+                eprintln!("kill -9 {name} with orders in flight; restarting");
+                cl.proc(victim).restart();
+                crashes += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let cl = cluster.lock().await;
+    let ids = accepted.lock().await.clone();
+    let client = cl.place_handle();
+    for id in &ids {
+        eventually(&format!("order {id} to settle"), || async {
+            let r = client.http.get(format!("{}/api/orders/{id}", client.base)).send().await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            (v["status"].is_string() && v["status"] != "pending").then_some(())
+        })
+        .await;
+    }
+    let report = cl.audit().await;
+    assert_eq!(crashes, 1, "the victim should have crashed exactly once");
+    eprintln!("{} orders accepted across a crash; audit: {:?}", ids.len(), report.orders_by_status);
+    assert_eq!(ids.len(), n / 4 * 4);
+}
+
+/// What clients need to place orders without holding the cluster lock.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Cluster {
+    fn place_handle(&self) -> Client {
+        Client { http: self.http.clone(), base: self.url(3, "") }
+    }
+}
+
+impl Client {
+    /// Places an order, retrying with the same key through 503s and
+    /// refused connections until accepted or the deadline.
+    async fn place(&self, key: &str) -> Option<String> {
+        let body = json!({"customer_email": "crash@example.com", "items": [{"sku": "FUEL-230G-001", "quantity": 1}]});
+        let start = tokio::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let r = self.http.post(format!("{}/api/orders", self.base)).header("Idempotency-Key", key).json(&body).send().await;
+            if let Ok(r) = r {
+                if r.status() == 202 {
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    return v["order_id"].as_str().map(str::to_owned);
+                }
+                assert!(r.status() == 503, "unexpected {} for {key}", r.status());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+macro_rules! crash_tests {
+    ($($name:ident: $victim:expr, $fp:expr;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                crash_and_recover($victim, $fp, 24).await;
+            }
+        )*
+    };
+}
+
+crash_tests! {
+    inventory_crashes_between_receive_and_commit: Victim::Inventory, Some("consumer::before_commit=3*off->1*return");
+    inventory_crashes_between_commit_and_ack: Victim::Inventory, Some("consumer::before_ack=3*off->1*return");
+    inventory_crashes_between_commit_and_publish: Victim::Inventory, Some("outbox::before_publish=3*off->1*return");
+    inventory_crashes_between_publish_and_marking_sent: Victim::Inventory, Some("outbox::before_mark_sent=3*off->1*return");
+    order_crashes_between_receive_and_commit: Victim::Order, Some("consumer::before_commit=5*off->1*return");
+    order_crashes_between_commit_and_ack: Victim::Order, Some("consumer::before_ack=5*off->1*return");
+    order_crashes_between_commit_and_publish: Victim::Order, Some("outbox::before_publish=5*off->1*return");
+    order_crashes_between_publish_and_marking_sent: Victim::Order, Some("outbox::before_mark_sent=5*off->1*return");
+    front_is_killed_with_requests_in_flight: Victim::Front, None;
+    broker_is_killed_with_orders_in_flight: Victim::Broker, None;
+    inventory_is_killed: Victim::Inventory, None;
+    order_is_killed: Victim::Order, None;
+}
