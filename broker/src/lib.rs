@@ -281,6 +281,22 @@ fn connect_packet(credentials: Option<(&String, &String)>) -> Vec<u8> {
     packet
 }
 
+/// What the binary does: load the config (`file`, then `WEBSHOP_BROKER__*`),
+/// start the broker, and run until SIGTERM/Ctrl-C.
+pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cfg: BrokerConfig = shared::config::load(file, "WEBSHOP_BROKER__")?;
+    shared::telemetry::init(&cfg.log);
+    tracing::info!(config = ?cfg, ?file, "starting MQTT broker");
+    spawn(&cfg)?;
+    println!("broker listening on mqtt://{}", cfg.listen);
+    let token = tokio_util::sync::CancellationToken::new();
+    shared::shutdown::cancel_on_signal(token.clone());
+    token.cancelled().await;
+    tracing::info!("signal received, exiting");
+    // rumqttd has no shutdown; its threads end with the process.
+    std::process::exit(0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,20 +422,4 @@ mod tests {
         let defaults = BrokerConfig::default();
         assert_eq!(format!("{from_file:?}"), format!("{defaults:?}"), "{text}");
     }
-}
-
-/// What the binary does: load the config (`file`, then `WEBSHOP_BROKER__*`),
-/// start the broker, and run until SIGTERM/Ctrl-C.
-pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let cfg: BrokerConfig = shared::config::load(file, "WEBSHOP_BROKER__")?;
-    shared::telemetry::init(&cfg.log);
-    tracing::info!(config = ?cfg, ?file, "starting MQTT broker");
-    spawn(&cfg)?;
-    println!("broker listening on mqtt://{}", cfg.listen);
-    let token = tokio_util::sync::CancellationToken::new();
-    shared::shutdown::cancel_on_signal(token.clone());
-    token.cancelled().await;
-    tracing::info!("signal received, exiting");
-    // rumqttd has no shutdown; its threads end with the process.
-    std::process::exit(0);
 }

@@ -33,7 +33,8 @@ pub async fn run(db: Db, wakeup: Wakeup, follow_up_ms: i64, shutdown: Cancellati
     }
 }
 
-async fn pass(db: &Db, follow_up_ms: i64) -> sqlx::Result<usize> {
+/// One round: chase every order whose follow-up is due; returns how many.
+pub async fn pass(db: &Db, follow_up_ms: i64) -> sqlx::Result<usize> {
     let mut tx = db.begin().await?;
     let due = store::due_follow_ups(&mut tx, 200).await?;
     for (order, attempts) in &due {

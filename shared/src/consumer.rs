@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::mpsc;
@@ -130,7 +131,7 @@ pub struct ParkingPolicy {
 /// Applies deliveries with one handler. Cheap to clone.
 pub struct Consumer<H> {
     db: Db,
-    bus: Bus,
+    prefix: String,
     handler: Arc<H>,
     wakeup: Wakeup,
     stats: Arc<Stats>,
@@ -141,7 +142,7 @@ impl<H> Clone for Consumer<H> {
     fn clone(&self) -> Self {
         Self {
             db: self.db.clone(),
-            bus: self.bus.clone(),
+            prefix: self.prefix.clone(),
             handler: self.handler.clone(),
             wakeup: self.wakeup.clone(),
             stats: self.stats.clone(),
@@ -151,13 +152,14 @@ impl<H> Clone for Consumer<H> {
 }
 
 impl<H: Handler> Consumer<H> {
-    pub fn new(db: Db, bus: Bus, handler: H, wakeup: Wakeup, stats: Arc<Stats>, policy: ParkingPolicy) -> Self {
-        Self { db, bus, handler: Arc::new(handler), wakeup, stats, policy }
+    /// A consumer of messages under the topic `prefix`.
+    pub fn new(db: Db, prefix: &str, handler: H, wakeup: Wakeup, stats: Arc<Stats>, policy: ParkingPolicy) -> Self {
+        Self { db, prefix: prefix.to_owned(), handler: Arc::new(handler), wakeup, stats, policy }
     }
 
-    /// Consumes until `shutdown`; a batch already taken is finished (and
-    /// acked) first.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
+    /// Consumes `bus` deliveries until `shutdown`; a batch already taken is
+    /// finished (and acked) first.
+    pub async fn run(self, bus: Bus, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = tokio::select! {
@@ -174,11 +176,12 @@ impl<H: Handler> Consumer<H> {
             }
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.apply_batch(&batch).await {
-                    Ok(tally) => {
-                        self.stats.add(&tally);
-                        break;
-                    }
+                let mut msgs = Vec::with_capacity(batch.len());
+                for d in &batch {
+                    msgs.push((d.topic.as_str(), &d.payload));
+                }
+                match self.apply(&msgs).await {
+                    Ok(_) => break,
                     Err(e) => {
                         // Nothing was acked: retrying the batch is safe.
                         tracing::error!(error = %e, batch = batch.len(), retry_in = ?backoff, "applying a batch failed");
@@ -192,26 +195,29 @@ impl<H: Handler> Consumer<H> {
             }
             crate::crash_point!("consumer::before_ack");
             for d in &batch {
-                self.bus.ack(d);
+                bus.ack(d);
             }
             self.wakeup.wake();
         }
     }
 
-    async fn apply_batch(&self, batch: &[Delivery]) -> Result<StatsSnapshot, sqlx::Error> {
+    /// Applies `(topic, payload)` messages in one transaction, exactly as
+    /// deliveries from the bus are (the consumer loop acks after this
+    /// returns). Public so tests can drive the real handlers with a fake bus.
+    pub async fn apply(&self, batch: &[(&str, &Bytes)]) -> Result<StatsSnapshot, sqlx::Error> {
         let mut tally = StatsSnapshot::default();
         let mut tx = self.db.begin().await?;
-        for d in batch {
+        for &(topic, payload) in batch {
             tally.received += 1;
-            let decoded = match Topic::from_path(self.bus.prefix(), &d.topic) {
-                Some(topic) => Inbound::decode(topic, d.payload.clone()),
-                None => Err(Poison(format!("no handler for topic {}", d.topic))),
+            let decoded = match Topic::from_path(&self.prefix, topic) {
+                Some(t) => Inbound::decode(t, payload.clone()),
+                None => Err(Poison(format!("no handler for topic {topic}"))),
             };
             let msg = match decoded {
                 Ok(msg) => msg,
                 Err(poison) => {
-                    tracing::warn!(topic = %d.topic, bytes = d.payload.len(), reason = %poison, "dead-lettering a malformed message");
-                    dead_letter::record(&mut tx, &d.topic, None, None, &d.payload, &poison.0).await?;
+                    tracing::warn!(%topic, bytes = payload.len(), reason = %poison, "dead-lettering a malformed message");
+                    dead_letter::record(&mut tx, topic, None, None, payload, &poison.0).await?;
                     tally.dead_lettered += 1;
                     continue;
                 }
@@ -223,7 +229,7 @@ impl<H: Handler> Consumer<H> {
                     tally.deduplicated += 1;
                     return Ok(());
                 }
-                match self.apply(&mut tx, &msg, &mut tally).await? {
+                match self.apply_one(&mut tx, &msg, &mut tally).await? {
                     Applied::Yes => self.unpark(&mut tx, msg.order_id(), &mut tally).await,
                     Applied::No => Ok(()),
                 }
@@ -233,11 +239,12 @@ impl<H: Handler> Consumer<H> {
         }
         crate::crash_point!("consumer::before_commit");
         tx.commit().await?;
+        self.stats.add(&tally);
         Ok(tally)
     }
 
     /// Runs the handler in a savepoint; parks or dead-letters per outcome.
-    async fn apply(
+    async fn apply_one(
         &self,
         conn: &mut SqliteConnection,
         msg: &Inbound,
@@ -268,7 +275,7 @@ impl<H: Handler> Consumer<H> {
                 tracing::warn!(reason = %p, "dead-lettering a message that can't be applied");
                 dead_letter::record(
                     conn,
-                    &msg.topic.path(self.bus.prefix()),
+                    &msg.topic.path(&self.prefix),
                     Some(msg.message_id().to_string()),
                     Some(msg.order_id().to_string()),
                     &msg.payload,
@@ -308,7 +315,7 @@ impl<H: Handler> Consumer<H> {
             .ok_or_else(|| Poison(format!("unknown topic {}", p.topic)))
             .and_then(|t| Inbound::decode(t, p.payload.clone().into()));
         // Dead letters name the full topic, so they can be replayed as is.
-        p.topic = format!("{}{}", self.bus.prefix(), p.topic);
+        p.topic = format!("{}{}", self.prefix, p.topic);
         let msg = match msg {
             Ok(msg) => msg,
             Err(poison) => {
@@ -366,25 +373,29 @@ impl<H: Handler> Consumer<H> {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let pass = async {
-                let mut tally = StatsSnapshot::default();
-                let mut tx = self.db.begin().await?;
-                let due = parking::due(&mut tx, 100).await?;
-                if due.is_empty() {
-                    return Ok::<_, sqlx::Error>(());
-                }
-                for p in due {
-                    self.retry_parked(&mut tx, p, &mut tally).await?;
-                }
-                tx.commit().await?;
-                self.stats.add(&tally);
-                self.wakeup.wake();
-                Ok(())
-            };
-            if let Err(e) = pass.await {
+            if let Err(e) = self.retry_due_parked().await {
                 tracing::warn!(error = %e, "parking timer pass failed");
             }
         }
+    }
+}
+
+impl<H: Handler> Consumer<H> {
+    /// One pass of the parking timer.
+    pub async fn retry_due_parked(&self) -> sqlx::Result<()> {
+        let mut tally = StatsSnapshot::default();
+        let mut tx = self.db.begin().await?;
+        let due = parking::due(&mut tx, 100).await?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        for p in due {
+            self.retry_parked(&mut tx, p, &mut tally).await?;
+        }
+        tx.commit().await?;
+        self.stats.add(&tally);
+        self.wakeup.wake();
+        Ok(())
     }
 }
 

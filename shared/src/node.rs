@@ -50,9 +50,9 @@ impl Node {
         let (bus, deliveries, bus_task) = Bus::start(bus, bus_shutdown.clone());
         let stats = Arc::new(Stats::default());
         let wakeup = Wakeup::default();
-        let consumer = Consumer::new(db.clone(), bus.clone(), handler, wakeup.clone(), stats.clone(), policy);
+        let consumer = Consumer::new(db.clone(), bus.prefix(), handler, wakeup.clone(), stats.clone(), policy);
         let mut inner = JoinSet::new();
-        inner.spawn(consumer.clone().run(deliveries, shutdown.clone()));
+        inner.spawn(consumer.clone().run(bus.clone(), deliveries, shutdown.clone()));
         inner.spawn(consumer.run_parking_timer(shutdown.clone()));
         inner.spawn(outbox::relay(db.clone(), bus.clone(), wakeup.clone(), shutdown.clone()));
         tasks.spawn(async move {

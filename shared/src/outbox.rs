@@ -102,34 +102,51 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
     }
 }
 
+/// An event waiting to be published.
+#[derive(Debug, Clone)]
+pub struct Unsent {
+    pub seq: i64,
+    /// Topic below the prefix.
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// The oldest unsent events, in the order they were written.
+pub async fn unsent(db: &Db, limit: i64) -> sqlx::Result<Vec<Unsent>> {
+    let rows = sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?")
+        .bind(limit)
+        .fetch_all(&db.writer)
+        .await?;
+    Ok(rows.into_iter().map(|r| Unsent { seq: r.get(0), topic: r.get(1), payload: r.get(2) }).collect())
+}
+
+/// Marks events sent (the broker acknowledged them).
+pub async fn mark_sent(db: &Db, seqs: &[i64]) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    let now = now_ms();
+    for seq in seqs {
+        sqlx::query("UPDATE outbox SET sent_at = ? WHERE seq = ?").bind(now).bind(seq).execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
 /// Publishes one batch, marks the PUBACKed ones sent; returns how many
 /// were attempted.
 async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
-    let rows = sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?")
-        .bind(BATCH)
-        .fetch_all(&db.writer)
-        .await?;
+    let rows = unsent(db, BATCH).await?;
     if rows.is_empty() {
         return Ok(0);
     }
     crate::crash_point!("outbox::before_publish");
     let publishes = rows.iter().map(|row| {
-        let seq: i64 = row.get(0);
-        let topic: String = row.get(1);
-        let payload: Vec<u8> = row.get(2);
-        let path = format!("{}{}", bus.prefix(), topic);
-        async move { bus.publish(&path, payload).await.map(|()| seq) }
+        let path = format!("{}{}", bus.prefix(), row.topic);
+        async move { bus.publish(&path, row.payload.clone()).await.map(|()| row.seq) }
     });
     let results = join_all(publishes).await;
     let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
     if !sent.is_empty() {
         crate::crash_point!("outbox::before_mark_sent");
-        let mut tx = db.begin().await?;
-        let now = now_ms();
-        for seq in &sent {
-            sqlx::query("UPDATE outbox SET sent_at = ? WHERE seq = ?").bind(now).bind(seq).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        mark_sent(db, &sent).await?;
     }
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
         anyhow::bail!("{} of {} events not acknowledged by the broker: {e}", rows.len() - sent.len(), rows.len());

@@ -156,8 +156,9 @@ impl Cluster {
     }
 
     async fn audit(&self) -> public_front::audit::Report {
-        let down = public_front::downstream::Downstream::new(&self.url(1, ""), &self.url(2, ""), Duration::from_secs(10))
-            .unwrap();
+        let down =
+            public_front::downstream::Downstream::new(&self.url(1, ""), &self.url(2, ""), Duration::from_secs(10))
+                .unwrap();
         eventually("the audit to find nothing in flight", || async {
             let r = public_front::audit::run(&down, Duration::from_secs(120)).await.ok()?;
             assert!(r.passed, "audit failed:\n{r}");
@@ -247,7 +248,13 @@ impl Client {
         let body = json!({"customer_email": "crash@example.com", "items": [{"sku": "FUEL-230G-001", "quantity": 1}]});
         let start = tokio::time::Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
-            let r = self.http.post(format!("{}/api/orders", self.base)).header("Idempotency-Key", key).json(&body).send().await;
+            let r = self
+                .http
+                .post(format!("{}/api/orders", self.base))
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await;
             if let Ok(r) = r {
                 if r.status() == 202 {
                     let v: serde_json::Value = r.json().await.ok()?;

@@ -15,7 +15,8 @@ use crate::helpers::*;
 const CLIENTS: usize = 8;
 const ORDERS_PER_CLIENT: usize = 40;
 // Mostly well-stocked products, one low and one sold out: confirmations and rejections both.
-const SKUS: [&str; 6] = ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001", "HAMK-SGL-001", "COOK-TI-001"];
+const SKUS: [&str; 6] =
+    ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001", "HAMK-SGL-001", "COOK-TI-001"];
 
 #[derive(Default)]
 struct Tally {
@@ -60,14 +61,8 @@ async fn cancel_until_done(shop: &Shop, id: &str, tally: &Tally) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_orders_and_cancels_through_a_chaos_proxy() {
-    let faults = Faults {
-        duplicate: 0.2,
-        delay: 0.2,
-        max_delay: Duration::from_millis(300),
-        reorder: 0.2,
-        cut: 0.002,
-        seed: 7,
-    };
+    let faults =
+        Faults { duplicate: 0.2, delay: 0.2, max_delay: Duration::from_millis(300), reorder: 0.2, cut: 0.002, seed: 7 };
     let shop = Arc::new(Shop::start_with(BrokerKind::Embedded, Some(faults)).await.unwrap());
     let tally = Arc::new(Tally::default());
     let mut clients = Vec::new();

@@ -217,8 +217,17 @@ impl Shop {
         .await
         .expect("front starts");
         let front = Running { addr: front_app.local_addr(), shutdown, task: Some(tokio::spawn(front_app.run())) };
-        let shop =
-            Shop { dir, broker_port, node_port, chaos, _mosquitto: mosquitto, inventory, order, front, http: reqwest::Client::new() };
+        let shop = Shop {
+            dir,
+            broker_port,
+            node_port,
+            chaos,
+            _mosquitto: mosquitto,
+            inventory,
+            order,
+            front,
+            http: reqwest::Client::new(),
+        };
         shop.wait_ready().await;
         Some(shop)
     }

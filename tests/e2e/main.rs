@@ -4,6 +4,7 @@
 mod crash;
 mod faults;
 mod helpers;
+mod model;
 
 use helpers::*;
 use serde_json::json;
