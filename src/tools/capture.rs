@@ -25,6 +25,12 @@ pub struct Captured {
 pub async fn capture(broker: &str, prefix: &str, duration: Duration, out: &Path) -> anyhow::Result<usize> {
     let (client, mut eventloop) = super::mqtt::connect(broker, "capture").await?;
     client.subscribe(format!("{prefix}#"), QoS::AtLeastOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
+            break;
+        }
+    }
+    println!("capturing {prefix}# for {} s to {}", duration.as_secs_f64(), out.display());
     let mut file =
         std::io::BufWriter::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?);
     let deadline = tokio::time::Instant::now() + duration;

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
+/// The front's admin bearer token in tests.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -210,6 +212,7 @@ impl Shop {
                 inventory_url: format!("http://{}", inventory.addr),
                 order_url: format!("http://{}", order.addr),
                 commit_timeout_secs: 5.0,
+                admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
                 ..Default::default()
             },
             shutdown.clone(),

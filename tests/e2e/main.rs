@@ -5,6 +5,7 @@ mod crash;
 mod faults;
 mod helpers;
 mod model;
+mod tools;
 
 use helpers::*;
 use serde_json::json;
