@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use shared::config::{BusConfig, DbConfig, LogConfig};
+use shared::config::{BusConfig, DbConfig, LogConfig, Secret};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,6 +14,10 @@ pub struct Config {
     pub bus: BusConfig,
     pub db: DbConfig,
     pub log: LogConfig,
+    /// Bearer token for the write routes of the node's API (dead-letter
+    /// replay, product admin). Unset (default): they answer 403. Set it
+    /// through the environment, not the file.
+    pub admin_token: Option<Secret>,
     /// A JSON catalog loaded on first start (empty database). Default: the
     /// sample catalog built into the binary.
     pub catalog: Option<PathBuf>,
@@ -26,6 +30,7 @@ impl Default for Config {
             bus: BusConfig { client_id: "webshop-inventory".into(), ..BusConfig::default() },
             db: DbConfig { path: PathBuf::from("data/inventory.db"), ..DbConfig::default() },
             log: LogConfig::default(),
+            admin_token: None,
             catalog: None,
         }
     }

@@ -8,7 +8,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use shared::http::{rejection, ApiError};
+use axum::http::{HeaderMap, StatusCode};
+use shared::http::{rejection, require_bearer, ApiError};
 use shared::ids::{OrderId, Sku};
 use shared::node::Node;
 
@@ -22,6 +23,8 @@ pub fn router(node: Node) -> Router {
         .route("/reservations", get(reservations))
         .route("/reservations/{order_id}", get(reservation))
         .route("/stock", get(stock))
+        .route("/admin/products", post(add_product))
+        .route("/admin/products/{sku}", axum::routing::patch(update_product))
         .with_state(node.clone())
         .merge(shared::node::routes(node))
 }
@@ -103,4 +106,55 @@ async fn reservations(
 
 async fn stock(State(node): State<Node>) -> Result<Json<Vec<StockView>>, ApiError> {
     Ok(Json(store::stock(&node.db.reader).await?))
+}
+
+fn admin_error(e: store::AdminError) -> ApiError {
+    match e {
+        store::AdminError::Exists(_) => ApiError::conflict("product_exists", e.to_string()),
+        store::AdminError::Unknown(_) => ApiError::not_found("unknown_product", e.to_string()),
+        store::AdminError::Db(e) => ApiError::internal(e),
+    }
+}
+
+/// `POST /admin/products` (bearer token): add a product with its stock.
+async fn add_product(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    body: Result<Json<store::SeedProduct>, JsonRejection>,
+) -> Result<(StatusCode, Json<Product>), ApiError> {
+    require_bearer(node.admin_token.as_ref(), &headers)?;
+    let Json(p) = body.map_err(|e| rejection(e.body_text(), e.status()))?;
+    if p.price_cents < 0 || p.stock < 0 || p.name.trim().is_empty() || p.currency.len() != 3 {
+        return Err(ApiError::unprocessable(
+            "invalid_product",
+            "price_cents and stock must be >= 0, name non-empty, currency a 3-letter code",
+        ));
+    }
+    store::add_product(&node.db.writer, &p).await.map_err(admin_error)?;
+    let created = store::get_product(&node.db.writer, &p.sku).await?.ok_or_else(|| ApiError::internal("product vanished"))?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductUpdate {
+    price_cents: Option<i64>,
+    /// The new available stock (a restock, or a write-off).
+    available: Option<i64>,
+}
+
+/// `PATCH /admin/products/{sku}` (bearer token): set price and/or stock.
+async fn update_product(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    Path(sku): Path<String>,
+    body: Result<Json<ProductUpdate>, JsonRejection>,
+) -> Result<Json<Product>, ApiError> {
+    require_bearer(node.admin_token.as_ref(), &headers)?;
+    let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
+    let Json(u) = body.map_err(|e| rejection(e.body_text(), e.status()))?;
+    if u.price_cents.is_some_and(|p| p < 0) || u.available.is_some_and(|a| a < 0) {
+        return Err(ApiError::unprocessable("invalid_update", "price_cents and available must be >= 0"));
+    }
+    Ok(Json(store::update_product(&node.db.writer, &sku, u.price_cents, u.available).await.map_err(admin_error)?))
 }

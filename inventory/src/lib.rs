@@ -63,7 +63,9 @@ impl App {
         };
         // Inventory never parks: everything it receives can be decided.
         let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
-        let node = Node::start(db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks);
+        let node = Node::start("inventory", db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks)
+            .with_admin_token(cfg.admin_token.clone())
+            .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         Ok(App { listener, node, tasks, shutdown })
     }
 

@@ -45,7 +45,8 @@ pub struct Product {
 }
 
 /// A catalog entry to load: a product and its starting stock.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct SeedProduct {
     pub sku: Sku,
     pub name: String,
@@ -319,4 +320,94 @@ pub async fn stock(pool: &SqlitePool) -> sqlx::Result<Vec<StockView>> {
             restocked: r.get(4),
         })
         .collect())
+}
+
+/// Why an admin change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("a product with SKU {0} already exists")]
+    Exists(String),
+    #[error("no product with SKU {0}")]
+    Unknown(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Adds a product with its initial stock.
+pub async fn add_product(pool: &SqlitePool, p: &SeedProduct) -> Result<(), AdminError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE sku = ?")
+        .bind(p.sku.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    if exists > 0 {
+        return Err(AdminError::Exists(p.sku.to_string()));
+    }
+    sqlx::query(
+        "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(p.sku.as_str())
+    .bind(&p.name)
+    .bind(&p.description)
+    .bind(p.price_cents)
+    .bind(&p.currency)
+    .bind(p.stock)
+    .bind(p.stock)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Sets a product's price and/or its available stock. A stock change is
+/// booked as a restock (`restocked += new - old`, possibly negative for a
+/// write-off), so `initial + restocked == available + reserved` holds.
+pub async fn update_product(
+    pool: &SqlitePool,
+    sku: &Sku,
+    price_cents: Option<i64>,
+    available: Option<i64>,
+) -> Result<Product, AdminError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let found = sqlx::query("SELECT available FROM products WHERE sku = ?")
+        .bind(sku.as_str())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| AdminError::Unknown(sku.to_string()))?;
+    let old: i64 = found.get(0);
+    if let Some(price) = price_cents {
+        sqlx::query("UPDATE products SET price_cents = ? WHERE sku = ?").bind(price).bind(sku.as_str()).execute(&mut *tx).await?;
+    }
+    if let Some(new) = available {
+        sqlx::query("UPDATE products SET available = ?1, restocked = restocked + (?1 - ?2) WHERE sku = ?3")
+            .bind(new)
+            .bind(old)
+            .bind(sku.as_str())
+            .execute(&mut *tx)
+            .await?;
+    }
+    let row = sqlx::query(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ?"))
+        .bind(sku.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(product(&row))
+}
+
+/// Stock gauges for `/metrics`.
+pub async fn update_gauges(db: shared::db::Db) {
+    if let Ok(row) = sqlx::query("SELECT COALESCE(SUM(available), 0), COALESCE(SUM(reserved), 0) FROM products")
+        .fetch_one(&db.reader)
+        .await
+    {
+        metrics::gauge!("stock_available_units").set(row.get::<i64, _>(0) as f64);
+        metrics::gauge!("stock_reserved_units").set(row.get::<i64, _>(1) as f64);
+    }
+    if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM reservations WHERE state = 'reserved'")
+        .fetch_one(&db.reader)
+        .await
+    {
+        metrics::gauge!("reservations_live").set(n as f64);
+    }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use shared::config::{BusConfig, DbConfig, LogConfig};
+use shared::config::{BusConfig, DbConfig, LogConfig, Secret};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -14,6 +14,10 @@ pub struct Config {
     pub bus: BusConfig,
     pub db: DbConfig,
     pub log: LogConfig,
+    /// Bearer token for the write routes of the node's API (dead-letter
+    /// replay, product admin). Unset (default): they answer 403. Set it
+    /// through the environment, not the file.
+    pub admin_token: Option<Secret>,
     /// Seconds to wait for inventory (a stock decision, a release
     /// confirmation) before asking again; doubles per attempt up to 60 s.
     /// Default 5.
@@ -30,6 +34,7 @@ impl Default for Config {
             bus: BusConfig { client_id: "webshop-order".into(), ..BusConfig::default() },
             db: DbConfig { path: PathBuf::from("data/order.db"), ..DbConfig::default() },
             log: LogConfig::default(),
+            admin_token: None,
             follow_up_secs: 5.0,
             parked_horizon_secs: 600.0,
         }

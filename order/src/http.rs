@@ -19,6 +19,7 @@ pub fn router(node: Node) -> Router {
     Router::new()
         .route("/orders", get(list))
         .route("/orders/counts", get(counts))
+        .route("/orders/recent", get(recent))
         .route("/orders/{order_id}", get(one))
         .with_state(node.clone())
         .merge(shared::node::routes(node))
@@ -49,4 +50,9 @@ async fn list(
 
 async fn counts(State(node): State<Node>) -> Result<Json<Counts>, ApiError> {
     Ok(Json(store::counts(&node.db.reader).await?))
+}
+
+async fn recent(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Vec<Order>>, ApiError> {
+    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+    Ok(Json(store::recent(&node.db.reader, q.limit.unwrap_or(20).clamp(1, 200)).await?))
 }

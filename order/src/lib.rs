@@ -50,7 +50,9 @@ impl App {
         let policy =
             ParkingPolicy { retry_ms: follow_up_ms.min(1000), horizon_ms: (cfg.parked_horizon_secs * 1000.0) as i64 };
         let handler = handlers::OrderHandler { follow_up_ms };
-        let node = Node::start(db, bus, handler, policy, &shutdown, &mut tasks);
+        let node = Node::start("order", db, bus, handler, policy, &shutdown, &mut tasks)
+            .with_admin_token(cfg.admin_token.clone())
+            .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         tasks.spawn(follow_up::run(node.db.clone(), node.wakeup.clone(), follow_up_ms, shutdown.clone()));
         Ok(App { listener, node, tasks, shutdown })
     }

@@ -188,3 +188,22 @@ pub async fn list(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::R
     .await?;
     Ok(rows.iter().map(order).collect())
 }
+
+/// Order gauges for `/metrics`.
+pub async fn update_gauges(db: shared::db::Db) {
+    if let Ok(c) = counts(&db.reader).await {
+        for (status, n) in [("pending", c.pending), ("confirmed", c.confirmed), ("rejected", c.rejected), ("cancelled", c.cancelled)] {
+            metrics::gauge!("orders", "status" => status).set(n as f64);
+        }
+        metrics::gauge!("orders_release_pending").set(c.release_pending as f64);
+    }
+}
+
+/// The most recently changed orders, newest first.
+pub async fn recent(pool: &SqlitePool, limit: i64) -> sqlx::Result<Vec<Order>> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT ?"))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(order).collect())
+}

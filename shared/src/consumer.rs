@@ -24,7 +24,7 @@ use crate::message::{Inbound, Poison};
 use crate::outbox::Wakeup;
 use crate::parking::{self, Parked};
 use crate::topics::Topic;
-use crate::{dead_letter, inbox};
+use crate::{dead_letter, inbox, timeline, trace};
 
 /// Most deliveries applied in one transaction (group commit).
 const MAX_BATCH: usize = 100;
@@ -130,6 +130,8 @@ pub struct ParkingPolicy {
 
 /// Applies deliveries with one handler. Cheap to clone.
 pub struct Consumer<H> {
+    /// The node's name, for metrics labels.
+    node: &'static str,
     db: Db,
     prefix: String,
     handler: Arc<H>,
@@ -141,6 +143,7 @@ pub struct Consumer<H> {
 impl<H> Clone for Consumer<H> {
     fn clone(&self) -> Self {
         Self {
+            node: self.node,
             db: self.db.clone(),
             prefix: self.prefix.clone(),
             handler: self.handler.clone(),
@@ -153,8 +156,30 @@ impl<H> Clone for Consumer<H> {
 
 impl<H: Handler> Consumer<H> {
     /// A consumer of messages under the topic `prefix`.
-    pub fn new(db: Db, prefix: &str, handler: H, wakeup: Wakeup, stats: Arc<Stats>, policy: ParkingPolicy) -> Self {
-        Self { db, prefix: prefix.to_owned(), handler: Arc::new(handler), wakeup, stats, policy }
+    pub fn new(
+        node: &'static str,
+        db: Db,
+        prefix: &str,
+        handler: H,
+        wakeup: Wakeup,
+        stats: Arc<Stats>,
+        policy: ParkingPolicy,
+    ) -> Self {
+        Self { node, db, prefix: prefix.to_owned(), handler: Arc::new(handler), wakeup, stats, policy }
+    }
+
+    /// Counts a message outcome per topic. Counted when it happens: a batch
+    /// that fails and is retried counts its messages again.
+    fn count(&self, topic: &str, outcome: &'static str) {
+        let topic = topic.strip_prefix(self.prefix.as_str()).unwrap_or(topic).to_owned();
+        metrics::counter!("messages_total", "node" => self.node, "topic" => topic, "outcome" => outcome).increment(1);
+    }
+
+    /// Records what happened to `msg` on its order's timeline, and counts it.
+    async fn note(&self, conn: &mut SqliteConnection, msg: &Inbound, event: &'static str) -> sqlx::Result<()> {
+        self.count(msg.topic.suffix(), event);
+        timeline::record(conn, &msg.order_id().to_string(), event, msg.topic.suffix(), &msg.message_id().to_string())
+            .await
     }
 
     /// Consumes `bus` deliveries until `shutdown`; a batch already taken is
@@ -209,6 +234,7 @@ impl<H: Handler> Consumer<H> {
         let mut tx = self.db.begin().await?;
         for &(topic, payload) in batch {
             tally.received += 1;
+            self.count(topic, "received");
             let decoded = match Topic::from_path(&self.prefix, topic) {
                 Some(t) => Inbound::decode(t, payload.clone()),
                 None => Err(Poison(format!("no handler for topic {topic}"))),
@@ -218,14 +244,23 @@ impl<H: Handler> Consumer<H> {
                 Err(poison) => {
                     tracing::warn!(%topic, bytes = payload.len(), reason = %poison, "dead-lettering a malformed message");
                     dead_letter::record(&mut tx, topic, None, None, payload, &poison.0).await?;
+                    self.count(topic, "dead_lettered");
                     tally.dead_lettered += 1;
                     continue;
                 }
             };
-            let span = tracing::info_span!("message", topic = msg.topic.suffix(), message_id = %msg.message_id(), order_id = %msg.order_id());
-            async {
+            let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
+            let span = tracing::info_span!(
+                "message",
+                topic = msg.topic.suffix(),
+                message_id = %msg.message_id(),
+                order_id = %msg.order_id(),
+                trace_id = trace::trace_id(traceparent.as_deref()),
+            );
+            let work = async {
                 if !inbox::record(&mut tx, &msg).await? {
                     tracing::debug!("duplicate message dropped");
+                    self.note(&mut tx, &msg, "deduplicated").await?;
                     tally.deduplicated += 1;
                     return Ok(());
                 }
@@ -233,9 +268,8 @@ impl<H: Handler> Consumer<H> {
                     Applied::Yes => self.unpark(&mut tx, msg.order_id(), &mut tally).await,
                     Applied::No => Ok(()),
                 }
-            }
-            .instrument(span)
-            .await?;
+            };
+            trace::scope(traceparent, work.instrument(span)).await?;
         }
         crate::crash_point!("consumer::before_commit");
         tx.commit().await?;
@@ -254,12 +288,14 @@ impl<H: Handler> Consumer<H> {
         match self.handler.handle(&mut sp, msg).await {
             Ok(Outcome::Applied) => {
                 sp.commit().await?;
+                self.note(conn, msg, "applied").await?;
                 tally.applied += 1;
                 Ok(Applied::Yes)
             }
             Ok(Outcome::Ignored(why)) => {
                 sp.commit().await?;
                 tracing::debug!(why, "message ignored");
+                self.note(conn, msg, "ignored").await?;
                 tally.ignored += 1;
                 Ok(Applied::No)
             }
@@ -267,6 +303,7 @@ impl<H: Handler> Consumer<H> {
                 sp.rollback().await?;
                 tracing::info!(%reason, "message parked");
                 parking::park(conn, msg, &reason, self.policy.retry_ms).await?;
+                self.note(conn, msg, "parked").await?;
                 tally.parked += 1;
                 Ok(Applied::No)
             }
@@ -282,6 +319,7 @@ impl<H: Handler> Consumer<H> {
                     &p.0,
                 )
                 .await?;
+                self.note(conn, msg, "dead_lettered").await?;
                 tally.dead_lettered += 1;
                 Ok(Applied::No)
             }
@@ -337,11 +375,13 @@ impl<H: Handler> Consumer<H> {
             let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
             tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
             dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason).await?;
+            self.note(conn, &msg, "dead_lettered").await?;
             tally.dead_lettered += 1;
             return Ok(());
         }
         let mut sp = conn.begin().await?;
-        match self.handler.handle(&mut sp, &msg).await {
+        let outcome = trace::scope(msg.envelope.traceparent.clone(), self.handler.handle(&mut sp, &msg)).await;
+        match outcome {
             Ok(Outcome::Park(_)) => {
                 sp.rollback().await?;
                 parking::postpone(conn, &p.message_id, p.attempts).await?;
@@ -350,6 +390,7 @@ impl<H: Handler> Consumer<H> {
                 sp.commit().await?;
                 parking::remove(conn, &p.message_id).await?;
                 tracing::info!(message_id = %p.message_id, order_id = %p.order_id, "parked message applied");
+                self.note(conn, &msg, "unparked").await?;
                 tally.unparked += 1;
             }
             Err(HandleError::Poison(poison)) => {

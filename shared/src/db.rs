@@ -86,6 +86,7 @@ impl Db {
             .await
             .with_context(|| format!("opening database {}", cfg.path.display()))?;
         sqlx::raw_sql(SHARED_SCHEMA).execute(&writer).await.context("creating shared tables")?;
+        sqlx::raw_sql(crate::timeline::SCHEMA).execute(&writer).await.context("creating the timeline table")?;
         sqlx::raw_sql(schema).execute(&writer).await.context("creating service tables")?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)

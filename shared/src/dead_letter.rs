@@ -71,3 +71,23 @@ pub async fn list(pool: &sqlx::SqlitePool, limit: i64) -> sqlx::Result<Vec<DeadL
         })
         .collect())
 }
+
+/// One dead letter with its stored payload bytes.
+pub struct Stored {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub payload_bytes: i64,
+}
+
+pub async fn get(pool: &sqlx::SqlitePool, id: i64) -> sqlx::Result<Option<Stored>> {
+    let row = sqlx::query("SELECT topic, payload, payload_bytes FROM dead_letters WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| Stored { topic: r.get(0), payload: r.get(1), payload_bytes: r.get(2) }))
+}
+
+pub async fn remove(pool: &sqlx::SqlitePool, id: i64) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM dead_letters WHERE id = ?").bind(id).execute(pool).await?;
+    Ok(())
+}

@@ -80,6 +80,32 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Checks `Authorization: Bearer <token>` against the configured token:
+/// 403 when none is configured, 401 when missing or wrong.
+pub fn require_bearer(token: Option<&crate::config::Secret>, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_disabled",
+            "The admin API is disabled: set admin_token in this node's config.",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare without stopping at the first differing byte.
+    let expected = token.expose().as_bytes();
+    let same = given.len() == expected.len()
+        && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "A valid admin bearer token is required."))
+    }
+}
+
 /// Maps axum's JSON, path and query rejections into our problem format.
 pub fn rejection(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     let code = match status {

@@ -15,13 +15,21 @@ use crate::db::Db;
 use crate::outbox::{self, Backlog, Wakeup};
 use crate::{dead_letter, parking};
 
+/// Sets a service's own gauges before `/metrics` renders.
+pub type Gauges = Arc<dyn Fn(Db) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
 /// A started service node.
 #[derive(Clone)]
 pub struct Node {
+    pub name: &'static str,
     pub db: Db,
     pub bus: Bus,
     pub stats: Arc<Stats>,
     pub wakeup: Wakeup,
+    /// Bearer token for the node's write routes (replaying dead letters,
+    /// product admin). `None`: those routes answer 403.
+    pub admin_token: Option<crate::config::Secret>,
+    pub gauges: Option<Gauges>,
 }
 
 /// What `/stats` reports.
@@ -37,6 +45,7 @@ pub struct NodeStats {
 impl Node {
     /// Starts the node's background tasks on `tasks`.
     pub fn start<H: Handler>(
+        name: &'static str,
         db: Db,
         bus: BusOptions,
         handler: H,
@@ -50,7 +59,7 @@ impl Node {
         let (bus, deliveries, bus_task) = Bus::start(bus, bus_shutdown.clone());
         let stats = Arc::new(Stats::default());
         let wakeup = Wakeup::default();
-        let consumer = Consumer::new(db.clone(), bus.prefix(), handler, wakeup.clone(), stats.clone(), policy);
+        let consumer = Consumer::new(name, db.clone(), bus.prefix(), handler, wakeup.clone(), stats.clone(), policy);
         let mut inner = JoinSet::new();
         inner.spawn(consumer.clone().run(bus.clone(), deliveries, shutdown.clone()));
         inner.spawn(consumer.run_parking_timer(shutdown.clone()));
@@ -60,7 +69,33 @@ impl Node {
             bus_shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), bus_task).await;
         });
-        Node { db, bus, stats, wakeup }
+        Node { name, db, bus, stats, wakeup, admin_token: None, gauges: None }
+    }
+
+    pub fn with_admin_token(mut self, token: Option<crate::config::Secret>) -> Self {
+        self.admin_token = token;
+        self
+    }
+
+    pub fn with_gauges(mut self, gauges: Gauges) -> Self {
+        self.gauges = Some(gauges);
+        self
+    }
+
+    /// Sets the gauges every node has, then the service's own.
+    pub async fn update_gauges(&self) {
+        if let Ok(s) = self.stats().await {
+            let n = self.name;
+            metrics::gauge!("outbox_unsent", "node" => n).set(s.outbox.unsent as f64);
+            metrics::gauge!("outbox_oldest_unsent_age_seconds", "node" => n)
+                .set(s.outbox.oldest_unsent_age_ms.unwrap_or(0) as f64 / 1000.0);
+            metrics::gauge!("parked_messages", "node" => n).set(s.parked as f64);
+            metrics::gauge!("dead_letters", "node" => n).set(s.dead_letters as f64);
+            metrics::gauge!("bus_connected", "node" => n).set(if s.bus_ready { 1.0 } else { 0.0 });
+        }
+        if let Some(g) = &self.gauges {
+            g(self.db.clone()).await;
+        }
     }
 
     /// Why the node isn't ready, if it isn't.
@@ -94,14 +129,18 @@ impl Node {
     }
 }
 
-/// Probes and stats routes every service node serves.
+/// Probes, stats, metrics and operator routes every service node serves:
+/// `GET /healthz`, `/readyz`, `/stats`, `/metrics`, `/dead-letters`,
+/// `/parked`, `/timeline/{order_id}`, and (bearer token)
+/// `POST /dead-letters/{id}/replay`.
 pub fn routes(node: Node) -> axum::Router {
-    use axum::extract::{Query, State};
+    use axum::extract::{Path, Query, State};
+    use axum::http::HeaderMap;
     use axum::response::IntoResponse;
-    use axum::routing::get;
+    use axum::routing::{get, post};
     use axum::Json;
 
-    use crate::http::ApiError;
+    use crate::http::{require_bearer, ApiError};
 
     #[derive(serde::Deserialize)]
     struct Limit {
@@ -120,13 +159,50 @@ pub fn routes(node: Node) -> axum::Router {
     async fn stats(State(node): State<Node>) -> Result<impl IntoResponse, ApiError> {
         Ok(Json(node.stats().await?))
     }
+    async fn metrics_text(State(node): State<Node>) -> impl IntoResponse {
+        node.update_gauges().await;
+        ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render())
+    }
     async fn dead_letters(State(node): State<Node>, Query(q): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
         Ok(Json(node.dead_letters(q.limit.unwrap_or(100).clamp(1, 1000)).await?))
     }
+    async fn parked(State(node): State<Node>, Query(q): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
+        Ok(Json(parking::list(&node.db.reader, q.limit.unwrap_or(100).clamp(1, 1000)).await?))
+    }
+    async fn timeline(State(node): State<Node>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+        let id = crate::ids::OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+        Ok(Json(crate::timeline::for_order(&node.db.reader, &id.to_string()).await?))
+    }
+    /// Publishes a dead letter again (after the cause was fixed) and
+    /// forgets it; the inbox still drops it if it had been applied.
+    async fn replay(
+        State(node): State<Node>,
+        headers: HeaderMap,
+        Path(id): Path<i64>,
+    ) -> Result<impl IntoResponse, ApiError> {
+        require_bearer(node.admin_token.as_ref(), &headers)?;
+        let letter = dead_letter::get(&node.db.reader, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("unknown_dead_letter", format!("no dead letter #{id}")))?;
+        if letter.payload.len() as i64 != letter.payload_bytes {
+            return Err(ApiError::conflict("truncated", "This dead letter was stored truncated; it can't be replayed."));
+        }
+        node.bus.publish(&letter.topic, letter.payload).await.map_err(|e| {
+            ApiError::unavailable("bus_unavailable", format!("could not publish the dead letter again: {e}"))
+        })?;
+        dead_letter::remove(&node.db.writer, id).await?;
+        Ok(Json(serde_json::json!({"replayed": id, "topic": letter.topic})))
+    }
+    let name = node.name;
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/stats", get(stats))
+        .route("/metrics", get(metrics_text))
         .route("/dead-letters", get(dead_letters))
+        .route("/dead-letters/{id}/replay", post(replay))
+        .route("/parked", get(parked))
+        .route("/timeline/{order_id}", get(timeline))
         .with_state(node)
+        .layer(axum::middleware::from_fn(move |req, next| crate::metrics::track_http(name, req, next)))
 }

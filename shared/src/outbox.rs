@@ -30,7 +30,7 @@ pub async fn enqueue<B: Serialize>(
     order_id: OrderId,
     body: B,
 ) -> sqlx::Result<()> {
-    let envelope = Envelope::new(topic, order_id, body);
+    let envelope = Envelope::new(topic, order_id, body).with_traceparent(crate::trace::current());
     sqlx::query("INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)")
         .bind(envelope.message_id.to_string())
         .bind(topic.suffix())
@@ -161,5 +161,6 @@ async fn prune(db: &Db) -> sqlx::Result<()> {
         .execute(&mut *tx)
         .await?;
     crate::inbox::prune(&mut tx, 7 * KEEP_SENT_MS).await?;
+    crate::timeline::prune(&mut tx, 7 * KEEP_SENT_MS).await?;
     tx.commit().await
 }

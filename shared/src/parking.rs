@@ -90,3 +90,37 @@ pub async fn postpone(conn: &mut SqliteConnection, message_id: &str, attempts: i
 pub async fn count(pool: &sqlx::SqlitePool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(pool).await
 }
+
+/// A parked message as operators see it.
+#[derive(Debug, serde::Serialize)]
+pub struct ParkedView {
+    pub message_id: String,
+    pub topic: String,
+    pub order_id: String,
+    pub reason: String,
+    pub parked_at_ms: i64,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+}
+
+pub async fn list(pool: &sqlx::SqlitePool, limit: i64) -> sqlx::Result<Vec<ParkedView>> {
+    let rows = sqlx::query(
+        "SELECT message_id, topic, order_id, reason, parked_at, attempts, next_attempt_at FROM parked
+         ORDER BY parked_at LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| ParkedView {
+            message_id: r.get(0),
+            topic: r.get(1),
+            order_id: r.get(2),
+            reason: r.get(3),
+            parked_at_ms: r.get(4),
+            attempts: r.get(5),
+            next_attempt_at_ms: r.get(6),
+        })
+        .collect())
+}

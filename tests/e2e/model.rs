@@ -91,6 +91,7 @@ async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handl
             .unwrap();
     inventory::store::seed_if_empty(&db.writer, &serde_json::from_str::<Vec<_>>(CATALOG).unwrap()).await.unwrap();
     let consumer = Consumer::new(
+        "inventory",
         db.clone(),
         DEFAULT_PREFIX,
         inventory::handlers::InventoryHandler,
@@ -106,6 +107,7 @@ async fn open_order(dir: &std::path::Path) -> (Db, Consumer<order::handlers::Ord
         .await
         .unwrap();
     let consumer = Consumer::new(
+        "order",
         db.clone(),
         DEFAULT_PREFIX,
         order::handlers::OrderHandler { follow_up_ms: 0 },

@@ -1,0 +1,53 @@
+//! Prometheus metrics, one recorder per process (the all-in-one `webshop
+//! up` runs every node in one process, so every series carries a `node`
+//! label). Names:
+//!
+//! - `http_requests_total{node,route,status}`, `http_request_duration_seconds{node,route}`;
+//! - `messages_total{node,topic,outcome}`, outcome one of received, applied,
+//!   deduplicated, parked, unparked, ignored, dead_lettered;
+//! - `outbox_unsent{node}`, `outbox_oldest_unsent_age_seconds{node}`,
+//!   `outbox_published_total{node}`, `parked_messages{node}`, `dead_letters{node}`;
+//! - `bus_connected{node}`, `bus_reconnects_total{node}`;
+//! - `orders{status}` (order node), `stock_reserved_units` and
+//!   `stock_available_units` (inventory).
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's recorder, installed on first use.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may exist (tests); ours then only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Renders every series in the Prometheus text format.
+pub fn render() -> String {
+    handle().render()
+}
+
+/// Axum middleware counting requests and timing them per route.
+pub async fn track_http(node: &'static str, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("http_requests_total", "node" => node, "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("http_request_duration_seconds", "node" => node, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,60 @@
+//! W3C trace context across the bus. The front starts a trace per request
+//! (or continues the caller's `traceparent`) and puts it in the envelope;
+//! a consumer applies each message inside [`scope`] with the message's
+//! trace context, and [`crate::outbox::enqueue`] stamps that context on
+//! every event the handler writes. One order's path, front → order and
+//! inventory → front, is therefore one trace id in every log line.
+
+use std::future::Future;
+
+tokio::task_local! {
+    static CURRENT: Option<String>;
+}
+
+/// Runs `fut` with `traceparent` as the current trace context.
+pub async fn scope<F: Future>(traceparent: Option<String>, fut: F) -> F::Output {
+    CURRENT.scope(traceparent, fut).await
+}
+
+/// The trace context of the message being handled, if any.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(|tp| tp.clone()).ok().flatten()
+}
+
+/// A new root `traceparent` (version 00, sampled).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+/// `traceparent` if it is well-formed W3C, else `None`.
+pub fn parse(traceparent: &str) -> Option<&str> {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let ok = parts.len() == 4
+        && parts[0] == "00"
+        && parts[1].len() == 32
+        && parts[2].len() == 16
+        && parts[3].len() == 2
+        && parts[1..].iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then_some(traceparent)
+}
+
+/// The trace id part of a `traceparent`, for log fields.
+pub fn trace_id(traceparent: Option<&str>) -> &str {
+    traceparent.and_then(|tp| tp.split('-').nth(1)).unwrap_or("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scope_carries_the_context() {
+        let tp = new_traceparent();
+        assert!(parse(&tp).is_some());
+        assert_eq!(scope(Some(tp.clone()), async { current() }).await, Some(tp));
+        assert_eq!(current(), None);
+        assert!(parse("00-xyz-1-01").is_none());
+    }
+}
