@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/audit", get(audit))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
+        .merge(crate::web::routes())
         .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
         .with_state(state)
 }

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod downstream;
 pub mod status;
+pub mod web;
 
 use std::net::SocketAddr;
 

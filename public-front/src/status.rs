@@ -2,6 +2,10 @@
 //! registers interest in an order before it publishes, then awaits the
 //! order service's status event (the proof that the order is committed).
 //! Nothing here is durable: a missed event falls back to a synchronous read.
+//!
+//! Every status event is also broadcast to live subscribers (the
+//! storefront's Server-Sent Events stream, `web/sse.rs`), which filter by
+//! order id themselves.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,16 +14,29 @@ use shared::bus::Delivery;
 use shared::ids::OrderId;
 use shared::message::{Inbound, OrderStatus, StatusChanged};
 use shared::topics::Topic;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 type Waiter = (Option<OrderStatus>, oneshot::Sender<StatusChanged>);
 
+/// How many status events a slow live subscriber may fall behind before it
+/// is told it lagged (it then re-reads the order).
+const LIVE_CAPACITY: usize = 1024;
+
 /// Who waits for which order's status.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct StatusWaiters {
     // std Mutex: never held across an await.
     inner: Arc<Mutex<HashMap<OrderId, Vec<Waiter>>>>,
+    live: broadcast::Sender<(OrderId, StatusChanged)>,
+    /// Cancelled when live subscribers should stop (see `close_live`).
+    closing: CancellationToken,
+}
+
+impl Default for StatusWaiters {
+    fn default() -> Self {
+        Self { inner: Arc::default(), live: broadcast::channel(LIVE_CAPACITY).0, closing: CancellationToken::new() }
+    }
 }
 
 /// A registration; dropping it forgets the waiter.
@@ -58,6 +75,25 @@ impl StatusWaiters {
         Waiting { waiters: self.clone(), order_id, rx: Some(rx) }
     }
 
+    /// Every status event from now on, for every order. Nothing is replayed:
+    /// subscribe first, then read the current status, so no change falls in
+    /// between.
+    pub fn subscribe(&self) -> broadcast::Receiver<(OrderId, StatusChanged)> {
+        self.live.subscribe()
+    }
+
+    /// Cancelled once live subscribers should end their streams: the HTTP
+    /// server's graceful shutdown waits for open responses, and a live
+    /// stream would otherwise never end.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
+
+    /// Ends every live stream (call when the server starts shutting down).
+    pub fn close_live(&self) {
+        self.closing.cancel();
+    }
+
     fn dispatch(&self, order_id: OrderId, status: &StatusChanged) {
         let mut map = self.inner.lock().expect("waiters lock");
         let Some(list) = map.get_mut(&order_id) else {
@@ -80,6 +116,8 @@ impl StatusWaiters {
 
     /// Feeds status events from the bus to the waiters until shutdown.
     pub async fn run(self, prefix: String, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
+        // However `run` ends, live streams end with it.
+        let _close = self.closing.clone().drop_guard();
         loop {
             let d = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -91,7 +129,11 @@ impl StatusWaiters {
                 _ => continue,
             };
             match parsed {
-                Ok((order_id, status)) => self.dispatch(order_id, &status),
+                Ok((order_id, status)) => {
+                    self.dispatch(order_id, &status);
+                    // An error only means nobody is listening live.
+                    let _ = self.live.send((order_id, status));
+                }
                 Err(e) => tracing::warn!(reason = %e, "ignoring a malformed status event"),
             }
         }
