@@ -131,7 +131,8 @@ async fn add_product(
         ));
     }
     store::add_product(&node.db.writer, &p).await.map_err(admin_error)?;
-    let created = store::get_product(&node.db.writer, &p.sku).await?.ok_or_else(|| ApiError::internal("product vanished"))?;
+    let created =
+        store::get_product(&node.db.writer, &p.sku).await?.ok_or_else(|| ApiError::internal("product vanished"))?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 

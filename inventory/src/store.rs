@@ -377,7 +377,11 @@ pub async fn update_product(
         .ok_or_else(|| AdminError::Unknown(sku.to_string()))?;
     let old: i64 = found.get(0);
     if let Some(price) = price_cents {
-        sqlx::query("UPDATE products SET price_cents = ? WHERE sku = ?").bind(price).bind(sku.as_str()).execute(&mut *tx).await?;
+        sqlx::query("UPDATE products SET price_cents = ? WHERE sku = ?")
+            .bind(price)
+            .bind(sku.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
     if let Some(new) = available {
         sqlx::query("UPDATE products SET available = ?1, restocked = restocked + (?1 - ?2) WHERE sku = ?3")

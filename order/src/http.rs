@@ -52,7 +52,10 @@ async fn counts(State(node): State<Node>) -> Result<Json<Counts>, ApiError> {
     Ok(Json(store::counts(&node.db.reader).await?))
 }
 
-async fn recent(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Vec<Order>>, ApiError> {
+async fn recent(
+    State(node): State<Node>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<Order>>, ApiError> {
     let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     Ok(Json(store::recent(&node.db.reader, q.limit.unwrap_or(20).clamp(1, 200)).await?))
 }

@@ -192,7 +192,9 @@ pub async fn list(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::R
 /// Order gauges for `/metrics`.
 pub async fn update_gauges(db: shared::db::Db) {
     if let Ok(c) = counts(&db.reader).await {
-        for (status, n) in [("pending", c.pending), ("confirmed", c.confirmed), ("rejected", c.rejected), ("cancelled", c.cancelled)] {
+        for (status, n) in
+            [("pending", c.pending), ("confirmed", c.confirmed), ("rejected", c.rejected), ("cancelled", c.cancelled)]
+        {
             metrics::gauge!("orders", "status" => status).set(n as f64);
         }
         metrics::gauge!("orders_release_pending").set(c.release_pending as f64);

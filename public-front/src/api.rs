@@ -34,10 +34,12 @@ pub struct AppState {
     pub commit_timeout: Duration,
     pub admin_token: Option<shared::config::Secret>,
     pub audit_horizon: Duration,
+    pub max_concurrent_requests: usize,
+    pub cors_origins: Vec<axum::http::HeaderValue>,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/api/catalog", get(catalog))
         .route("/api/catalog/{sku}", get(product))
         .route("/api/orders", post(place_order))
@@ -45,12 +47,45 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders/{order_id}/cancel", post(cancel_order))
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
-        .route("/admin/audit", get(audit))
+        .merge(crate::admin::routes())
+        .route("/metrics", get(metrics_text))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
         .merge(crate::web::routes())
-        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
-        .with_state(state)
+        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") });
+    hardening(routes, &state).with_state(state)
+}
+
+/// Outermost layers: request ids in and out, metrics, CORS, and load
+/// shedding (503 at once when `max_concurrent_requests` are in flight).
+fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
+    use axum::error_handling::HandleErrorLayer;
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::HeaderName::from_static("idempotency-key")])
+        .expose_headers([header::LOCATION, header::RETRY_AFTER]);
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(axum::middleware::from_fn(|req: axum::extract::Request, next: axum::middleware::Next| {
+                shared::metrics::track_http("public-front", req, next)
+            }))
+            .layer(cors)
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                ApiError::unavailable("overloaded", "The shop is busy; please retry shortly.")
+            }))
+            .load_shed()
+            .concurrency_limit(state.max_concurrent_requests.max(1)),
+    )
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared::metrics::render())
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -61,35 +96,6 @@ async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError
         return Err(ApiError::unavailable("not_ready", reason));
     }
     Ok(Json(serde_json::json!({"status": "ready"})))
-}
-
-/// Admin routes need `Authorization: Bearer <admin_token>`.
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = &s.admin_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_disabled",
-            "The admin API is disabled: set admin_token in the front's config.",
-        ));
-    };
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    // Compare without an early exit on the first differing byte.
-    let ok = given.is_some_and(|g| {
-        g.len() == token.expose().len()
-            && g.bytes().zip(token.expose().bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "A valid admin bearer token is required."))
-    }
-}
-
-/// `GET /admin/audit`: the books audit (200 either way; see `passed`).
-async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorize(&s, &headers)?;
-    Ok(Json(crate::audit::run(&s.downstream, s.audit_horizon).await?))
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,13 @@ pub struct Config {
     /// Bearer token for the `/admin/*` routes. Unset (default): the admin
     /// API answers 403. Set it through `WEBSHOP_FRONT__ADMIN_TOKEN`.
     pub admin_token: Option<Secret>,
+    /// Requests served at once; beyond that the front answers 503 at once
+    /// (load shedding) instead of queueing. Default 1024.
+    pub max_concurrent_requests: usize,
+    /// Origins allowed to call the API from a browser (CORS), e.g.
+    /// `["https://shop.example"]`. The storefront served by the front itself
+    /// needs none. Default: none.
+    pub cors_origins: Vec<String>,
     /// Seconds after which unsettled work counts as stuck in the audit.
     /// Default 60.
     pub audit_horizon_secs: f64,
@@ -41,6 +48,8 @@ impl Default for Config {
             commit_timeout_secs: 5.0,
             read_timeout_secs: 3.0,
             admin_token: None,
+            max_concurrent_requests: 1024,
+            cors_origins: Vec::new(),
             audit_horizon_secs: 60.0,
             log: LogConfig::default(),
         }

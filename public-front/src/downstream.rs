@@ -101,6 +101,50 @@ impl Downstream {
             .ok_or_else(|| ApiError::internal(format!("{node} answered 404 for {path}")))
     }
 
+    /// Base URL of a node by name (`inventory` or `order`).
+    pub fn base(&self, node: &str) -> &str {
+        if node == "inventory" {
+            &self.inventory
+        } else {
+            &self.order
+        }
+    }
+
+    /// Passes an operator request through to a node's own API, with the
+    /// caller's `Authorization`, and returns the node's answer as is.
+    pub async fn forward(
+        &self,
+        node: &'static str,
+        method: reqwest::Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, serde_json::Value), ApiError> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base(node)));
+        if let Some(auth) = authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(|e| unavailable(node, e))?;
+        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
+
+    /// Whether `node` answers its readiness probe, and why not.
+    pub async fn readiness(&self, node: &'static str) -> (bool, Option<String>) {
+        match self.client.get(format!("{}/readyz", self.base(node))).timeout(Duration::from_secs(2)).send().await {
+            Ok(r) if r.status().is_success() => (true, None),
+            Ok(r) => {
+                let v: serde_json::Value = r.json().await.unwrap_or_default();
+                (false, v["detail"].as_str().map(str::to_owned).or(Some("not ready".into())))
+            }
+            Err(e) => (false, Some(format!("not reachable: {e}"))),
+        }
+    }
+
     pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ApiError> {
         self.get_json("order", format!("{}/orders/{id}", self.order)).await
     }

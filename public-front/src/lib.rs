@@ -5,6 +5,7 @@
 //! Layout: `api.rs` (routes), `status.rs` (waiting for `orders/status`),
 //! `downstream.rs` (HTTP client to the nodes), `config.rs`.
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod config;
@@ -37,6 +38,7 @@ impl App {
         if bus_cfg.client_id.is_empty() {
             bus_cfg.client_id = format!("webshop-front-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         }
+        shared::metrics::handle();
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let downstream = downstream::Downstream::new(
             &cfg.inventory_url,
@@ -68,6 +70,12 @@ impl App {
             commit_timeout: shared::config::secs(cfg.commit_timeout_secs),
             admin_token: cfg.admin_token.clone(),
             audit_horizon: shared::config::secs(cfg.audit_horizon_secs),
+            max_concurrent_requests: cfg.max_concurrent_requests,
+            cors_origins: cfg
+                .cors_origins
+                .iter()
+                .map(|o| o.parse().with_context(|| format!("cors_origins: `{o}` is not a valid origin")))
+                .collect::<anyhow::Result<_>>()?,
         };
         Ok(App { listener, state, tasks, shutdown, bus_shutdown })
     }

@@ -3,6 +3,8 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
 use axum::Router;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -97,8 +99,7 @@ pub fn require_bearer(token: Option<&crate::config::Secret>, headers: &axum::htt
         .unwrap_or("");
     // Compare without stopping at the first differing byte.
     let expected = token.expose().as_bytes();
-    let same = given.len() == expected.len()
-        && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = given.len() == expected.len() && given.bytes().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
     if same {
         Ok(())
     } else {
@@ -117,8 +118,47 @@ pub fn rejection(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     ApiError::new(status, code, e.to_string())
 }
 
-/// Serves `router` on `listener` until `shutdown`, then lets in-flight
-/// requests finish.
+/// How long a client may take to send its request headers. `axum::serve`
+/// sets no limit, so a slowloris client could hold connections forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish after shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` until `shutdown`, then stops accepting and
+/// lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]). Connections
+/// that don't send their headers within [`HEADER_READ_TIMEOUT`] are closed.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some HTTP connections were still busy after {DRAIN_TIMEOUT:?}; closing them");
+    }
+    Ok(())
 }

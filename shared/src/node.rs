@@ -53,6 +53,8 @@ impl Node {
         shutdown: &CancellationToken,
         tasks: &mut JoinSet<()>,
     ) -> Node {
+        // Install the metrics recorder before anything counts.
+        crate::metrics::handle();
         // The bus outlives the consumer and relay so they can ack and flush
         // while shutting down: it gets its own token, cancelled by `stop`.
         let bus_shutdown = CancellationToken::new();
@@ -170,7 +172,8 @@ pub fn routes(node: Node) -> axum::Router {
         Ok(Json(parking::list(&node.db.reader, q.limit.unwrap_or(100).clamp(1, 1000)).await?))
     }
     async fn timeline(State(node): State<Node>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-        let id = crate::ids::OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+        let id =
+            crate::ids::OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
         Ok(Json(crate::timeline::for_order(&node.db.reader, &id.to_string()).await?))
     }
     /// Publishes a dead letter again (after the cause was fixed) and
@@ -185,7 +188,10 @@ pub fn routes(node: Node) -> axum::Router {
             .await?
             .ok_or_else(|| ApiError::not_found("unknown_dead_letter", format!("no dead letter #{id}")))?;
         if letter.payload.len() as i64 != letter.payload_bytes {
-            return Err(ApiError::conflict("truncated", "This dead letter was stored truncated; it can't be replayed."));
+            return Err(ApiError::conflict(
+                "truncated",
+                "This dead letter was stored truncated; it can't be replayed.",
+            ));
         }
         node.bus.publish(&letter.topic, letter.payload).await.map_err(|e| {
             ApiError::unavailable("bus_unavailable", format!("could not publish the dead letter again: {e}"))

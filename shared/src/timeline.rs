@@ -57,7 +57,10 @@ pub async fn for_order(pool: &SqlitePool, order_id: &str) -> sqlx::Result<Vec<En
     .bind(order_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|r| Entry { at_ms: r.get(0), event: r.get(1), topic: r.get(2), message_id: r.get(3) }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| Entry { at_ms: r.get(0), event: r.get(1), topic: r.get(2), message_id: r.get(3) })
+        .collect())
 }
 
 /// Forgets entries older than `keep_ms`.

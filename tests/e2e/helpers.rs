@@ -134,6 +134,7 @@ fn bus(port: u16, id: &str) -> shared::config::BusConfig {
 
 pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::Config {
     inventory::Config {
+        admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-inventory"),
         db: shared::config::DbConfig { path: dir.join("inventory.db"), synchronous: "NORMAL".into() },
@@ -143,6 +144,7 @@ pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::C
 
 pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
     order::Config {
+        admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-order"),
         db: shared::config::DbConfig { path: dir.join("order.db"), synchronous: "NORMAL".into() },
