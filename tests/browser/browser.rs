@@ -187,10 +187,40 @@ impl Browser {
         .await;
     }
 
-    /// The text of `css` once it is visible.
+    /// The text of `css` once it is visible (read in one step in the page,
+    /// so a re-render can't leave a stale element in between).
     pub async fn text(&self, css: &str) -> String {
-        self.wait_visible(css).await;
-        self.client.find(Locator::Css(css)).await.expect("visible element").text().await.expect("element text")
+        let found = self
+            .wait_until(
+                &format!("{css} to be visible"),
+                "const el = document.querySelector(arguments[0]); \
+                 return el && el.offsetParent !== null ? {text: el.innerText} : null;",
+                vec![json!(css)],
+            )
+            .await;
+        found["text"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Runs `act` on the element `css` once it is visible, again if the page
+    /// re-rendered it in between (a stale element).
+    async fn on_element<F, Fut>(&self, css: &str, what: &str, act: F)
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
+        let start = tokio::time::Instant::now();
+        loop {
+            self.wait_visible(css).await;
+            let result = match self.client.find(Locator::Css(css)).await {
+                Ok(el) => act(el).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return,
+                Err(e) if start.elapsed() < DEADLINE && is_stale(&e) => tokio::time::sleep(POLL).await,
+                Err(e) => panic!("{what} {css}: {e}"),
+            }
+        }
     }
 
     /// Clicks `css` like a user would (scrolled to the middle of the view so
@@ -198,21 +228,26 @@ impl Browser {
     pub async fn click(&self, css: &str) {
         self.wait_visible(css).await;
         self.js("document.querySelector(arguments[0]).scrollIntoView({block: 'center'})", vec![json!(css)]).await;
-        let el = self.client.find(Locator::Css(css)).await.expect("visible element");
-        el.click().await.unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+        self.on_element(css, "clicking", |el| async move { el.click().await }).await;
     }
 
     /// Replaces the value of the input `css` by typing `text`.
     pub async fn fill(&self, css: &str, text: &str) {
-        self.wait_visible(css).await;
-        let el = self.client.find(Locator::Css(css)).await.expect("visible element");
-        el.clear().await.unwrap_or_else(|e| panic!("clearing {css}: {e}"));
-        el.send_keys(text).await.unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+        self.on_element(css, "typing into", |el| async move {
+            el.clear().await?;
+            el.send_keys(text).await
+        })
+        .await;
     }
 
     pub async fn resize(&self, width: u32, height: u32) {
         self.client.set_window_size(width, height).await.expect("resizing the window");
     }
+}
+
+/// The page replaced the element between finding and using it.
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    e.is_stale_element_reference() || e.is_no_such_element() || e.is_element_not_interactable()
 }
 
 fn truthy(v: &Value) -> bool {

@@ -121,6 +121,10 @@ async fn search_add_to_cart_check_out_see_confirmed_then_cancel() {
     helpers::eventually("the stock to come back", || async { (shop.available(TENT).await == before).then_some(()) })
         .await;
     b.screenshot_page("order-cancelled").await;
+    b.resize(390, 844).await;
+    let overflow = b.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await;
+    assert!(overflow.as_i64().unwrap_or(0) <= 0, "the order page fits a phone's width (overflow {overflow})");
+    b.screenshot_page("order-phone").await;
 
     // Back in the shop: the cart is empty and the order is listed.
     b.goto(&shop.front_url("/")).await;
@@ -132,9 +136,7 @@ async fn search_add_to_cart_check_out_see_confirmed_then_cancel() {
     .await;
     assert_eq!(b.text("#cart-count").await, "0");
 
-    // Phone width.
-    b.resize(390, 844).await;
-    b.goto(&shop.front_url("/")).await;
+    // Still at phone width.
     b.wait_until(
         "the catalog on a phone",
         "return document.querySelectorAll('#products .product').length >= 20",
@@ -144,6 +146,45 @@ async fn search_add_to_cart_check_out_see_confirmed_then_cancel() {
     let overflow = b.js("return document.documentElement.scrollWidth - window.innerWidth", vec![]).await;
     assert!(overflow.as_i64().unwrap_or(0) <= 0, "the storefront fits a phone's width (overflow {overflow})");
     b.screenshot("phone").await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_retries_with_the_same_key_while_the_order_service_is_down() {
+    let Some(b) = Browser::start("retry").await else { return };
+    let mut shop = shop().await;
+    let before = shop.available(TENT).await;
+
+    b.goto(&shop.front_url("/?q=Ridgeline")).await;
+    let card = format!("#products [data-sku='{TENT}']");
+    b.click(&format!("{card} .add")).await;
+    b.fill("#email", "retry@example.com").await;
+
+    // The front can't get the order committed: 503 after its commit timeout.
+    let addr = shop.order.addr;
+    shop.order.stop().await;
+    b.click("#place-order").await;
+    b.wait_until(
+        "the page to say it is retrying",
+        "return /Trying again/.test(document.getElementById('checkout-msg').textContent)",
+        vec![],
+    )
+    .await;
+    let key = b.js("return JSON.parse(localStorage.getItem('webshop.cart.v1')).attempt.key", vec![]).await;
+    let key = key.as_str().expect("the checkout's Idempotency-Key is kept with the cart").to_owned();
+    b.screenshot("retrying").await;
+
+    let mut cfg = helpers::order_config(shop.dir.path(), shop.node_port);
+    cfg.listen = addr;
+    shop.order = helpers::start_order(cfg).await;
+
+    let id = order_page_id(&b).await;
+    wait_status(&b, "confirmed").await;
+    let key = shared::ids::IdempotencyKey::parse(&key).expect("a valid key");
+    assert_eq!(id, shared::ids::OrderId::from_idempotency_key(&key).to_string(), "every attempt used the same key");
+    // One order, one reservation, however many attempts.
+    shop.audit().await;
+    assert_eq!(shop.available(TENT).await, before - 1);
     b.close().await;
 }
 

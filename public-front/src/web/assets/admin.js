@@ -286,7 +286,10 @@
   function renderStock(stock) {
     const low = stock.filter((r) => r.available <= LOW_STOCK);
     $("low-count").textContent = String(low.length);
-    const rows = $("low-only").checked ? low : stock;
+    // Low stock first (fewest left on top), then the rest by SKU.
+    const rest = stock.filter((r) => r.available > LOW_STOCK);
+    low.sort((a, b) => a.available - b.available || a.sku.localeCompare(b.sku));
+    const rows = $("low-only").checked ? low : [...low, ...rest];
     $("stock").replaceChildren(
       ...rows.map((r) => {
         const isLow = r.available <= LOW_STOCK;

@@ -3,7 +3,7 @@
 "use strict";
 
 const Web = (() => {
-  /** Builds an element. Text goes through textContent, never innerHTML. */
+  /** Builds an element. Text always goes in as text nodes, never parsed as HTML. */
   function h(tag, attrs, ...children) {
     const el = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {

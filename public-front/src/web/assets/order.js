@@ -56,16 +56,37 @@
     $("items").replaceChildren(
       ...order.items.map((l) =>
         h("tr", {},
-          h("td", {}, h("span", { class: "mono", text: l.sku })),
+          h("td", {}, h("div", { class: "product-name", dataset: { sku: l.sku } }), h("span", { class: "mono muted small sku", text: l.sku })),
           h("td", { class: "num", text: l.quantity }),
           h("td", { class: "num", text: money(l.unit_price_cents, order.currency) }),
           h("td", { class: "num", text: money(l.unit_price_cents * l.quantity, order.currency) })),
       ),
     );
+    nameLines(order.items);
     $("total").textContent = money(order.total_cents, order.currency);
     $("created").textContent = Web.dateTime(order.created_at);
     $("updated").textContent = Web.dateTime(order.updated_at);
     $("details").hidden = false;
+  }
+
+  /** Product names, looked up once per SKU (orders hold SKUs only). */
+  const names = new Map();
+  async function nameLines(items) {
+    const skus = [...new Set(items.map((l) => l.sku))].slice(0, 20);
+    await Promise.all(
+      skus.map(async (sku) => {
+        if (!names.has(sku)) {
+          try {
+            names.set(sku, (await Web.json(`/api/catalog/${encodeURIComponent(sku)}`)).name);
+          } catch (_) {
+            return; // The SKU alone still identifies the line.
+          }
+        }
+        for (const el of document.querySelectorAll("#items .product-name")) {
+          if (el.dataset.sku === sku) el.textContent = names.get(sku);
+        }
+      }),
+    );
   }
 
   /** Shows `s` if it is newer than what is shown; statuses only move forward. */
