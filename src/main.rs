@@ -315,9 +315,12 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
             (h.to_owned(), p.parse().context("--external-broker port must be a number")?)
         }
         None => {
-            let cfg = broker::BrokerConfig { listen: SocketAddr::new(up.host, up.broker_port), ..Default::default() };
+            // The nodes run in this process: the broker stays on loopback
+            // whatever --host says (beyond loopback it would need users).
+            let loopback = IpAddr::from([127, 0, 0, 1]);
+            let cfg = broker::BrokerConfig { listen: SocketAddr::new(loopback, up.broker_port), ..Default::default() };
             broker::spawn(&cfg)?;
-            (up.host.to_string(), up.broker_port)
+            (loopback.to_string(), up.broker_port)
         }
     };
     let bus = |client_id: &str| shared::config::BusConfig {
@@ -337,6 +340,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
             bus: bus("webshop-inventory"),
             db: db("inventory.db"),
             log: log.clone(),
+            admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             ..Default::default()
         },
         shutdown.clone(),
@@ -349,6 +353,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
             bus: bus("webshop-order"),
             db: db("order.db"),
             log: log.clone(),
+            admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             ..Default::default()
         },
         shutdown.clone(),
@@ -373,7 +378,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     println!("webshop is up (Ctrl-C to stop)");
     match &up.external_broker {
         Some(addr) => println!("  broker        mqtt://{addr} (external)"),
-        None => println!("  broker        mqtt://{}:{} (embedded, in memory)", up.host, up.broker_port),
+        None => println!("  broker        mqtt://127.0.0.1:{} (embedded, in memory)", up.broker_port),
     }
     println!("  storefront    http://{}/", front.local_addr());
     println!("  public API    http://{}/api/catalog", front.local_addr());

@@ -6,13 +6,16 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Config file (TOML), used if it exists. Environment variables override it.
-    #[arg(long, default_value = "config/inventory.toml")]
-    config: PathBuf,
+    /// Config file (TOML). Default: config/inventory.toml if it exists.
+    /// Environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    inventory::main_with_config(args.config.exists().then_some(args.config.as_path())).await
+    let default = PathBuf::from("config/inventory.toml");
+    let file = args.config.or_else(|| default.exists().then_some(default));
+    inventory::main_with_config(file.as_deref()).await
 }

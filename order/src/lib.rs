@@ -70,7 +70,7 @@ impl App {
         let router = http::router(self.node.clone());
         shared::http::serve(self.listener, router, self.shutdown.clone()).await?;
         while self.tasks.join_next().await.is_some() {}
-        self.node.db.writer.close().await;
+        self.node.db.close().await;
         Ok(())
     }
 }

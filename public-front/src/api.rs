@@ -18,10 +18,13 @@ use shared::ids::{Email, IdempotencyKey, OrderId, Quantity, Sku};
 use shared::message::{CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, StatusChanged, MAX_LINES};
 use shared::topics::Topic;
 use time::OffsetDateTime;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::downstream::{Downstream, Order};
 use crate::status::StatusWaiters;
+
+/// Longest a request may take before a 503 (placing an order waits at most
+/// the commit timeout plus a read).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -49,10 +52,17 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(crate::admin::routes())
         .route("/metrics", get(metrics_text))
+        .merge(crate::openapi::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(30)))
         .merge(crate::web::routes())
-        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") });
+        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "This endpoint doesn't take that method.",
+            )
+        });
     hardening(routes, &state).with_state(state)
 }
 
@@ -76,11 +86,16 @@ fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
                 shared::metrics::track_http("public-front", req, next)
             }))
             .layer(cors)
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                ApiError::unavailable("overloaded", "The shop is busy; please retry shortly.")
+            .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
+                if e.is::<tower::timeout::error::Elapsed>() {
+                    ApiError::unavailable("timeout", "The request took too long; please retry.")
+                } else {
+                    ApiError::unavailable("overloaded", "The shop is busy; please retry shortly.")
+                }
             }))
             .load_shed()
-            .concurrency_limit(state.max_concurrent_requests.max(1)),
+            .concurrency_limit(state.max_concurrent_requests.max(1))
+            .timeout(REQUEST_TIMEOUT),
     )
 }
 
@@ -98,22 +113,36 @@ async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError
     Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
-#[derive(Deserialize)]
-struct CatalogQuery {
+/// Query of `GET /api/catalog`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CatalogQuery {
+    /// Words to find in product names and descriptions (at most 200 characters).
     q: Option<String>,
-    limit: Option<i64>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-async fn catalog(
+/// Browse and search the catalog, a page at a time.
+#[utoipa::path(get, path = "/api/catalog", tag = "catalog", params(CatalogQuery),
+    responses((status = 200, body = crate::openapi::CatalogPage), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn catalog(
     State(s): State<AppState>,
     q: Result<Query<CatalogQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
-    }
+    // Parsed by hand: serde reads `limit=` (empty) as absent.
+    let limit =
+        match q.limit.as_deref() {
+            None => 20,
+            Some(l) => l.parse::<i64>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", "limit must be a whole number between 1 and 100")
+            })?,
+        };
     if q.q.as_ref().is_some_and(|q| q.len() > 200) {
         return Err(ApiError::bad_request("invalid_query", "q must be at most 200 characters"));
     }
@@ -128,7 +157,22 @@ async fn catalog(
     Ok(Json(s.downstream.catalog(&query).await?))
 }
 
-async fn product(State(s): State<AppState>, Path(sku): Path<String>) -> Result<impl IntoResponse, ApiError> {
+/// Path of `GET /api/catalog/{sku}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct SkuPath {
+    /// The product's SKU.
+    #[param(pattern = "^[A-Z0-9][A-Z0-9-]{2,39}$")]
+    #[allow(dead_code)]
+    sku: String,
+}
+
+/// One product.
+#[utoipa::path(get, path = "/api/catalog/{sku}", tag = "catalog", params(SkuPath),
+    responses((status = 200, body = crate::downstream::Product), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn product(State(s): State<AppState>, Path(sku): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
     s.downstream
         .product(&sku)
@@ -138,24 +182,41 @@ async fn product(State(s): State<AppState>, Path(sku): Path<String>) -> Result<i
 }
 
 /// `POST /api/orders` body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PlaceOrder {
+pub(crate) struct PlaceOrder {
+    #[schema(value_type = String, format = Email, example = "ada@example.com")]
     customer_email: Email,
+    /// 1 to 100 lines; two lines of the same SKU count together.
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<RequestedLine>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RequestedLine {
+pub(crate) struct RequestedLine {
+    #[schema(value_type = String, pattern = "^[A-Z0-9][A-Z0-9-]{2,39}$", example = "FUEL-230G-001")]
     sku: Sku,
+    #[schema(value_type = i64, minimum = 1, maximum = 1000, example = 2)]
     quantity: Quantity,
 }
 
+/// Header of `POST /api/orders`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct IdempotencyHeader {
+    /// 1-200 visible ASCII characters; the same key always means the same order.
+    #[param(rename = "Idempotency-Key", pattern = "^[!-~]{1,200}$", min_length = 1, max_length = 200)]
+    idempotency_key: String,
+}
+
 /// The answer to placing or cancelling an order.
-#[derive(Serialize)]
-struct Accepted {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
+    #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
 }
 
@@ -177,16 +238,24 @@ fn traceparent(headers: &HeaderMap) -> String {
     headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.starts_with("00-"))
+        .and_then(shared::trace::parse)
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-            format!("00-{id}-{span}-01")
-        })
+        .unwrap_or_else(shared::trace::new_traceparent)
 }
 
-async fn place_order(
+/// Place an order. Answered 202 once the order service has committed it
+/// (status `pending` or already `confirmed`/`rejected`); a 503 means it
+/// isn't known to be committed: retry with the same `Idempotency-Key`.
+#[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = PlaceOrder,
+    params(IdempotencyHeader),
+    responses((status = 202, body = Accepted, headers(("Location" = String, description = "The order's URL"))),
+              (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 409, body = crate::openapi::Problem, content_type = "application/problem+json", description = "The key was used for a different order"),
+              (status = 413, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 415, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 422, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
+pub(crate) async fn place_order(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<PlaceOrder>, JsonRejection>,
@@ -285,19 +354,26 @@ fn unknown_order(id: OrderId) -> ApiError {
 }
 
 /// An order as customers see it.
-#[derive(Serialize)]
-struct OrderView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OrderView {
+    #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
+    #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
+    /// Bumped by every status change.
     version: i64,
+    #[schema(value_type = Vec<crate::openapi::Line>)]
     items: Vec<OrderLine>,
     currency: String,
     total_cents: i64,
+    /// Why the order was rejected or cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     updated_at: OffsetDateTime,
 }
 
@@ -321,13 +397,28 @@ impl From<Order> for OrderView {
     }
 }
 
-async fn get_order(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
+/// An order and its status.
+#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, format = Uuid)),
+    responses((status = 200, body = OrderView), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
+pub(crate) async fn get_order(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_order_id(&id)?;
     let order = s.downstream.order(id).await?.ok_or_else(|| unknown_order(id))?;
     Ok(Json(OrderView::from(order)))
 }
 
-async fn cancel_order(
+/// Cancel an order (pending or confirmed). Answered 202 once the order
+/// service has committed the cancellation; retrying is safe.
+#[utoipa::path(post, path = "/api/orders/{order_id}/cancel", tag = "orders", params(("order_id" = String, Path, format = Uuid)),
+    responses((status = 202, body = Accepted), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
+              (status = 409, body = crate::openapi::Problem, content_type = "application/problem+json", description = "Rejected or already cancelled"),
+              (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
+pub(crate) async fn cancel_order(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,

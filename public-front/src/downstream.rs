@@ -19,7 +19,7 @@ pub struct Downstream {
 }
 
 /// A product as inventory returns it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     pub sku: String,
     pub name: String,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod audit;
 pub mod config;
 pub mod downstream;
+pub mod openapi;
 pub mod status;
 pub mod web;
 
@@ -86,6 +87,12 @@ impl App {
 
     pub async fn run(mut self) -> anyhow::Result<()> {
         let router = api::router(self.state.clone());
+        // Live status streams would hold the HTTP drain open: end them first.
+        let (shutdown, waiters) = (self.shutdown.clone(), self.state.waiters.clone());
+        self.tasks.spawn(async move {
+            shutdown.cancelled().await;
+            waiters.close_live();
+        });
         shared::http::serve(self.listener, router, self.shutdown.clone()).await?;
         self.bus_shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}

@@ -6,13 +6,16 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(version)]
 struct Args {
-    /// Config file (TOML), used if it exists. Environment variables override it.
-    #[arg(long, default_value = "config/front.toml")]
-    config: PathBuf,
+    /// Config file (TOML). Default: config/front.toml if it exists.
+    /// Environment variables override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    public_front::main_with_config(args.config.exists().then_some(args.config.as_path())).await
+    let default = PathBuf::from("config/front.toml");
+    let file = args.config.or_else(|| default.exists().then_some(default));
+    public_front::main_with_config(file.as_deref()).await
 }

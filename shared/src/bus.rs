@@ -30,6 +30,8 @@ use crate::topics::Topic;
 /// How long a publish waits for its PUBACK before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A connection that lived this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -190,6 +192,7 @@ async fn run(
 ) {
     let inner = &bus.inner;
     let mut backoff = Duration::from_millis(50);
+    let mut connected_at = tokio::time::Instant::now();
     let filters: Vec<SubscribeFilter> =
         opts.subscriptions.iter().map(|t| SubscribeFilter::new(t.path(&inner.prefix), QoS::AtLeastOnce)).collect();
     loop {
@@ -199,7 +202,7 @@ async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(50);
+                connected_at = tokio::time::Instant::now();
                 inner.state.lock().expect("bus state lock").connected = true;
                 tracing::info!(
                     client_id = %opts.config.client_id,
@@ -254,6 +257,13 @@ async fn run(
                     st.fail_all();
                 }
                 inner.ready.send_replace(false);
+                // Reset the backoff only after a connection that lasted: a
+                // broker that drops us right after CONNACK (e.g. it keeps
+                // sending a packet larger than we accept) must not make us spin.
+                if connected_at.elapsed() > STABLE_AFTER {
+                    backoff = Duration::from_millis(50);
+                }
+                metrics::counter!("bus_reconnects_total", "client" => opts.config.client_id.clone()).increment(1);
                 tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,

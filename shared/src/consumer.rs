@@ -310,6 +310,7 @@ impl<H: Handler> Consumer<H> {
             Err(HandleError::Poison(p)) => {
                 sp.rollback().await?;
                 tracing::warn!(reason = %p, "dead-lettering a message that can't be applied");
+                inbox::forget(conn, &msg.message_id().to_string()).await?;
                 dead_letter::record(
                     conn,
                     &msg.topic.path(&self.prefix),
@@ -372,6 +373,7 @@ impl<H: Handler> Consumer<H> {
                 Err(HandleError::Poison(_)) => sp.rollback().await?,
             }
             parking::remove(conn, &p.message_id).await?;
+            inbox::forget(conn, &p.message_id).await?;
             let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
             tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
             dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason).await?;
@@ -396,6 +398,7 @@ impl<H: Handler> Consumer<H> {
             Err(HandleError::Poison(poison)) => {
                 sp.rollback().await?;
                 parking::remove(conn, &p.message_id).await?;
+                inbox::forget(conn, &p.message_id).await?;
                 dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
                     .await?;
                 tally.dead_lettered += 1;

@@ -104,6 +104,18 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Folds the WAL into the main file and closes both pools, so the
+    /// `.db` file alone is a complete copy after a clean stop.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        }
+        self.writer.close().await;
+    }
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

@@ -132,7 +132,29 @@ impl Quantity {
 
 impl<'de> Deserialize<'de> for Quantity {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = i64::deserialize(d)?;
+        /// Any JSON number with an integral value: `2` and `2.0` are the
+        /// same integer to JSON Schema, so both are accepted.
+        struct Integral;
+        impl serde::de::Visitor<'_> for Integral {
+            type Value = i64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a whole number")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+                Ok(v)
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+                Ok(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+                if v.fract() == 0.0 && v.abs() < 1e15 {
+                    Ok(v as i64)
+                } else {
+                    Err(E::custom(format!("quantity {v} is not a whole number")))
+                }
+            }
+        }
+        let n = d.deserialize_any(Integral)?;
         Quantity::new(n).map_err(serde::de::Error::custom)
     }
 }

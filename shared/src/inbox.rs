@@ -28,3 +28,10 @@ pub async fn prune(conn: &mut SqliteConnection, keep_ms: i64) -> sqlx::Result<u6
     let r = sqlx::query("DELETE FROM inbox WHERE received_at < ?").bind(now_ms() - keep_ms).execute(conn).await?;
     Ok(r.rows_affected())
 }
+
+/// Forgets a message: one that was dead-lettered must not count as seen, so
+/// that replaying it after a fix is applied rather than dropped.
+pub async fn forget(conn: &mut SqliteConnection, message_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM inbox WHERE message_id = ?").bind(message_id).execute(conn).await?;
+    Ok(())
+}

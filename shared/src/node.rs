@@ -177,7 +177,8 @@ pub fn routes(node: Node) -> axum::Router {
         Ok(Json(crate::timeline::for_order(&node.db.reader, &id.to_string()).await?))
     }
     /// Publishes a dead letter again (after the cause was fixed) and
-    /// forgets it; the inbox still drops it if it had been applied.
+    /// forgets it. Dead-lettered messages are not in the inbox, so the
+    /// copy is applied, not dropped as a duplicate.
     async fn replay(
         State(node): State<Node>,
         headers: HeaderMap,

@@ -95,7 +95,11 @@ async fn overview_timeline_restock_and_metrics() {
 
     // Poison is listed and can be replayed (it comes back dead, as it should).
     let tester = shop.tester().await;
-    tester.publish_raw(Topic::OrdersCancel, b"{broken".to_vec()).await;
+    // A valid envelope whose body can't be applied (no items): replaying it
+    // must run it again, not drop it as already seen.
+    let mut empty = send_body("FUEL-230G-001", 1, "fp-empty");
+    empty.items.clear();
+    tester.publish(Topic::OrdersSend, &shared::message::Envelope::new(Topic::OrdersSend, new_order_id(), empty)).await;
     let letters = eventually("the poison to be dead-lettered", || async {
         let (_, l) = admin(&shop, reqwest::Method::GET, "/admin/api/order/dead-letters", None).await;
         (!l.as_array()?.is_empty()).then_some(l)

@@ -87,7 +87,7 @@ fn mosquitto_binary() -> Option<std::path::PathBuf> {
 /// `WEBSHOP_REQUIRE_MOSQUITTO` is set, as in CI).
 pub async fn start_mosquitto(dir: &std::path::Path, port: u16) -> Option<Mosquitto> {
     let Some(bin) = mosquitto_binary() else {
-        if std::env::var_os("WEBSHOP_REQUIRE_MOSQUITTO").is_some() {
+        if std::env::var("WEBSHOP_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
             panic!("mosquitto is required (WEBSHOP_REQUIRE_MOSQUITTO) but not installed");
         }
         eprintln!("mosquitto not installed: skipping the Mosquitto run (apt-get install mosquitto)");
@@ -96,7 +96,10 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16) -> Option<Mosquit
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n"),
+        // Mosquitto accepts any size by default; the nodes accept 4 MiB.
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmessage_size_limit 4194304\n"
+        ),
     )
     .unwrap();
     let child = std::process::Command::new(bin)
