@@ -56,6 +56,12 @@ pub struct BrokerConfig {
     /// User name -> password. Empty (default) means no authentication,
     /// which is only allowed on a loopback `listen` address.
     pub users: HashMap<String, String>,
+    /// Where the `broker` binary serves `GET /metrics` (Prometheus:
+    /// `broker_connections`, `broker_subscriptions`, `broker_publishes_total`,
+    /// `broker_failed_publishes_total`) and `GET /healthz`. Default
+    /// `127.0.0.1:9042`. Under `webshop up` these series appear on every
+    /// node's `/metrics` instead (one process, one registry).
+    pub metrics_listen: SocketAddr,
     /// Log output of the `broker` binary.
     pub log: shared::config::LogConfig,
 }
@@ -67,6 +73,7 @@ impl Default for BrokerConfig {
             max_payload_bytes: 4 * 1024 * 1024,
             max_inflight: 100,
             users: HashMap::new(),
+            metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9042),
             log: shared::config::LogConfig::default(),
         }
     }
@@ -82,6 +89,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_inflight", &self.max_inflight)
             .field("users", &users)
+            .field("metrics_listen", &self.metrics_listen)
             .field("log", &self.log)
             .finish()
     }
@@ -143,7 +151,23 @@ impl BrokerConfig {
             next_connection_delay_ms: 1,
             connections,
         };
-        rumqttd::Config { id: 0, router, v4: Some(HashMap::from([("1".to_owned(), server)])), ..Default::default() }
+        // The router pushes its meters (publishes since the last push,
+        // connections) every second; `export_meters` turns them into metrics.
+        // `MetricSettings` has private fields, hence serde. rumqttd 0.20's
+        // timer panics unless alerts have an interval too (nobody reads them).
+        let every = |secs: u64| -> rumqttd::MetricSettings {
+            serde_json::from_value(serde_json::json!({ "push_interval": secs })).expect("valid metric settings")
+        };
+        rumqttd::Config {
+            id: 0,
+            router,
+            v4: Some(HashMap::from([("1".to_owned(), server)])),
+            metrics: Some(HashMap::from([
+                (rumqttd::MetricType::Meters, every(1)),
+                (rumqttd::MetricType::Alerts, every(3600)),
+            ])),
+            ..Default::default()
+        }
     }
 }
 
@@ -175,7 +199,9 @@ pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
     let thread: JoinHandle<Result<(), String>> = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
-            let result = rumqttd::Broker::new(config).start();
+            let mut broker = rumqttd::Broker::new(config);
+            export_meters(&broker);
+            let result = broker.start();
             // start() only returns when every listener has stopped.
             match &result {
                 Ok(()) => tracing::error!(%listen, "MQTT broker stopped"),
@@ -281,6 +307,38 @@ fn connect_packet(credentials: Option<(&String, &String)>) -> Vec<u8> {
     packet
 }
 
+/// Feeds the router's meters (connections, publishes) into the process's
+/// Prometheus registry, from a thread of their own.
+fn export_meters(broker: &rumqttd::Broker) {
+    let Ok(link) = broker.meters() else {
+        tracing::warn!("broker meters unavailable; no broker metrics");
+        return;
+    };
+    shared::metrics::handle();
+    let spawned = std::thread::Builder::new().name("mqtt-broker-meters".into()).spawn(move || {
+        // `MetersLink::recv` doesn't block; `next` does, on a runtime.
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        runtime.block_on(async {
+            while let Ok(meters) = link.next().await {
+                for meter in meters {
+                    if let rumqttd::Meter::Router(_, r) = meter {
+                        metrics::gauge!("broker_connections").set(r.total_connections as f64);
+                        metrics::gauge!("broker_subscriptions").set(r.total_subscriptions as f64);
+                        // Each push carries the counts since the previous one.
+                        metrics::counter!("broker_publishes_total").increment(r.total_publishes as u64);
+                        metrics::counter!("broker_failed_publishes_total").increment(r.failed_publishes as u64);
+                    }
+                }
+            }
+        });
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the broker meters thread");
+    }
+}
+
 /// What the binary does: load the config (`file`, then `WEBSHOP_BROKER__*`),
 /// start the broker, and run until SIGTERM/Ctrl-C.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
@@ -289,9 +347,16 @@ pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<
     tracing::info!(config = ?cfg, ?file, "starting MQTT broker");
     spawn(&cfg)?;
     println!("broker listening on mqtt://{}", cfg.listen);
+    let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
+        .await
+        .with_context(|| format!("metrics_listen: cannot listen on {}", cfg.metrics_listen))?;
+    println!("broker metrics on http://{}/metrics", cfg.metrics_listen);
     let token = tokio_util::sync::CancellationToken::new();
     shared::shutdown::cancel_on_signal(token.clone());
-    token.cancelled().await;
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(|| async { shared::metrics::render() }))
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    shared::http::serve(metrics_listener, router, token.clone()).await?;
     tracing::info!("signal received, exiting");
     // rumqttd has no shutdown; its threads end with the process.
     std::process::exit(0);
