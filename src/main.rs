@@ -35,6 +35,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Check the shop's books (stock conservation, order/inventory
     /// agreement, nothing stuck); exits 1 when an invariant is broken.
     Audit {
@@ -131,6 +136,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load a node's config file (plus its environment overrides) as the
+    /// node would, and report the first bad key or print the result.
+    Check {
+        file: PathBuf,
+        /// Which node the file is for; default: from the file name.
+        #[arg(long, value_enum)]
+        node: Option<NodeKind>,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum NodeKind {
     Broker,
@@ -194,6 +211,31 @@ async fn main() -> anyhow::Result<()> {
                 NodeKind::Order => order::main_with_config(file).await,
                 NodeKind::Front => public_front::main_with_config(file).await,
             }
+        }
+        Command::Config { command: ConfigCommand::Check { file, node } } => {
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let node = node
+                .or(match stem {
+                    "broker" => Some(NodeKind::Broker),
+                    "inventory" => Some(NodeKind::Inventory),
+                    "order" => Some(NodeKind::Order),
+                    "front" | "public-front" => Some(NodeKind::Front),
+                    _ => None,
+                })
+                .context("can't tell the node from the file name; pass --node")?;
+            let shown = match node {
+                NodeKind::Broker => format!("{:#?}", shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?),
+                NodeKind::Inventory => {
+                    format!("{:#?}", shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?)
+                }
+                NodeKind::Order => format!("{:#?}", shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?),
+                NodeKind::Front => {
+                    format!("{:#?}", shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?)
+                }
+            };
+            println!("{shown}");
+            println!("ok: {} is a valid configuration", file.display());
+            Ok(())
         }
         Command::Audit { inventory_url, order_url, horizon_secs, json } => {
             let down = public_front::downstream::Downstream::new(&inventory_url, &order_url, Duration::from_secs(30))?;
