@@ -224,13 +224,23 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .context("can't tell the node from the file name; pass --node")?;
             let shown = match node {
-                NodeKind::Broker => format!("{:#?}", shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?),
-                NodeKind::Inventory => {
-                    format!("{:#?}", shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?)
+                NodeKind::Broker => {
+                    format!("{:#?}", shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?)
                 }
-                NodeKind::Order => format!("{:#?}", shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?),
+                NodeKind::Inventory => {
+                    format!(
+                        "{:#?}",
+                        shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?
+                    )
+                }
+                NodeKind::Order => {
+                    format!("{:#?}", shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?)
+                }
                 NodeKind::Front => {
-                    format!("{:#?}", shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?)
+                    format!(
+                        "{:#?}",
+                        shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?
+                    )
                 }
             };
             println!("{shown}");

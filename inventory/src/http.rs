@@ -1,6 +1,6 @@
 //! Inventory's HTTP API, read by public-front (and operators):
 //! `GET /products`, `GET /products/{sku}`, `POST /products/lookup`,
-//! `GET /reservations/{order_id}`, `GET /stock`, plus the node routes.
+//! `GET /reservations/{order_id}`, `GET /stock`, plus the node routes (added by `shared::node::Service`).
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -25,8 +25,7 @@ pub fn router(node: Node) -> Router {
         .route("/stock", get(stock))
         .route("/admin/products", post(add_product))
         .route("/admin/products/{sku}", axum::routing::patch(update_product))
-        .with_state(node.clone())
-        .merge(shared::node::routes(node))
+        .with_state(node)
 }
 
 #[derive(Deserialize)]

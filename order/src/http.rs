@@ -1,6 +1,6 @@
 //! The order service's HTTP API, read by public-front (and operators):
 //! `GET /orders/{order_id}`, `GET /orders` (paged), `GET /orders/counts`,
-//! plus the node routes.
+//! plus the node routes (added by `shared::node::Service`).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -21,8 +21,7 @@ pub fn router(node: Node) -> Router {
         .route("/orders/counts", get(counts))
         .route("/orders/recent", get(recent))
         .route("/orders/{order_id}", get(one))
-        .with_state(node.clone())
-        .merge(shared::node::routes(node))
+        .with_state(node)
 }
 
 async fn one(State(node): State<Node>, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {

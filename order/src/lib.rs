@@ -14,25 +14,26 @@ pub mod handlers;
 pub mod http;
 pub mod store;
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
 use shared::bus::BusOptions;
 use shared::consumer::ParkingPolicy;
 use shared::db::Db;
-use shared::node::Node;
+use shared::node::{Node, Service};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
-/// A built order node, listening but not yet serving.
-pub struct App {
-    listener: TcpListener,
-    node: Node,
-    tasks: JoinSet<()>,
-    shutdown: CancellationToken,
+/// A built order node, listening but not yet serving; see
+/// [`shared::node::Service`] for `local_addr`, `node` and `run`.
+pub struct App(Service);
+
+impl std::ops::Deref for App {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.0
+    }
 }
 
 impl App {
@@ -54,36 +55,22 @@ impl App {
             .with_admin_token(cfg.admin_token.clone())
             .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         tasks.spawn(follow_up::run(node.db.clone(), node.wakeup.clone(), follow_up_ms, shutdown.clone()));
-        Ok(App { listener, node, tasks, shutdown })
+        let router = http::router(node.clone());
+        Ok(App(Service::new(listener, node, router, tasks, shutdown)))
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
-    }
-
-    pub fn node(&self) -> &Node {
-        &self.node
-    }
-
-    /// Serves until shutdown, then waits for the background tasks.
-    pub async fn run(mut self) -> anyhow::Result<()> {
-        let router = http::router(self.node.clone());
-        shared::http::serve(self.listener, router, self.shutdown.clone()).await?;
-        while self.tasks.join_next().await.is_some() {}
-        self.node.db.close().await;
-        Ok(())
+    pub async fn run(self) -> anyhow::Result<()> {
+        self.0.run().await
     }
 }
 
-/// What the binary does: load the config (`file`, then the environment),
-/// set up logging, serve until SIGTERM/Ctrl-C, drain, exit.
+/// What the binary does: load the config, serve until a signal, drain.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let cfg: Config = shared::config::load(file, config::ENV_PREFIX)?;
-    shared::telemetry::init(&cfg.log);
-    shared::failpoints::setup();
-    let shutdown = CancellationToken::new();
-    shared::shutdown::cancel_on_signal(shutdown.clone());
-    let app = App::build(cfg, shutdown).await?;
-    tracing::info!(addr = %app.local_addr(), "order listening");
-    app.run().await
+    shared::node::main_with_config(
+        file,
+        config::ENV_PREFIX,
+        |c: &Config| c.log.clone(),
+        |cfg, shutdown| async { Ok(App::build(cfg, shutdown).await?.0) },
+    )
+    .await
 }

@@ -103,12 +103,14 @@ impl App {
 /// What the binary does: load the config (`file`, then the environment),
 /// set up logging, serve until SIGTERM/Ctrl-C, drain, exit.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let cfg: Config = shared::config::load(file, config::ENV_PREFIX)?;
-    shared::telemetry::init(&cfg.log);
-    shared::failpoints::setup();
-    let shutdown = CancellationToken::new();
-    shared::shutdown::cancel_on_signal(shutdown.clone());
-    let app = App::build(cfg, shutdown).await?;
-    tracing::info!(addr = %app.local_addr(), "public-front listening");
-    app.run().await
+    shared::node::main_with_config(file, config::ENV_PREFIX, |c: &Config| c.log.clone(), App::build).await
+}
+
+impl shared::node::Runnable for App {
+    fn addr(&self) -> SocketAddr {
+        self.local_addr()
+    }
+    fn serve(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        self.run()
+    }
 }

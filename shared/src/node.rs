@@ -131,6 +131,87 @@ impl Node {
     }
 }
 
+/// A built service node: its HTTP listener bound and its background tasks
+/// running. `run` serves until shutdown, then drains.
+pub struct Service {
+    listener: tokio::net::TcpListener,
+    node: Node,
+    router: axum::Router,
+    tasks: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    /// `router` is the service's own API; the node routes are added here.
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        node: Node,
+        router: axum::Router,
+        tasks: JoinSet<()>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let router = router.merge(routes(node.clone()));
+        Self { listener, node, router, tasks, shutdown }
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Serves until shutdown, then waits for the background tasks to finish
+    /// their batch and flush the outbox, and closes the database.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        crate::http::serve(self.listener, self.router, self.shutdown.clone()).await?;
+        while self.tasks.join_next().await.is_some() {}
+        self.node.db.close().await;
+        Ok(())
+    }
+}
+
+/// What a node's binary does: load its config (`file`, then the
+/// environment), set up logging and crash points, build it, serve until
+/// SIGTERM/Ctrl-C, drain.
+pub async fn main_with_config<C, B, Fut, A>(
+    file: Option<&std::path::Path>,
+    env_prefix: &str,
+    log: impl FnOnce(&C) -> crate::config::LogConfig,
+    build: B,
+) -> anyhow::Result<()>
+where
+    C: serde::de::DeserializeOwned + serde::Serialize + Default,
+    B: FnOnce(C, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<A>>,
+    A: Runnable,
+{
+    let cfg: C = crate::config::load(file, env_prefix)?;
+    crate::telemetry::init(&log(&cfg));
+    crate::failpoints::setup();
+    let shutdown = CancellationToken::new();
+    crate::shutdown::cancel_on_signal(shutdown.clone());
+    let app = build(cfg, shutdown).await?;
+    tracing::info!(addr = %app.addr(), "listening");
+    app.serve().await
+}
+
+/// An app `main_with_config` can run.
+pub trait Runnable {
+    fn addr(&self) -> std::net::SocketAddr;
+    fn serve(self) -> impl std::future::Future<Output = anyhow::Result<()>>;
+}
+
+impl Runnable for Service {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.local_addr()
+    }
+    fn serve(self) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        self.run()
+    }
+}
+
 /// Probes, stats, metrics and operator routes every service node serves:
 /// `GET /healthz`, `/readyz`, `/stats`, `/metrics`, `/dead-letters`,
 /// `/parked`, `/timeline/{order_id}`, and (bearer token)

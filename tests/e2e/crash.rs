@@ -18,29 +18,53 @@ use crate::helpers::*;
 /// One node process; restarted with the same environment (minus failpoints).
 struct Proc {
     name: &'static str,
+    /// stderr of every run, appended, for post-mortems.
+    log: std::path::PathBuf,
     args: Vec<String>,
     env: HashMap<String, String>,
     child: Option<Child>,
 }
 
 impl Proc {
-    fn spawn(name: &'static str, node: &str, env: HashMap<String, String>, failpoints: Option<&str>) -> Proc {
-        let mut p = Proc { name, args: vec!["node".into(), node.into()], env, child: None };
+    fn spawn(
+        dir: &std::path::Path,
+        name: &'static str,
+        node: &str,
+        env: HashMap<String, String>,
+        failpoints: Option<&str>,
+    ) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let mut p = Proc { name, log, args: vec!["node".into(), node.into()], env, child: None };
         p.start(failpoints);
         p
     }
 
     fn start(&mut self, failpoints: Option<&str>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_webshop"));
-        cmd.args(&self.args).envs(&self.env).env("RUST_LOG", "warn,rumqttd=off").stdout(Stdio::null());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        cmd.args(&self.args)
+            .envs(&self.env)
+            .env("RUST_LOG", "warn,rumqttd=off")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::null())
+            .stderr(log);
         if let Some(fp) = failpoints {
             cmd.env("FAILPOINTS", fp);
         }
         self.child = Some(cmd.spawn().expect("node process starts"));
     }
 
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
     fn has_exited(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        self.exit_status().is_some()
+    }
+
+    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     fn kill9(&mut self) {
@@ -86,8 +110,15 @@ impl Cluster {
         let [broker, inventory, order, front] = [free_port(), free_port(), free_port(), free_port()];
         let fp = |v| if v == victim { failpoints } else { None };
         let e = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        let b = Proc::spawn("broker", "broker", e(&[("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}"))]), None);
+        let b = Proc::spawn(
+            dir.path(),
+            "broker",
+            "broker",
+            e(&[("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}"))]),
+            None,
+        );
         let i = Proc::spawn(
+            dir.path(),
             "inventory",
             "inventory",
             e(&[
@@ -98,6 +129,7 @@ impl Cluster {
             fp(Victim::Inventory),
         );
         let o = Proc::spawn(
+            dir.path(),
             "order",
             "order",
             e(&[
@@ -109,6 +141,7 @@ impl Cluster {
             fp(Victim::Order),
         );
         let f = Proc::spawn(
+            dir.path(),
             "front",
             "front",
             e(&[
@@ -196,7 +229,7 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
         {
             let mut cl = cluster.lock().await;
             let name = cl.proc(victim).name;
-            if failpoints.is_some() && cl.proc(victim).has_exited() {
+            if failpoints.is_some() && crashes == 0 && cl.proc(victim).has_exited() {
                 eprintln!("{name} crashed at its failpoint; restarting");
                 cl.proc(victim).restart();
                 crashes += 1;
@@ -205,13 +238,29 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
                 cl.proc(victim).restart();
                 crashes += 1;
             }
+            // Anything else that died (e.g. its port was taken by a
+            // parallel test while it was down) is reported and started again.
+            for v in [Victim::Broker, Victim::Inventory, Victim::Order, Victim::Front] {
+                let p = cl.proc(v);
+                if let Some(status) = p.exit_status() {
+                    eprintln!("{} exited unexpectedly ({status}); restarting. Its log:\n{}", p.name, p.tail());
+                    p.restart();
+                }
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let mut failed = false;
     for c in clients {
-        c.await.unwrap();
+        failed |= c.await.is_err();
     }
     let cl = cluster.lock().await;
+    if failed {
+        for p in [&cl.broker, &cl.inventory, &cl.order, &cl.front] {
+            eprintln!("--- {} log ---\n{}", p.name, p.tail());
+        }
+        panic!("some orders were never accepted");
+    }
     let ids = accepted.lock().await.clone();
     let client = cl.place_handle();
     for id in &ids {
