@@ -114,7 +114,10 @@ impl Cluster {
             dir.path(),
             "broker",
             "broker",
-            e(&[("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}"))]),
+            e(&[
+                ("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}")),
+                ("WEBSHOP_BROKER__METRICS_LISTEN", format!("127.0.0.1:{}", free_port())),
+            ]),
             None,
         );
         let i = Proc::spawn(
@@ -264,12 +267,35 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
     let ids = accepted.lock().await.clone();
     let client = cl.place_handle();
     for id in &ids {
-        eventually(&format!("order {id} to settle"), || async {
-            let r = client.http.get(format!("{}/api/orders/{id}", client.base)).send().await.ok()?;
-            let v: serde_json::Value = r.json().await.ok()?;
-            (v["status"].is_string() && v["status"] != "pending").then_some(())
+        let settled = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let status = async {
+                    let r = client.http.get(format!("{}/api/orders/{id}", client.base)).send().await.ok()?;
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    v["status"].as_str().map(str::to_owned)
+                };
+                if status.await.is_some_and(|s| s != "pending") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
         })
         .await;
+        if settled.is_err() {
+            let get = |url: String| async move {
+                let r = reqwest::get(url).await.ok()?;
+                r.text().await.ok()
+            };
+            eprintln!("order: {:?}", get(cl.url(2, &format!("/orders/{id}"))).await);
+            eprintln!("reservation: {:?}", get(cl.url(1, &format!("/reservations/{id}"))).await);
+            eprintln!("order timeline: {:?}", get(cl.url(2, &format!("/timeline/{id}"))).await);
+            eprintln!("inventory timeline: {:?}", get(cl.url(1, &format!("/timeline/{id}"))).await);
+            eprintln!("order stats: {:?}", get(cl.url(2, "/stats")).await);
+            for p in [&cl.broker, &cl.inventory, &cl.order, &cl.front] {
+                eprintln!("--- {} log ---\n{}", p.name, p.tail());
+            }
+            panic!("order {id} did not settle");
+        }
     }
     let report = cl.audit().await;
     assert_eq!(crashes, 1, "the victim should have crashed exactly once");
