@@ -207,7 +207,7 @@ impl Cluster {
 /// Places `n` orders from 4 concurrent clients while `victim` crashes (by
 /// its failpoint, or by `kill` after a few orders), restarts it, and checks
 /// that everything accepted settles and the books balance.
-async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
+async fn crash_and_recover(victim: Victim, failpoints: Option<&'static str>, n: usize) {
     let cluster = Arc::new(Mutex::new(Cluster::start(victim, failpoints)));
     cluster.lock().await.wait_ready().await;
     let accepted = Arc::new(Mutex::new(Vec::new()));
@@ -225,37 +225,56 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
     }
     // The restarter: a failpoint aborts the victim; a plain kill happens
     // once a few orders were accepted.
-    let mut crashes = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while clients.iter().any(|c| !c.is_finished()) {
-        assert!(tokio::time::Instant::now() < deadline, "orders did not finish");
-        {
-            let mut cl = cluster.lock().await;
-            let name = cl.proc(victim).name;
-            if failpoints.is_some() && crashes == 0 && cl.proc(victim).has_exited() {
-                eprintln!("{name} crashed at its failpoint; restarting");
-                cl.proc(victim).restart();
-                crashes += 1;
-            } else if failpoints.is_none() && crashes == 0 && accepted.lock().await.len() >= n / 4 {
-                eprintln!("kill -9 {name} with orders in flight; restarting");
-                cl.proc(victim).restart();
-                crashes += 1;
-            }
-            // Anything else that died (e.g. its port was taken by a
-            // parallel test while it was down) is reported and started again.
-            for v in [Victim::Broker, Victim::Inventory, Victim::Order, Victim::Front] {
-                let p = cl.proc(v);
-                if let Some(status) = p.exit_status() {
-                    eprintln!("{} exited unexpectedly ({status}); restarting. Its log:\n{}", p.name, p.tail());
-                    p.restart();
+    // The tender, in the background until the end: a failpoint aborts the
+    // victim, or it is killed once a few orders were accepted; either way it
+    // is started again. Anything else that dies (say its port was taken by
+    // a parallel test while it was down) is reported and started again.
+    let crashes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tending = tokio_util::sync::CancellationToken::new();
+    let tender = {
+        let (cluster, accepted, crashes, tending) =
+            (cluster.clone(), accepted.clone(), crashes.clone(), tending.clone());
+        tokio::spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            while !tending.is_cancelled() {
+                {
+                    let mut cl = cluster.lock().await;
+                    let name = cl.proc(victim).name;
+                    let crashed = crashes.load(SeqCst) > 0;
+                    if failpoints.is_some() && !crashed && cl.proc(victim).has_exited() {
+                        eprintln!("{name} crashed at its failpoint; restarting");
+                        cl.proc(victim).restart();
+                        crashes.fetch_add(1, SeqCst);
+                    } else if failpoints.is_none() && !crashed && accepted.lock().await.len() >= n / 4 {
+                        eprintln!("kill -9 {name} with orders in flight; restarting");
+                        cl.proc(victim).restart();
+                        crashes.fetch_add(1, SeqCst);
+                    }
+                    for v in [Victim::Broker, Victim::Inventory, Victim::Order, Victim::Front] {
+                        let p = cl.proc(v);
+                        if let Some(status) = p.exit_status() {
+                            eprintln!("{} exited unexpectedly ({status}); restarting. Its log:\n{}", p.name, p.tail());
+                            p.restart();
+                        }
+                    }
                 }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        })
+    };
     let mut failed = false;
     for c in clients {
         failed |= c.await.is_err();
+    }
+    // Batching can make the failpoint's count come late: keep ordering
+    // until the victim has crashed.
+    for i in 0..100 {
+        if crashes.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        let key = format!("crash-extra-{i}");
+        let id = client.place(&key).await.unwrap_or_else(|| panic!("{key} never accepted"));
+        accepted.lock().await.push(id);
     }
     let cl = cluster.lock().await;
     if failed {
@@ -264,8 +283,9 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
         }
         panic!("some orders were never accepted");
     }
+    // The tender needs the lock while orders settle.
+    drop(cl);
     let ids = accepted.lock().await.clone();
-    let client = cl.place_handle();
     for id in &ids {
         let settled = tokio::time::timeout(DEADLINE, async {
             loop {
@@ -282,6 +302,7 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
         })
         .await;
         if settled.is_err() {
+            let cl = cluster.lock().await;
             let get = |url: String| async move {
                 let r = reqwest::get(url).await.ok()?;
                 r.text().await.ok()
@@ -297,10 +318,12 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&str>, n: usize) {
             panic!("order {id} did not settle");
         }
     }
-    let report = cl.audit().await;
-    assert_eq!(crashes, 1, "the victim should have crashed exactly once");
+    let report = cluster.lock().await.audit().await;
+    tending.cancel();
+    tender.await.unwrap();
+    assert_eq!(crashes.load(std::sync::atomic::Ordering::SeqCst), 1, "the victim should have crashed exactly once");
     eprintln!("{} orders accepted across a crash; audit: {:?}", ids.len(), report.orders_by_status);
-    assert_eq!(ids.len(), n / 4 * 4);
+    assert!(ids.len() >= n / 4 * 4);
 }
 
 /// What clients need to place orders without holding the cluster lock.
