@@ -134,6 +134,9 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
+    /// Measure throughput and latency percentiles (catalog reads, orders and
+    /// cancels end to end) next to reference limits of this machine.
+    Bench(webshop::tools::bench::Args),
 }
 
 #[derive(Subcommand)]
@@ -196,6 +199,7 @@ struct Up {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(up) => run_up(up).await,
+        Command::Bench(args) => webshop::tools::bench::run(args).await.map(drop),
         Command::Node { node, config } => {
             let default = match node {
                 NodeKind::Broker => "config/broker.toml",

@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod capture;
 pub mod chaos;
 pub mod inject;

@@ -2,6 +2,7 @@
 //! temp-dir SQLite, free ports. Every wait has a deadline.
 
 mod admin;
+mod bench;
 mod crash;
 mod faults;
 mod helpers;

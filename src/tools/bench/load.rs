@@ -1,0 +1,349 @@
+//! The load: what one client request is (a catalog read, an order placed
+//! until confirmed, a cancel until cancelled) and the two ways to offer it.
+//!
+//! - Closed loop: N clients, each sends its next request when the last one
+//!   finished. Measures capacity, but a slow response also delays the
+//!   requests behind it, so it hides latency (coordinated omission).
+//! - Open loop: requests start on a fixed schedule whatever happens, and
+//!   latency counts from the *scheduled* start, so a stall shows up in
+//!   every request it delays.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use shared::ids::{IdempotencyKey, OrderId};
+use shared::message::OrderStatus;
+use tokio::task::JoinSet;
+
+use super::observe::{Observer, Want};
+use super::record::{Measured, Recorder};
+
+/// How long a client waits for an order to settle before it counts it lost.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most confirmed orders kept for the cancel phase.
+const KEEP_CONFIRMED: usize = 200_000;
+
+/// What one client request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// `GET /api/catalog?limit=20` through the front.
+    Catalog,
+    /// `POST /api/orders`, then wait until the order is observed confirmed.
+    Order,
+    /// `POST /api/orders/{id}/cancel` on a confirmed order, then wait until
+    /// it is observed cancelled.
+    Cancel,
+}
+
+/// How a client learns an order's status.
+pub enum Watch {
+    /// A bus subscriber (see `observe.rs`).
+    Bus(Observer),
+    /// `GET /api/orders/{id}` every interval: for a shop whose broker the
+    /// bench can't reach. Adds read load, and quantizes latency.
+    Poll(Duration),
+}
+
+/// Everything clients share.
+pub struct Load {
+    http: reqwest::Client,
+    front: String,
+    watch: Watch,
+    skus: Vec<String>,
+    /// Confirmed orders, cancelled by the cancel phase.
+    confirmed: Mutex<Vec<OrderId>>,
+}
+
+/// One phase's shared state.
+struct Phase {
+    rec: Mutex<Recorder>,
+    /// Stage timings still being waited for after a request completed.
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Load {
+    pub fn new(front: &str, watch: Watch, skus: Vec<String>) -> anyhow::Result<Load> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(usize::MAX)
+            .build()?;
+        Ok(Load { http, front: front.to_owned(), watch, skus, confirmed: Mutex::new(Vec::new()) })
+    }
+
+    pub fn confirmed_count(&self) -> usize {
+        self.confirmed.lock().expect("confirmed lock").len()
+    }
+
+    /// Runs one request started (or scheduled) at `t0`; `false` when there
+    /// is no work left (the cancel phase ran out of confirmed orders).
+    async fn one(self: &Arc<Self>, work: Work, t0: Instant, phase: &Arc<Phase>) -> bool {
+        let result = match work {
+            Work::Catalog => self.catalog(t0, phase).await,
+            Work::Order => self.order(t0, phase).await,
+            Work::Cancel => {
+                let Some(id) = self.confirmed.lock().expect("confirmed lock").pop() else {
+                    return false;
+                };
+                self.cancel(id, t0, phase).await
+            }
+        };
+        if let Err(kind) = result {
+            phase.rec.lock().expect("recorder lock").error(t0, kind);
+        }
+        true
+    }
+
+    async fn catalog(&self, t0: Instant, phase: &Phase) -> Result<(), String> {
+        let r = self.http.get(format!("{}/api/catalog?limit=20", self.front)).send().await.map_err(transport)?;
+        let code = r.status();
+        let body = r.bytes().await.map_err(transport)?;
+        if code != reqwest::StatusCode::OK {
+            return Err(http_error(code, &body));
+        }
+        phase.rec.lock().expect("recorder lock").ok(t0, Instant::now());
+        Ok(())
+    }
+
+    async fn order(self: &Arc<Self>, t0: Instant, phase: &Phase) -> Result<(), String> {
+        let key = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let id = OrderId::from_idempotency_key(&IdempotencyKey::parse(&key).expect("a valid key"));
+        let sku = &self.skus[(id.0.as_u128() % self.skus.len() as u128) as usize];
+        let settled = match &self.watch {
+            Watch::Bus(o) => Some(o.wait(id, Want::Settled)),
+            Watch::Poll(_) => None,
+        };
+        let sent = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/api/orders", self.front))
+            .header("Idempotency-Key", &key)
+            .json(&json!({"customer_email": "b@example.com", "items": [{"sku": sku, "quantity": 1}]}))
+            .send()
+            .await
+            .map_err(|e| self.forget(id, transport(e)))?;
+        let code = r.status();
+        let body = r.bytes().await.map_err(|e| self.forget(id, transport(e)))?;
+        let accepted = Instant::now();
+        if code != reqwest::StatusCode::ACCEPTED {
+            return Err(self.forget(id, http_error(code, &body)));
+        }
+        let (done, status) = match settled {
+            Some(rx) => match tokio::time::timeout(SETTLE_TIMEOUT, rx).await {
+                Ok(Ok(hit)) => hit,
+                _ => return Err(self.forget(id, "not settled within 30 s".into())),
+            },
+            None => self.poll(id, &[OrderStatus::Confirmed, OrderStatus::Rejected]).await?,
+        };
+        let stamps = match &self.watch {
+            Watch::Bus(o) => o.forget(id),
+            Watch::Poll(_) => Default::default(),
+        };
+        if status != Some(OrderStatus::Confirmed) {
+            return Err(format!("order {}", status.map_or("?", |s| s.as_str())));
+        }
+        let mut rec = phase.rec.lock().expect("recorder lock");
+        rec.ok(t0, done);
+        let mut stage = |name, from: Option<Instant>, to: Option<Instant>| {
+            if let (Some(a), Some(b)) = (from, to) {
+                rec.stage(t0, name, b.saturating_duration_since(a));
+            }
+        };
+        stage("0 client: scheduled → sent", Some(t0), Some(sent));
+        stage("1 POST → 202", Some(sent), Some(accepted));
+        stage("2 202 → confirmed seen", Some(accepted), Some(done));
+        stage("3 front: POST → orders/send on bus", Some(sent), stamps.send);
+        stage("4 order: send → status pending", stamps.send, stamps.pending);
+        stage("5 front: pending → 202 at client", stamps.pending, Some(accepted));
+        stage("6 inventory: send → in-stock", stamps.send, stamps.in_stock);
+        stage("7 order: in-stock → status confirmed", stamps.in_stock, stamps.confirmed);
+        drop(rec);
+        let mut kept = self.confirmed.lock().expect("confirmed lock");
+        if kept.len() < KEEP_CONFIRMED {
+            kept.push(id);
+        }
+        Ok(())
+    }
+
+    async fn cancel(self: &Arc<Self>, id: OrderId, t0: Instant, phase: &Arc<Phase>) -> Result<(), String> {
+        let waits = match &self.watch {
+            Watch::Bus(o) => Some((o.wait(id, Want::Cancelled), o.wait(id, Want::Released))),
+            Watch::Poll(_) => None,
+        };
+        let sent = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/api/orders/{id}/cancel", self.front))
+            .send()
+            .await
+            .map_err(|e| self.forget(id, transport(e)))?;
+        let code = r.status();
+        let body = r.bytes().await.map_err(|e| self.forget(id, transport(e)))?;
+        let accepted = Instant::now();
+        if code != reqwest::StatusCode::ACCEPTED {
+            return Err(self.forget(id, http_error(code, &body)));
+        }
+        let Some((cancelled, released)) = waits else {
+            // The front answers 202 only once the cancellation is committed.
+            phase.rec.lock().expect("recorder lock").ok(t0, accepted);
+            return Ok(());
+        };
+        let done = match tokio::time::timeout(SETTLE_TIMEOUT, cancelled).await {
+            Ok(Ok((at, _))) => at,
+            _ => return Err(self.forget(id, "not cancelled within 30 s".into())),
+        };
+        phase.rec.lock().expect("recorder lock").ok(t0, done);
+        // The release is inventory's business and the customer doesn't wait
+        // for it: time it in the background, not in the client's loop.
+        let (load, ph) = (self.clone(), phase.clone());
+        let tail = tokio::spawn(async move {
+            let released = tokio::time::timeout(SETTLE_TIMEOUT, released).await.ok().and_then(Result::ok);
+            let stamps = match &load.watch {
+                Watch::Bus(o) => o.forget(id),
+                Watch::Poll(_) => return,
+            };
+            let mut rec = ph.rec.lock().expect("recorder lock");
+            let mut stage = |name, from: Option<Instant>, to: Option<Instant>| {
+                if let (Some(a), Some(b)) = (from, to) {
+                    rec.stage(t0, name, b.saturating_duration_since(a));
+                }
+            };
+            stage("1 POST cancel → 202", Some(sent), Some(accepted));
+            stage("2 front: POST → orders/cancel on bus", Some(sent), stamps.cancel);
+            stage("3 order: cancel → status cancelled", stamps.cancel, stamps.cancelled);
+            stage("4 cancelled → inventory/released", stamps.cancelled, released.map(|r| r.0));
+        });
+        phase.background.lock().expect("background lock").push(tail);
+        Ok(())
+    }
+
+    /// Stops tracking an order that failed; passes the error through.
+    fn forget(&self, id: OrderId, e: String) -> String {
+        if let Watch::Bus(o) = &self.watch {
+            o.forget(id);
+        }
+        e
+    }
+
+    /// Polls the order until it reaches one of `until`.
+    async fn poll(&self, id: OrderId, until: &[OrderStatus]) -> Result<(Instant, Option<OrderStatus>), String> {
+        let Watch::Poll(every) = self.watch else { unreachable!("poll without a poll interval") };
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        let url = format!("{}/api/orders/{id}", self.front);
+        loop {
+            let r = self.http.get(&url).send().await.map_err(transport)?;
+            if r.status().is_success() {
+                let v: serde_json::Value = r.json().await.map_err(transport)?;
+                let status = v["status"].as_str().and_then(OrderStatus::parse);
+                if status.is_some_and(|s| until.contains(&s)) {
+                    return Ok((Instant::now(), status));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("not settled within 30 s".into());
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+fn transport(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "client timeout".into()
+    } else if e.is_connect() {
+        "connect error".into()
+    } else {
+        "transport error".into()
+    }
+}
+
+/// An error kind from a problem+json answer: `503 overloaded`.
+fn http_error(code: reqwest::StatusCode, body: &[u8]) -> String {
+    let problem: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    match problem.as_ref().and_then(|p| p["code"].as_str()) {
+        Some(c) => format!("{} {c}", code.as_u16()),
+        None => code.as_u16().to_string(),
+    }
+}
+
+/// Where a phase's measurements end up.
+impl Phase {
+    fn new(origin: Instant) -> Arc<Phase> {
+        Arc::new(Phase { rec: Mutex::new(Recorder::new(origin)), background: Mutex::new(Vec::new()) })
+    }
+
+    async fn finish(&self, window: Duration) -> Measured {
+        let tails: Vec<_> = self.background.lock().expect("background lock").drain(..).collect();
+        for t in tails {
+            let _ = tokio::time::timeout(SETTLE_TIMEOUT, t).await;
+        }
+        self.rec.lock().expect("recorder lock").summarize(window)
+    }
+}
+
+/// `concurrency` clients, each sending its next request when the last one
+/// completed, for `warmup` (not counted) then `duration`.
+pub async fn closed(
+    load: &Arc<Load>,
+    work: Work,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Measured {
+    let origin = Instant::now() + warmup;
+    let end = origin + duration;
+    let phase = Phase::new(origin);
+    let mut clients = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (load, phase) = (load.clone(), phase.clone());
+        clients.spawn(async move {
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end || !load.one(work, t0, &phase).await {
+                    break;
+                }
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+    phase.finish(duration).await
+}
+
+/// Requests started at `rate` per second on a fixed schedule, each timed
+/// from its scheduled start. At most `max_inflight` at once: beyond that a
+/// request is counted as an error rather than sent, so a stalled shop
+/// can't make the bench itself run out of memory.
+pub async fn open(
+    load: &Arc<Load>,
+    work: Work,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+    max_inflight: usize,
+) -> Measured {
+    let start = Instant::now();
+    let phase = Phase::new(start + warmup);
+    let gap = 1.0 / rate.max(0.001);
+    let n = ((warmup + duration).as_secs_f64() * rate) as u64;
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let mut requests = JoinSet::new();
+    for i in 0..n {
+        let t0 = start + Duration::from_secs_f64(i as f64 * gap);
+        tokio::time::sleep_until(t0.into()).await;
+        while requests.try_join_next().is_some() {}
+        if inflight.load(Ordering::Relaxed) >= max_inflight {
+            phase.rec.lock().expect("recorder lock").error(t0, "not sent: bench in-flight cap");
+            continue;
+        }
+        inflight.fetch_add(1, Ordering::Relaxed);
+        let (load, phase, inflight) = (load.clone(), phase.clone(), inflight.clone());
+        requests.spawn(async move {
+            load.one(work, t0, &phase).await;
+            inflight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    while requests.join_next().await.is_some() {}
+    phase.finish(duration).await
+}
