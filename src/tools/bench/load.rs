@@ -301,14 +301,22 @@ pub async fn closed(
         clients.spawn(async move {
             loop {
                 let t0 = Instant::now();
-                if t0 >= end || !load.one(work, t0, &phase).await {
-                    break;
+                if t0 >= end {
+                    return false;
+                }
+                if !load.one(work, t0, &phase).await {
+                    return true;
                 }
             }
         });
     }
-    while clients.join_next().await.is_some() {}
-    phase.finish(duration).await
+    let mut ran_out = false;
+    while let Some(r) = clients.join_next().await {
+        ran_out |= r.unwrap_or(false);
+    }
+    // Out of work early (no confirmed orders left to cancel): throughput
+    // counts up to the last completion, not over the whole window.
+    phase.finish(if ran_out { Duration::ZERO } else { duration }).await
 }
 
 /// Requests started at `rate` per second on a fixed schedule, each timed

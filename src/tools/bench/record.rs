@@ -33,6 +33,8 @@ pub struct Recorder {
     by_start: Vec<Histogram<u64>>,
     /// Completions by the second they completed.
     done: Vec<u64>,
+    /// Failures by the second the request started.
+    failed: Vec<u64>,
     errors: BTreeMap<String, u64>,
     /// Per-stage timings of the order path, by stage name.
     stages: BTreeMap<&'static str, Histogram<u64>>,
@@ -46,6 +48,7 @@ impl Recorder {
             total: histogram(),
             by_start: Vec::new(),
             done: Vec::new(),
+            failed: Vec::new(),
             errors: BTreeMap::new(),
             stages: BTreeMap::new(),
             last_done: None,
@@ -80,6 +83,11 @@ impl Recorder {
     pub fn error(&mut self, t0: Instant, kind: impl Into<String>) {
         if self.counts(t0) {
             *self.errors.entry(kind.into()).or_default() += 1;
+            let s = t0.duration_since(self.origin).as_secs() as usize;
+            if self.failed.len() <= s {
+                self.failed.resize(s + 1, 0);
+            }
+            self.failed[s] += 1;
         }
     }
 
@@ -92,20 +100,24 @@ impl Recorder {
 
     /// Summarizes the phase; `window` is how long it offered load after the
     /// warm-up (throughput is completions over that window, or over the time
-    /// to the last completion if the tail ran longer).
+    /// to the last completion if the tail ran longer). A zero `window` means
+    /// the load stopped early: the time to the last completion counts.
     pub fn summarize(&self, window: Duration) -> Measured {
         let tail = self.last_done.map_or(Duration::ZERO, |l| l.saturating_duration_since(self.origin));
         let secs = window.max(tail).as_secs_f64().max(1e-9);
-        let timeline = self
-            .by_start
-            .iter()
-            .enumerate()
-            .map(|(t, h)| Second {
-                t: t as u32,
-                completed: self.done.get(t).copied().unwrap_or(0),
-                p50_ms: ms(h.value_at_quantile(0.5)),
-                p99_ms: ms(h.value_at_quantile(0.99)),
-                max_ms: ms(h.max()),
+        let seconds = self.by_start.len().max(self.done.len()).max(self.failed.len());
+        let empty = Histogram::<u64>::new(2).expect("static precision");
+        let timeline = (0..seconds)
+            .map(|t| {
+                let h = self.by_start.get(t).unwrap_or(&empty);
+                Second {
+                    t: t as u32,
+                    completed: self.done.get(t).copied().unwrap_or(0),
+                    failed: self.failed.get(t).copied().unwrap_or(0),
+                    p50_ms: ms(h.value_at_quantile(0.5)),
+                    p99_ms: ms(h.value_at_quantile(0.99)),
+                    max_ms: ms(h.max()),
+                }
             })
             .collect();
         Measured {
@@ -162,6 +174,8 @@ pub struct Second {
     pub t: u32,
     /// Requests that completed in this second.
     pub completed: u64,
+    /// Requests started in this second that failed.
+    pub failed: u64,
     /// Latency of requests started in this second.
     pub p50_ms: f64,
     pub p99_ms: f64,

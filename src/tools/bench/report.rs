@@ -341,23 +341,32 @@ impl BenchResult {
                 color,
                 points: tl.iter().map(|s| (f64::from(s.t), f(s))).collect(),
             };
+            // Seconds in which nothing succeeded have no latency to draw.
+            let latency = |name: &str, color, f: fn(&super::record::Second) -> f64| Series {
+                name: name.into(),
+                color,
+                points: tl.iter().filter(|s| s.max_ms > 0.0).map(|s| (f64::from(s.t), f(s))).collect(),
+            };
             panels.push(Some(Panel {
                 title: format!("{} ({}): latency over time", p.name, p.mode),
                 x_label: "second of the run (by request start)".into(),
                 y_label: "ms (log)".into(),
                 series: vec![
-                    series("p50", COLORS[0], |s| s.p50_ms),
-                    series("p99", COLORS[1], |s| s.p99_ms),
-                    series("max", COLORS[3], |s| s.max_ms),
+                    latency("p50", COLORS[0], |s| s.p50_ms),
+                    latency("p99", COLORS[1], |s| s.p99_ms),
+                    latency("max", COLORS[3], |s| s.max_ms),
                 ],
                 y_log: true,
                 x_ticks: None,
             }));
             panels.push(Some(Panel {
-                title: format!("{}: completed per second", p.name),
+                title: format!("{} ({}): completed and failed per second", p.name, p.mode),
                 x_label: "second of the run".into(),
-                y_label: "completed / s".into(),
-                series: vec![series("completed", COLORS[2], |s| s.completed as f64)],
+                y_label: "requests / s".into(),
+                series: vec![
+                    series("completed", COLORS[2], |s| s.completed as f64),
+                    series("failed (by start)", COLORS[1], |s| s.failed as f64),
+                ],
                 y_log: false,
                 x_ticks: None,
             }));
@@ -368,6 +377,7 @@ impl BenchResult {
             .phases
             .iter()
             .enumerate()
+            .filter(|(_, p)| p.measured.ok > 0)
             .map(|(i, p)| Series {
                 name: format!("{} ({})", p.name, p.mode),
                 color: COLORS[i % COLORS.len()],
