@@ -4,6 +4,7 @@
 //! - [`tools::inject`]: publish a message N times;
 //! - [`tools::capture`]: record the bus to JSON lines, and replay it;
 //! - [`tools::chaos`]: a fault-injecting MQTT proxy;
+//! - [`tools::bench`]: the benchmark (`webshop bench`);
 //! - [`tools::mqtt`]: the small MQTT client they share.
 //!
 //! The audit lives in `public-front` (`public_front::audit`), which also

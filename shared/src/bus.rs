@@ -116,7 +116,11 @@ impl Bus {
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
             mqtt.set_credentials(user.clone(), pass.clone());
         }
-        let (client, eventloop) = AsyncClient::new(mqtt, 1024);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
+        // Nagle's algorithm held every small MQTT packet ~40 ms per hop.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (ready, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             client,
