@@ -64,22 +64,28 @@ pub async fn seed_if_empty(pool: &SqlitePool, products: &[SeedProduct]) -> sqlx:
         return Ok(0);
     }
     for p in products {
-        sqlx::query(
-            "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(p.sku.as_str())
-        .bind(&p.name)
-        .bind(&p.description)
-        .bind(p.price_cents)
-        .bind(&p.currency)
-        .bind(p.stock)
-        .bind(p.stock)
-        .execute(&mut *tx)
-        .await?;
+        insert_product(&mut tx, p).await?;
     }
     tx.commit().await?;
     Ok(products.len())
+}
+
+/// A new product row: its starting stock is both `available` and `initial`.
+async fn insert_product(conn: &mut SqliteConnection, p: &SeedProduct) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(p.sku.as_str())
+    .bind(&p.name)
+    .bind(&p.description)
+    .bind(p.price_cents)
+    .bind(&p.currency)
+    .bind(p.stock)
+    .bind(p.stock)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 fn product(r: &sqlx::sqlite::SqliteRow) -> Product {
@@ -343,19 +349,7 @@ pub async fn add_product(pool: &SqlitePool, p: &SeedProduct) -> Result<(), Admin
     if exists > 0 {
         return Err(AdminError::Exists(p.sku.to_string()));
     }
-    sqlx::query(
-        "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(p.sku.as_str())
-    .bind(&p.name)
-    .bind(&p.description)
-    .bind(p.price_cents)
-    .bind(&p.currency)
-    .bind(p.stock)
-    .bind(p.stock)
-    .execute(&mut *tx)
-    .await?;
+    insert_product(&mut tx, p).await?;
     tx.commit().await?;
     Ok(())
 }
