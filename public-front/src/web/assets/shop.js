@@ -107,6 +107,7 @@
   // ---- Catalog ----
 
   let query = "";
+  let failed = false; // the last catalog load failed: searching again retries it
   let cursor = null;
   let seq = 0; // drops answers to searches that were overtaken
 
@@ -182,6 +183,7 @@
     try {
       const page = await Web.json(`/api/catalog?${params}`);
       if (mine !== seq) return;
+      failed = false;
       const cards = page.items.map(productCard);
       if (append) $("products").append(...cards);
       else $("products").replaceChildren(...cards);
@@ -194,6 +196,7 @@
       refreshCartFrom(page.items);
     } catch (e) {
       if (mine !== seq) return;
+      failed = true;
       status.className = "catalog-status notice error";
       status.replaceChildren(
         `Couldn't load the catalog: ${e.detail} `,
@@ -204,7 +207,10 @@
     }
   }
 
+  // Runs a search unless its results are already shown (or on their way):
+  // re-rendering the same cards would reset a quantity the user is typing.
   function search(q) {
+    if (q.trim() === query && !failed && seq > 0) return;
     query = q.trim();
     cursor = null;
     const url = new URL(location.href);
@@ -317,11 +323,12 @@
   // ---- Wiring ----
 
   document.addEventListener("DOMContentLoaded", () => {
+    let typing;
     $("search").addEventListener("submit", (ev) => {
       ev.preventDefault();
+      clearTimeout(typing);
       search($("q").value);
     });
-    let typing;
     $("q").addEventListener("input", () => {
       clearTimeout(typing);
       typing = setTimeout(() => search($("q").value), 300);
