@@ -67,6 +67,22 @@ pub async fn get(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<Optio
     Ok(row.as_ref().map(order))
 }
 
+/// The order, or whether a cancel for it came first (a tombstone): one
+/// query for what every message about an order needs to know.
+pub async fn get_or_tombstone(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<(Option<Order>, bool)> {
+    let cols = COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>().join(", ");
+    let row = sqlx::query(&format!(
+        "SELECT {cols}, EXISTS (SELECT 1 FROM cancel_tombstones WHERE order_id = ?1)
+         FROM (SELECT ?1 AS id) k LEFT JOIN orders o ON o.order_id = k.id"
+    ))
+    .bind(id.to_string())
+    .fetch_one(conn)
+    .await?;
+    let tombstoned = row.get::<i64, _>(12) != 0;
+    let found = row.get::<Option<String>, _>(0).is_some();
+    Ok((found.then(|| order(&row)), tombstoned))
+}
+
 pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>> {
     let mut conn = pool.acquire().await?;
     get(&mut conn, id).await

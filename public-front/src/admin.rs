@@ -163,7 +163,11 @@ async fn add_product(
     Json(body): Json<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let auth = authorized(&s, &headers)?;
-    relay(s.downstream.forward("inventory", Method::POST, "/admin/products", auth.as_deref(), Some(body)).await?)
+    let answer =
+        s.downstream.forward("inventory", Method::POST, "/admin/products", auth.as_deref(), Some(body)).await?;
+    // The operator should see the change in the catalog at once.
+    s.downstream.invalidate();
+    relay(answer)
 }
 
 async fn update_product(
@@ -175,5 +179,7 @@ async fn update_product(
     let auth = authorized(&s, &headers)?;
     let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
     let path = format!("/admin/products/{sku}");
-    relay(s.downstream.forward("inventory", Method::PATCH, &path, auth.as_deref(), Some(body)).await?)
+    let answer = s.downstream.forward("inventory", Method::PATCH, &path, auth.as_deref(), Some(body)).await?;
+    s.downstream.invalidate();
+    relay(answer)
 }

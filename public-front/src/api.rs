@@ -151,10 +151,21 @@ pub(crate) async fn catalog(
             ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor from a previous page")
         })?;
     }
-    let mut query = vec![("limit", limit.to_string())];
-    query.extend(q.q.map(|v| ("q", v)));
-    query.extend(q.cursor.map(|v| ("cursor", v)));
-    Ok(Json(s.downstream.catalog(&query).await?))
+    // The query string inventory gets, built in one canonical order: it is
+    // also the cache key, so equal searches share one entry.
+    let query = {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("limit", &limit.to_string());
+        if let Some(v) = &q.q {
+            query.append_pair("q", v);
+        }
+        if let Some(v) = &q.cursor {
+            query.append_pair("cursor", v);
+        }
+        query.finish()
+    };
+    let page = s.downstream.catalog(query).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], page))
 }
 
 /// Path of `GET /api/catalog/{sku}`.

@@ -35,6 +35,11 @@ pub struct Config {
     /// Seconds after which unsettled work counts as stuck in the audit.
     /// Default 60.
     pub audit_horizon_secs: f64,
+    /// Seconds the front keeps inventory's catalog pages and product prices
+    /// (0: ask inventory every time). Prices and availability shown to
+    /// customers, and the unit prices a new order is sent with, lag a change
+    /// by at most this; reservations always use live stock. Default 0.5.
+    pub catalog_cache_secs: f64,
     pub log: LogConfig,
 }
 
@@ -51,6 +56,7 @@ impl Default for Config {
             max_concurrent_requests: 1024,
             cors_origins: Vec::new(),
             audit_horizon_secs: 60.0,
+            catalog_cache_secs: 0.5,
             log: LogConfig::default(),
         }
     }

@@ -1,8 +1,17 @@
 //! Synchronous reads from inventory and order, over one pooled HTTP client
 //! (connections are reused). Every failure maps to a clear API error: a
 //! node that is down is a 503 naming it, never a 500 or a hang.
+//!
+//! Catalog pages and product prices can be cached for a short time
+//! ([`Downstream::with_cache`]): concurrent misses for the same key share
+//! one request to inventory, and errors are never cached. The front stays
+//! stateless: the cache is a bounded, expiring copy of inventory's answers.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
+use moka::future::Cache;
 
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
@@ -16,7 +25,21 @@ pub struct Downstream {
     client: reqwest::Client,
     inventory: String,
     order: String,
+    cache: Option<Caches>,
 }
+
+/// Inventory's recent answers.
+#[derive(Clone)]
+struct Caches {
+    /// Catalog pages as inventory sent them, by query string.
+    pages: Cache<String, Bytes>,
+    /// Products by SKU; `None` remembers that a SKU is unknown.
+    products: Cache<Sku, Option<Product>>,
+}
+
+/// Most cached catalog pages and products (each entry is one page or one
+/// product; searches make a key per query, so the bound matters).
+const CACHE_ENTRIES: u64 = 10_000;
 
 /// A product as inventory returns it.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -58,7 +81,27 @@ impl Downstream {
             client,
             inventory: inventory.trim_end_matches('/').to_owned(),
             order: order.trim_end_matches('/').to_owned(),
+            cache: None,
         })
+    }
+
+    /// Serves catalog pages and product prices from a cache for up to `ttl`
+    /// (zero: no cache). A price or stock change reaches customers within
+    /// `ttl`; an order still reserves against inventory's live stock.
+    pub fn with_cache(mut self, ttl: Duration) -> Self {
+        self.cache = (!ttl.is_zero()).then(|| Caches {
+            pages: Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(ttl).build(),
+            products: Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(ttl).build(),
+        });
+        self
+    }
+
+    /// Forgets every cached answer (after an operator changed a product).
+    pub fn invalidate(&self) {
+        if let Some(c) = &self.cache {
+            c.pages.invalidate_all();
+            c.products.invalidate_all();
+        }
     }
 
     async fn get_json<T: DeserializeOwned>(&self, node: &'static str, url: String) -> Result<Option<T>, ApiError> {
@@ -66,23 +109,59 @@ impl Downstream {
         decode(node, resp).await
     }
 
-    /// Raw pass-through of inventory's catalog page.
-    pub async fn catalog(&self, query: &[(&str, String)]) -> Result<serde_json::Value, ApiError> {
+    /// Inventory's catalog page for `query` (a query string), as the JSON
+    /// bytes inventory sent: passed through, not parsed and re-encoded.
+    pub async fn catalog(&self, query: String) -> Result<Bytes, ApiError> {
+        match &self.cache {
+            Some(c) => c.pages.try_get_with_by_ref(&query, self.fetch_catalog(&query)).await.map_err(unshare),
+            None => self.fetch_catalog(&query).await,
+        }
+    }
+
+    async fn fetch_catalog(&self, query: &str) -> Result<Bytes, ApiError> {
         let resp = self
             .client
-            .get(format!("{}/products", self.inventory))
-            .query(query)
+            .get(format!("{}/products?{query}", self.inventory))
             .send()
             .await
             .map_err(|e| unavailable("inventory", e))?;
-        decode("inventory", resp).await?.ok_or_else(|| ApiError::internal("inventory answered 404 for /products"))
+        match resp.status() {
+            s if s.is_success() => resp.bytes().await.map_err(|e| unavailable("inventory", e)),
+            StatusCode::NOT_FOUND => Err(ApiError::internal("inventory answered 404 for /products")),
+            _ => Err(decode::<serde_json::Value>("inventory", resp)
+                .await
+                .err()
+                .unwrap_or_else(|| ApiError::internal("inventory answered an unexpected status for /products"))),
+        }
     }
 
     pub async fn product(&self, sku: &Sku) -> Result<Option<Product>, ApiError> {
         self.get_json("inventory", format!("{}/products/{sku}", self.inventory)).await
     }
 
+    /// The products among `skus` that exist.
     pub async fn products(&self, skus: &[Sku]) -> Result<Vec<Product>, ApiError> {
+        let Some(c) = &self.cache else { return self.fetch_products(skus).await };
+        let mut found = Vec::with_capacity(skus.len());
+        let mut missing = Vec::new();
+        for sku in skus {
+            match c.products.get(sku).await {
+                Some(p) => found.extend(p),
+                None => missing.push(sku.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            let fetched = self.fetch_products(&missing).await?;
+            for sku in missing {
+                let p = fetched.iter().find(|p| p.sku == sku.as_str()).cloned();
+                c.products.insert(sku, p.clone()).await;
+                found.extend(p);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn fetch_products(&self, skus: &[Sku]) -> Result<Vec<Product>, ApiError> {
         let resp = self
             .client
             .post(format!("{}/products/lookup", self.inventory))
@@ -165,6 +244,11 @@ impl Downstream {
         }
         None
     }
+}
+
+/// A cache miss's error, shared by every request that waited for it.
+fn unshare(e: Arc<ApiError>) -> ApiError {
+    Arc::unwrap_or_clone(e)
 }
 
 fn unavailable(node: &'static str, e: reqwest::Error) -> ApiError {

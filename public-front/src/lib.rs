@@ -45,7 +45,8 @@ impl App {
             &cfg.inventory_url,
             &cfg.order_url,
             shared::config::secs(cfg.read_timeout_secs),
-        )?;
+        )?
+        .with_cache(shared::config::secs(cfg.catalog_cache_secs));
         // The bus stops after the HTTP server has drained, so in-flight
         // requests can still publish.
         let bus_shutdown = CancellationToken::new();

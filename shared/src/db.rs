@@ -19,8 +19,11 @@ CREATE TABLE IF NOT EXISTS inbox (
     order_id    TEXT,
     received_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- `seq` is the rowid, not AUTOINCREMENT (which writes sqlite_sequence on
+-- every insert): a new row still gets max(seq) + 1, and the relay, the only
+-- reader of seq, only needs unsent rows in write order.
 CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq        INTEGER PRIMARY KEY,
     message_id TEXT NOT NULL UNIQUE,
     topic      TEXT NOT NULL,
     order_id   TEXT,

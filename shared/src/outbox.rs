@@ -125,11 +125,14 @@ pub async fn unsent(db: &Db, limit: i64) -> sqlx::Result<Vec<Unsent>> {
 
 /// Marks events sent (the broker acknowledged them).
 pub async fn mark_sent(db: &Db, seqs: &[i64]) -> sqlx::Result<()> {
+    // One statement for the whole round: the seqs travel as a JSON array.
+    let list = serde_json::to_string(seqs).unwrap_or_else(|_| "[]".to_owned());
     let mut tx = db.begin().await?;
-    let now = now_ms();
-    for seq in seqs {
-        sqlx::query("UPDATE outbox SET sent_at = ? WHERE seq = ?").bind(now).bind(seq).execute(&mut *tx).await?;
-    }
+    sqlx::query("UPDATE outbox SET sent_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))")
+        .bind(now_ms())
+        .bind(list)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
 }
 

@@ -87,8 +87,8 @@ pub async fn postpone(conn: &mut SqliteConnection, message_id: &str, attempts: i
     Ok(())
 }
 
-pub async fn count(pool: &sqlx::SqlitePool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(pool).await
+pub async fn count<'e, E: sqlx::SqliteExecutor<'e>>(conn: E) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(conn).await
 }
 
 /// A parked message as operators see it.

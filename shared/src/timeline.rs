@@ -10,7 +10,7 @@ use crate::db::now_ms;
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS timeline (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         INTEGER PRIMARY KEY, -- rowid: ordering only (no AUTOINCREMENT bookkeeping)
     order_id   TEXT NOT NULL,
     at         INTEGER NOT NULL,
     event      TEXT NOT NULL,

@@ -68,8 +68,7 @@ impl OrderHandler {
         input: Input<'_>,
     ) -> Result<Outcome, HandleError> {
         let id = msg.order_id();
-        let existing = store::get(conn, id).await?;
-        let tombstoned = existing.is_none() && store::is_tombstoned(conn, id).await?;
+        let (existing, tombstoned) = store::get_or_tombstone(conn, id).await?;
         match domain::decide(existing.as_ref(), tombstoned, id, input, now_ms()) {
             Step::Save { order, emit_status, request_release } => {
                 store::save(conn, &order, self.follow_up_ms).await?;
