@@ -24,7 +24,7 @@ use crate::message::{Inbound, Poison};
 use crate::outbox::Wakeup;
 use crate::parking::{self, Parked};
 use crate::topics::Topic;
-use crate::{dead_letter, inbox, timeline, trace};
+use crate::{dead_letter, inbox, outbox, timeline, trace};
 
 /// Most deliveries applied in one transaction (group commit).
 const MAX_BATCH: usize = 100;
@@ -197,11 +197,17 @@ impl<H: Handler> Consumer<H> {
         metrics::counter!("messages_total", "node" => self.node, "topic" => topic, "outcome" => outcome).increment(1);
     }
 
-    /// Records what happened to `msg` on its order's timeline, and counts it.
-    async fn note(&self, conn: &mut SqliteConnection, msg: &Inbound, event: &'static str) -> sqlx::Result<()> {
+    /// Records what happened to `msg` on its order's timeline (written
+    /// with the batch), and counts it.
+    fn note(&self, pass: &mut Pass, msg: &Inbound, event: &'static str) {
         self.count(msg.topic.suffix(), event);
-        timeline::record(conn, &msg.order_id().to_string(), event, msg.topic.suffix(), &msg.message_id().to_string())
-            .await
+        pass.notes.push(timeline::Note {
+            order_id: msg.order_id(),
+            at_ms: now_ms(),
+            event,
+            topic: msg.topic.suffix(),
+            message_id: msg.message_id(),
+        });
     }
 
     /// Consumes `bus` deliveries until `shutdown`; a batch already taken is
@@ -251,60 +257,76 @@ impl<H: Handler> Consumer<H> {
     /// Applies `(topic, payload)` messages in one transaction, exactly as
     /// deliveries from the bus are (the consumer loop acks after this
     /// returns). Public so tests can drive the real handlers with a fake bus.
+    ///
+    /// The batch's inbox rows, outbox events and timeline notes are each
+    /// written with a few multi-row statements rather than one per message:
+    /// every statement is a round trip to sqlx's database thread, and the
+    /// writer connection is the node's one serial resource.
     pub async fn apply(&self, batch: &[(&str, &Bytes)]) -> Result<StatsSnapshot, sqlx::Error> {
-        let mut tally = StatsSnapshot::default();
+        let mut pass = Pass::default();
         let mut tx = self.db.begin().await?;
+        let mut msgs = Vec::with_capacity(batch.len());
         for &(topic, payload) in batch {
-            tally.received += 1;
+            pass.tally.received += 1;
             self.count(topic, "received");
             let decoded = match Topic::from_path(&self.prefix, topic) {
                 Some(t) => Inbound::decode(t, payload.clone()),
                 None => Err(Poison(format!("no handler for topic {topic}"))),
             };
-            let msg = match decoded {
-                Ok(msg) => msg,
+            match decoded {
+                Ok(msg) => msgs.push(msg),
                 Err(poison) => {
                     tracing::warn!(%topic, bytes = payload.len(), reason = %poison, "dead-lettering a malformed message");
                     dead_letter::record(&mut tx, topic, None, None, payload, &poison.0).await?;
                     self.count(topic, "dead_lettered");
-                    tally.dead_lettered += 1;
-                    continue;
+                    pass.tally.dead_lettered += 1;
                 }
-            };
-            let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
-            let span = tracing::info_span!(
-                "message",
-                topic = msg.topic.suffix(),
-                message_id = %msg.message_id(),
-                order_id = %msg.order_id(),
-                trace_id = trace::trace_id(traceparent.as_deref()),
-            );
-            let work = async {
-                if !inbox::record(&mut tx, &msg).await? {
-                    tracing::debug!("duplicate message dropped");
-                    self.note(&mut tx, &msg, "deduplicated").await?;
-                    tally.deduplicated += 1;
-                    return Ok(());
-                }
-                match self.apply_one(&mut tx, &msg, &mut tally).await? {
-                    Applied::Yes => self.unpark(&mut tx, msg.order_id(), &mut tally).await,
-                    Applied::No => Ok(()),
-                }
-            };
-            trace::scope(traceparent, work.instrument(span)).await?;
+            }
         }
+        let mut fresh = inbox::record_all(&mut tx, &msgs).await?;
+        let (applied, events) = outbox::collect(async {
+            for msg in &msgs {
+                let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
+                let span = tracing::info_span!(
+                    "message",
+                    topic = msg.topic.suffix(),
+                    message_id = %msg.message_id(),
+                    order_id = %msg.order_id(),
+                    trace_id = trace::trace_id(traceparent.as_deref()),
+                );
+                let work = async {
+                    // The first copy of a new id takes it out of `fresh`.
+                    if !fresh.remove(&msg.message_id()) {
+                        tracing::debug!("duplicate message dropped");
+                        self.note(&mut pass, msg, "deduplicated");
+                        pass.tally.deduplicated += 1;
+                        return Ok(());
+                    }
+                    match self.apply_one(&mut tx, msg, &mut pass).await? {
+                        Applied::Yes => self.unpark(&mut tx, msg.order_id(), &mut pass).await,
+                        Applied::No => Ok(()),
+                    }
+                };
+                trace::scope(traceparent, work.instrument(span)).await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        })
+        .await;
+        applied?;
+        outbox::write_all(&mut tx, events).await?;
+        timeline::record_all(&mut tx, &pass.notes).await?;
         crate::crash_point!("consumer::before_commit");
         tx.commit().await?;
-        self.stats.add(&tally);
-        Ok(tally)
+        self.stats.add(&pass.tally);
+        Ok(pass.tally)
     }
 
-    /// Runs the handler in a savepoint; parks or dead-letters per outcome.
+    /// Runs the handler; parks or dead-letters per outcome.
     async fn apply_one(
         &self,
         conn: &mut SqliteConnection,
         msg: &Inbound,
-        tally: &mut StatsSnapshot,
+        pass: &mut Pass,
     ) -> Result<Applied, sqlx::Error> {
         let before = if cfg!(debug_assertions) { Some(total_changes(conn).await?) } else { None };
         let outcome = self.handler.handle(conn, msg).await;
@@ -316,22 +338,22 @@ impl<H: Handler> Consumer<H> {
         }
         match outcome {
             Ok(Outcome::Applied) => {
-                self.note(conn, msg, "applied").await?;
-                tally.applied += 1;
+                self.note(pass, msg, "applied");
+                pass.tally.applied += 1;
                 Ok(Applied::Yes)
             }
             Ok(Outcome::Ignored(why)) => {
                 tracing::debug!(why, "message ignored");
-                self.note(conn, msg, "ignored").await?;
-                tally.ignored += 1;
+                self.note(pass, msg, "ignored");
+                pass.tally.ignored += 1;
                 Ok(Applied::No)
             }
             Ok(Outcome::Park(reason)) => {
                 tracing::info!(%reason, "message parked");
                 self.maybe_parked.store(true, Ordering::SeqCst);
                 parking::park(conn, msg, &reason, self.policy.retry_ms).await?;
-                self.note(conn, msg, "parked").await?;
-                tally.parked += 1;
+                self.note(pass, msg, "parked");
+                pass.tally.parked += 1;
                 Ok(Applied::No)
             }
             Err(HandleError::Poison(p)) => {
@@ -346,8 +368,8 @@ impl<H: Handler> Consumer<H> {
                     &p.0,
                 )
                 .await?;
-                self.note(conn, msg, "dead_lettered").await?;
-                tally.dead_lettered += 1;
+                self.note(pass, msg, "dead_lettered");
+                pass.tally.dead_lettered += 1;
                 Ok(Applied::No)
             }
             Err(HandleError::Db(e)) => Err(e),
@@ -356,27 +378,17 @@ impl<H: Handler> Consumer<H> {
 
     /// After a message for `order_id` was applied, retries what was parked
     /// waiting for it.
-    async fn unpark(
-        &self,
-        conn: &mut SqliteConnection,
-        order_id: OrderId,
-        tally: &mut StatsSnapshot,
-    ) -> sqlx::Result<()> {
+    async fn unpark(&self, conn: &mut SqliteConnection, order_id: OrderId, pass: &mut Pass) -> sqlx::Result<()> {
         if !self.maybe_parked.load(Ordering::SeqCst) {
             return Ok(());
         }
         for p in parking::for_order(conn, &order_id.to_string()).await? {
-            self.retry_parked(conn, p, tally).await?;
+            self.retry_parked(conn, p, pass).await?;
         }
         Ok(())
     }
 
-    async fn retry_parked(
-        &self,
-        conn: &mut SqliteConnection,
-        mut p: Parked,
-        tally: &mut StatsSnapshot,
-    ) -> sqlx::Result<()> {
+    async fn retry_parked(&self, conn: &mut SqliteConnection, mut p: Parked, pass: &mut Pass) -> sqlx::Result<()> {
         let msg = Topic::ALL
             .into_iter()
             .find(|t| t.suffix() == p.topic)
@@ -390,7 +402,7 @@ impl<H: Handler> Consumer<H> {
                 parking::remove(conn, &p.message_id).await?;
                 dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
                     .await?;
-                tally.dead_lettered += 1;
+                pass.tally.dead_lettered += 1;
                 return Ok(());
             }
         };
@@ -406,8 +418,8 @@ impl<H: Handler> Consumer<H> {
             let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
             tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
             dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason).await?;
-            self.note(conn, &msg, "dead_lettered").await?;
-            tally.dead_lettered += 1;
+            self.note(pass, &msg, "dead_lettered");
+            pass.tally.dead_lettered += 1;
             return Ok(());
         }
         let mut sp = conn.begin().await?;
@@ -421,8 +433,8 @@ impl<H: Handler> Consumer<H> {
                 sp.commit().await?;
                 parking::remove(conn, &p.message_id).await?;
                 tracing::info!(message_id = %p.message_id, order_id = %p.order_id, "parked message applied");
-                self.note(conn, &msg, "unparked").await?;
-                tally.unparked += 1;
+                self.note(pass, &msg, "unparked");
+                pass.tally.unparked += 1;
             }
             Err(HandleError::Poison(poison)) => {
                 sp.rollback().await?;
@@ -430,7 +442,7 @@ impl<H: Handler> Consumer<H> {
                 inbox::forget(conn, &p.message_id).await?;
                 dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
                     .await?;
-                tally.dead_lettered += 1;
+                pass.tally.dead_lettered += 1;
             }
             Err(HandleError::Db(e)) => return Err(e),
         }
@@ -456,7 +468,7 @@ impl<H: Handler> Consumer<H> {
 impl<H: Handler> Consumer<H> {
     /// One pass of the parking timer.
     pub async fn retry_due_parked(&self) -> sqlx::Result<()> {
-        let mut tally = StatsSnapshot::default();
+        let mut pass = Pass::default();
         let mut tx = self.db.begin().await?;
         let due = parking::due(&mut tx, 100).await?;
         if due.is_empty() {
@@ -466,10 +478,11 @@ impl<H: Handler> Consumer<H> {
             return Ok(());
         }
         for p in due {
-            self.retry_parked(&mut tx, p, &mut tally).await?;
+            self.retry_parked(&mut tx, p, &mut pass).await?;
         }
+        timeline::record_all(&mut tx, &pass.notes).await?;
         tx.commit().await?;
-        self.stats.add(&tally);
+        self.stats.add(&pass.tally);
         self.wakeup.wake();
         Ok(())
     }
@@ -478,6 +491,14 @@ impl<H: Handler> Consumer<H> {
 /// Rows changed on this connection so far (SQLite's `total_changes()`).
 async fn total_changes(conn: &mut SqliteConnection) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT total_changes()").fetch_one(conn).await
+}
+
+/// What one transaction did: counts, and timeline notes to write before
+/// its commit.
+#[derive(Default)]
+struct Pass {
+    tally: StatsSnapshot,
+    notes: Vec<timeline::Note>,
 }
 
 enum Applied {

@@ -119,6 +119,17 @@ impl Db {
     }
 }
 
+/// Most rows one multi-row `INSERT` writes. Batches are written in chunks
+/// of this many rows (and one shorter remainder), so sqlx's statement cache
+/// holds at most this many variants of each statement.
+pub const INSERT_CHUNK: usize = 16;
+
+/// `{head} VALUES (?, …), … {tail}`: `rows` rows of `cols` placeholders.
+pub fn values_sql(head: &str, cols: usize, rows: usize, tail: &str) -> String {
+    let row = format!("({})", vec!["?"; cols].join(", "));
+    format!("{head} VALUES {} {tail}", vec![row; rows].join(", "))
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

@@ -1,24 +1,43 @@
 //! Inbox: remembers every applied `message_id` in the same transaction as
 //! its effect, so a second copy of a message is a no-op.
 
+use std::collections::HashSet;
+
 use sqlx::SqliteConnection;
 
-use crate::db::now_ms;
+use crate::db::{now_ms, values_sql, INSERT_CHUNK};
+use crate::ids::MessageId;
 use crate::message::Inbound;
 
-/// Records the message; returns `false` if it was seen before (a duplicate).
-pub async fn record(conn: &mut SqliteConnection, msg: &Inbound) -> sqlx::Result<bool> {
-    let result = sqlx::query(
-        "INSERT INTO inbox (message_id, topic, order_id, received_at) VALUES (?, ?, ?, ?)
-         ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(msg.message_id().to_string())
-    .bind(msg.topic.suffix())
-    .bind(msg.order_id().to_string())
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
+/// Records every message of a batch in one statement per chunk; returns
+/// the ids that were new. An id that was seen before, or that comes twice
+/// in `msgs`, is recorded once: its first copy is the one to apply.
+pub async fn record_all(conn: &mut SqliteConnection, msgs: &[Inbound]) -> sqlx::Result<HashSet<MessageId>> {
+    let mut fresh = HashSet::with_capacity(msgs.len());
+    let now = now_ms();
+    for chunk in msgs.chunks(INSERT_CHUNK) {
+        let sql = values_sql(
+            "INSERT INTO inbox (message_id, topic, order_id, received_at)",
+            4,
+            chunk.len(),
+            "ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for msg in chunk {
+            q = q
+                .bind(msg.message_id().to_string())
+                .bind(msg.topic.suffix())
+                .bind(msg.order_id().to_string())
+                .bind(now);
+        }
+        for id in q.fetch_all(&mut *conn).await? {
+            // Written from a parsed MessageId just above.
+            if let Ok(id) = uuid::Uuid::parse_str(&id) {
+                fresh.insert(MessageId(id));
+            }
+        }
+    }
+    Ok(fresh)
 }
 
 /// Forgets ids older than `keep_ms`. A duplicate arriving after that is

@@ -3,6 +3,8 @@
 //! publishes it after commit, marking it sent only on the broker's PUBACK.
 //! Unsent events are republished after every reconnect and on start.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
-use crate::db::{now_ms, Db};
+use crate::db::{now_ms, values_sql, Db, INSERT_CHUNK};
 use crate::ids::OrderId;
 use crate::message::Envelope;
 use crate::topics::Topic;
@@ -26,7 +28,26 @@ const BATCH: i64 = 50;
 /// Sent events are kept this long (for operators), then deleted.
 const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
 
+tokio::task_local! {
+    /// Events enqueued inside [`collect`], written by [`write_all`] later in
+    /// the same transaction.
+    static PENDING: RefCell<Vec<Pending>>;
+}
+
+/// An event enqueued but not yet inserted.
+#[derive(Debug)]
+pub struct Pending {
+    message_id: String,
+    topic: &'static str,
+    order_id: String,
+    payload: Vec<u8>,
+    created_at: i64,
+}
+
 /// Writes `body` as a new message on `topic` in the caller's transaction.
+/// Inside [`collect`] (the consumer's batch) the row is held and written
+/// with the batch's other events in one statement before the commit;
+/// elsewhere it is inserted at once.
 pub async fn enqueue<B: Serialize>(
     conn: &mut SqliteConnection,
     topic: Topic,
@@ -34,14 +55,38 @@ pub async fn enqueue<B: Serialize>(
     body: B,
 ) -> sqlx::Result<()> {
     let envelope = Envelope::new(topic, order_id, body).with_traceparent(crate::trace::current());
-    sqlx::query("INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)")
-        .bind(envelope.message_id.to_string())
-        .bind(topic.suffix())
-        .bind(order_id.to_string())
-        .bind(envelope.to_json())
-        .bind(now_ms())
-        .execute(conn)
-        .await?;
+    let mut row = Some(Pending {
+        message_id: envelope.message_id.to_string(),
+        topic: topic.suffix(),
+        order_id: order_id.to_string(),
+        payload: envelope.to_json(),
+        created_at: now_ms(),
+    });
+    let _ = PENDING.try_with(|p| p.borrow_mut().extend(row.take()));
+    match row {
+        Some(row) => write_all(conn, vec![row]).await,
+        None => Ok(()),
+    }
+}
+
+/// Runs `fut`, holding back the events it enqueues; returns its output and
+/// those events, for [`write_all`] in the same transaction. A caller that
+/// drops them loses events: the consumer writes them before it commits.
+pub async fn collect<F: Future>(fut: F) -> (F::Output, Vec<Pending>) {
+    PENDING.scope(RefCell::new(Vec::new()), async { (fut.await, PENDING.with(|p| p.take())) }).await
+}
+
+/// Inserts events, in order, one statement per chunk.
+pub async fn write_all(conn: &mut SqliteConnection, rows: Vec<Pending>) -> sqlx::Result<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let sql =
+            values_sql("INSERT INTO outbox (message_id, topic, order_id, payload, created_at)", 5, chunk.len(), "");
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q.bind(&r.message_id).bind(r.topic).bind(&r.order_id).bind(&r.payload).bind(r.created_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use crate::db::now_ms;
+use crate::db::{now_ms, values_sql, INSERT_CHUNK};
+use crate::ids::{MessageId, OrderId};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS timeline (
@@ -20,21 +21,26 @@ CREATE TABLE IF NOT EXISTS timeline (
 CREATE INDEX IF NOT EXISTS timeline_by_order ON timeline(order_id, id);
 "#;
 
-pub async fn record(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-    event: &str,
-    topic: &str,
-    message_id: &str,
-) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO timeline (order_id, at, event, topic, message_id) VALUES (?, ?, ?, ?, ?)")
-        .bind(order_id)
-        .bind(now_ms())
-        .bind(event)
-        .bind(topic)
-        .bind(message_id)
-        .execute(conn)
-        .await?;
+/// What the consumer did with one message, kept until the batch commits.
+#[derive(Debug, Clone, Copy)]
+pub struct Note {
+    pub order_id: OrderId,
+    pub at_ms: i64,
+    pub event: &'static str,
+    pub topic: &'static str,
+    pub message_id: MessageId,
+}
+
+/// Writes a batch's notes, one statement per chunk.
+pub async fn record_all(conn: &mut SqliteConnection, notes: &[Note]) -> sqlx::Result<()> {
+    for chunk in notes.chunks(INSERT_CHUNK) {
+        let sql = values_sql("INSERT INTO timeline (order_id, at, event, topic, message_id)", 5, chunk.len(), "");
+        let mut q = sqlx::query(&sql);
+        for n in chunk {
+            q = q.bind(n.order_id.to_string()).bind(n.at_ms).bind(n.event).bind(n.topic).bind(n.message_id.to_string());
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
