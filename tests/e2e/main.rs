@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod helpers;
 mod model;
+mod tls;
 mod tools;
 
 use helpers::*;
