@@ -235,24 +235,40 @@ async fn main() -> anyhow::Result<()> {
                     _ => None,
                 })
                 .context("can't tell the node from the file name; pass --node")?;
+            // Besides the keys, the files a node loads at start (TLS) and
+            // the OTLP endpoint, so a bad one is named here too.
+            use shared::tls::{bus_transport, load_certs, server_config};
             let shown = match node {
                 NodeKind::Broker => {
-                    format!("{:#?}", shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?)
+                    let cfg = shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?;
+                    server_config("tls", &cfg.tls)?;
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
                 NodeKind::Inventory => {
-                    format!(
-                        "{:#?}",
-                        shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?
-                    )
+                    let cfg = shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?;
+                    server_config("tls", &cfg.tls)?;
+                    bus_transport(&cfg.bus)?;
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
                 NodeKind::Order => {
-                    format!("{:#?}", shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?)
+                    let cfg = shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?;
+                    server_config("tls", &cfg.tls)?;
+                    bus_transport(&cfg.bus)?;
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
                 NodeKind::Front => {
-                    format!(
-                        "{:#?}",
-                        shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?
-                    )
+                    let cfg =
+                        shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?;
+                    server_config("tls", &cfg.tls)?;
+                    bus_transport(&cfg.bus)?;
+                    if let Some(ca) = &cfg.downstream_ca_path {
+                        load_certs("downstream_ca_path", ca)?;
+                    }
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
             };
             println!("{shown}");

@@ -90,15 +90,34 @@ pub fn init(service: &str, cfg: &LogConfig) -> anyhow::Result<Telemetry> {
     Ok(Telemetry { provider })
 }
 
+/// Checks `log.otlp_endpoint` as [`init`] would, without installing
+/// anything (for `webshop config check`).
+pub fn check(cfg: &LogConfig) -> anyhow::Result<()> {
+    match cfg.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        Some(url) => check_endpoint(url),
+        None => Ok(()),
+    }
+}
+
+fn check_endpoint(url: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        bail!("log.otlp_endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:4318 (got `{url}`)");
+    }
+    traces_url(url).parse::<axum::http::Uri>().map_err(|e| anyhow::anyhow!("log.otlp_endpoint `{url}`: {e}"))?;
+    Ok(())
+}
+
+/// Same rule as `OTEL_EXPORTER_OTLP_ENDPOINT`: a base URL, the signal's
+/// path appended.
+fn traces_url(base: &str) -> String {
+    format!("{}/v1/traces", base.trim_end_matches('/'))
+}
+
 fn build_provider(service: &str, endpoint: Option<&str>) -> anyhow::Result<SdkTracerProvider> {
     let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary);
     if let Some(url) = endpoint {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            bail!("log.otlp_endpoint must be an http:// or https:// URL, e.g. http://127.0.0.1:4318 (got `{url}`)");
-        }
-        // Same rule as OTEL_EXPORTER_OTLP_ENDPOINT: a base URL, the signal's
-        // path appended.
-        exporter = exporter.with_endpoint(format!("{}/v1/traces", url.trim_end_matches('/')));
+        check_endpoint(url)?;
+        exporter = exporter.with_endpoint(traces_url(url));
     }
     let exporter = exporter.build().map_err(|e| match endpoint {
         Some(url) => anyhow::anyhow!("log.otlp_endpoint `{url}`: {e}"),
