@@ -67,27 +67,29 @@ pub fn init(service: &str, cfg: &LogConfig) -> anyhow::Result<Telemetry> {
     let from_env = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-    let provider = if endpoint.is_some() || from_env { Some(build_provider(service, endpoint)?) } else { None };
-
-    let otel = provider.as_ref().map(|p| {
-        let targets = Targets::new().with_targets(EXPORTED_TARGETS.map(|t| (t, LevelFilter::INFO)));
-        tracing_opentelemetry::layer().with_tracer(p.tracer("webshop")).with_filter(targets)
-    });
+    if endpoint.is_none() && !from_env {
+        // Without export, the plain subscriber with one global filter:
+        // callsites the filter rejects cost nothing.
+        let builder = fmt().with_env_filter(filter).with_target(true);
+        let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
+        return Ok(Telemetry { provider: None });
+    }
+    let provider = build_provider(service, endpoint)?;
+    // With export, each layer filters for itself: the log keeps its filter,
+    // the export takes our crates' spans at `info` whatever the log says.
+    let targets = Targets::new().with_targets(EXPORTED_TARGETS.map(|t| (t, LevelFilter::INFO)));
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("webshop")).with_filter(targets);
     let logs = fmt::layer().with_target(true);
     let logs =
         if cfg.format == "json" { logs.json().with_filter(filter).boxed() } else { logs.with_filter(filter).boxed() };
     if tracing_subscriber::registry().with(otel).with(logs).try_init().is_err() {
         // Already initialised in this process: that subscriber stays.
-        if let Some(p) = provider {
-            let _ = p.shutdown();
-        }
+        let _ = provider.shutdown();
         return Ok(Telemetry { provider: None });
     }
-    if provider.is_some() {
-        EXPORTING.store(true, Ordering::Relaxed);
-        tracing::info!(endpoint = endpoint.unwrap_or("from OTEL_EXPORTER_OTLP_*"), "exporting spans over OTLP/HTTP");
-    }
-    Ok(Telemetry { provider })
+    EXPORTING.store(true, Ordering::Relaxed);
+    tracing::info!(endpoint = endpoint.unwrap_or("from OTEL_EXPORTER_OTLP_*"), "exporting spans over OTLP/HTTP");
+    Ok(Telemetry { provider: Some(provider) })
 }
 
 /// Checks `log.otlp_endpoint` as [`init`] would, without installing
