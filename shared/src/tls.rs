@@ -63,7 +63,8 @@ pub fn server_config(section: &str, cfg: &TlsConfig) -> anyhow::Result<Option<Ar
                 key_path.display()
             )
         })?;
-    // HTTP/1.1 only: the nodes' HTTP server runs hyper's HTTP/1 side.
+    // HTTP/1.1 only: the header-read timeout (slowloris) is set on hyper's
+    // HTTP/1 side, and a client offered h2 would get around it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
 }
