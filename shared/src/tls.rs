@@ -63,8 +63,9 @@ pub fn server_config(section: &str, cfg: &TlsConfig) -> anyhow::Result<Option<Ar
                 key_path.display()
             )
         })?;
-    // HTTP/1.1 only: the header-read timeout (slowloris) is set on hyper's
-    // HTTP/1 side, and a client offered h2 would get around it.
+    // ALPN offers http/1.1 only, the protocol the server is tuned for (the
+    // header-read timeout is an HTTP/1 setting). As over plain TCP, hyper's
+    // auto builder still takes HTTP/2 from a client that starts with it.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
 }
