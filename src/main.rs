@@ -53,6 +53,10 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// For https:// node URLs: trust only the CAs in this PEM file
+        /// (default: the system's root certificates).
+        #[arg(long, value_name = "FILE")]
+        ca_path: Option<PathBuf>,
     },
     /// Publish a message (a file, or stdin) to a topic N times.
     Inject {
@@ -193,6 +197,10 @@ struct Up {
     /// Log filter (`RUST_LOG` wins).
     #[arg(long, default_value = "info,rumqttd=warn")]
     log: String,
+    /// Export spans to this OTLP/HTTP collector (base URL, e.g.
+    /// http://127.0.0.1:4318); `OTEL_EXPORTER_OTLP_ENDPOINT` works too.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
@@ -227,32 +235,53 @@ async fn main() -> anyhow::Result<()> {
                     _ => None,
                 })
                 .context("can't tell the node from the file name; pass --node")?;
+            // Besides the keys, the files a node loads at start (TLS) and
+            // the OTLP endpoint, so a bad one is named here too.
+            use shared::tls::{bus_transport, load_certs, server_config};
             let shown = match node {
                 NodeKind::Broker => {
-                    format!("{:#?}", shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?)
+                    let cfg = shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?;
+                    server_config("tls", &cfg.tls)?;
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
                 NodeKind::Inventory => {
-                    format!(
-                        "{:#?}",
-                        shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?
-                    )
+                    let cfg = shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?;
+                    server_config("tls", &cfg.tls)?;
+                    bus_transport(&cfg.bus)?;
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
                 NodeKind::Order => {
-                    format!("{:#?}", shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?)
+                    let cfg = shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?;
+                    server_config("tls", &cfg.tls)?;
+                    bus_transport(&cfg.bus)?;
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
                 NodeKind::Front => {
-                    format!(
-                        "{:#?}",
-                        shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?
-                    )
+                    let cfg =
+                        shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?;
+                    server_config("tls", &cfg.tls)?;
+                    bus_transport(&cfg.bus)?;
+                    if let Some(ca) = &cfg.downstream_ca_path {
+                        load_certs("downstream_ca_path", ca)?;
+                    }
+                    shared::telemetry::check(&cfg.log)?;
+                    format!("{cfg:#?}")
                 }
             };
             println!("{shown}");
             println!("ok: {} is a valid configuration", file.display());
             Ok(())
         }
-        Command::Audit { inventory_url, order_url, horizon_secs, json } => {
-            let down = public_front::downstream::Downstream::new(&inventory_url, &order_url, Duration::from_secs(30))?;
+        Command::Audit { inventory_url, order_url, horizon_secs, json, ca_path } => {
+            let down = public_front::downstream::Downstream::with_ca_path(
+                &inventory_url,
+                &order_url,
+                Duration::from_secs(30),
+                ca_path.as_deref(),
+            )?;
             let report = public_front::audit::run(&down, shared::config::secs(horizon_secs))
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
@@ -301,7 +330,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chaos { listen, upstream, duplicate, delay, max_delay_ms, reorder, cut, seed } => {
-            shared::telemetry::init(&Default::default());
+            let _telemetry = shared::telemetry::init("webshop-chaos", &Default::default())?;
             let faults = webshop::tools::chaos::Faults {
                 duplicate,
                 delay,
@@ -363,8 +392,14 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run_up(up: Up) -> anyhow::Result<()> {
-    let log = shared::config::LogConfig { filter: up.log.clone(), ..Default::default() };
-    shared::telemetry::init(&log);
+    let log = shared::config::LogConfig {
+        filter: up.log.clone(),
+        otlp_endpoint: up.otlp_endpoint.clone(),
+        ..Default::default()
+    };
+    // One subscriber and one exporter for all three nodes; spans tell the
+    // nodes apart by their `node` attribute. Dropped at the end: flushes.
+    let _telemetry = shared::telemetry::init("webshop", &log)?;
     let (broker_host, broker_port) = match &up.external_broker {
         Some(addr) => {
             let (h, p) = addr.rsplit_once(':').context("--external-broker must be host:port")?;

@@ -19,9 +19,11 @@
 //! # Security
 //!
 //! With an empty `users` map any client may connect, so [`spawn`] refuses to
-//! listen on a non-loopback address unless `users` is set. There is no TLS:
-//! on an untrusted network put the broker behind a TLS-terminating proxy or
-//! a private network.
+//! listen on a non-loopback address unless `users` is set (TLS encrypts but
+//! doesn't tell clients apart, so it doesn't lift that rule). With
+//! `tls.cert_path` and `tls.key_path` the broker speaks MQTT over TLS on
+//! `listen` (see [`tls`] for how, and why not rumqttd's own TLS); clients
+//! are not asked for certificates.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -31,6 +33,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+
+pub mod tls;
 
 /// How long [`spawn`] waits for the broker to accept connections.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(5);
@@ -62,6 +66,9 @@ pub struct BrokerConfig {
     /// `127.0.0.1:9042`. Under `webshop up` these series appear on every
     /// node's `/metrics` instead (one process, one registry).
     pub metrics_listen: SocketAddr,
+    /// MQTT over TLS on `listen`: `cert_path` and `key_path` (PEM). Default
+    /// unset: plain MQTT.
+    pub tls: shared::config::TlsConfig,
     /// Log output of the `broker` binary.
     pub log: shared::config::LogConfig,
 }
@@ -74,6 +81,7 @@ impl Default for BrokerConfig {
             max_inflight: 100,
             users: HashMap::new(),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9042),
+            tls: shared::config::TlsConfig::default(),
             log: shared::config::LogConfig::default(),
         }
     }
@@ -90,6 +98,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("max_inflight", &self.max_inflight)
             .field("users", &users)
             .field("metrics_listen", &self.metrics_listen)
+            .field("tls", &self.tls)
             .field("log", &self.log)
             .finish()
     }
@@ -127,8 +136,9 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The `rumqttd` configuration: one MQTT 3.1.1 (v4) TCP listener.
-    fn to_rumqttd(&self) -> rumqttd::Config {
+    /// The `rumqttd` configuration: one MQTT 3.1.1 (v4) TCP listener on
+    /// `listen` (behind the TLS listener, a loopback port).
+    fn to_rumqttd(&self, listen: SocketAddr) -> rumqttd::Config {
         let router = rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 200,
@@ -146,7 +156,7 @@ impl BrokerConfig {
         };
         let server = rumqttd::ServerSettings {
             name: "mqtt-v4".into(),
-            listen: self.listen,
+            listen,
             tls: None,
             next_connection_delay_ms: 1,
             connections,
@@ -172,13 +182,15 @@ impl BrokerConfig {
 }
 
 /// Starts rumqttd on its own thread and returns once `listen` accepts TCP
-/// connections and answers an MQTT CONNECT (polled for up to 5 s).
+/// connections and answers an MQTT CONNECT (polled for up to 5 s). With
+/// TLS configured, rumqttd listens on a free loopback port and `listen`
+/// is the TLS listener in front of it.
 ///
 /// Fails when the configuration is unsafe or invalid (a non-loopback
-/// `listen` address needs `users`), when `listen` cannot be bound (e.g.
-/// already in use), or when the broker thread dies or the deadline passes
-/// before it is ready. Pass a concrete port: port 0 would bind but the chosen
-/// port cannot be read back.
+/// `listen` address needs `users`; unreadable TLS files), when `listen`
+/// cannot be bound (e.g. already in use), or when the broker thread dies or
+/// the deadline passes before it is ready. Pass a concrete port: port 0
+/// would bind but the chosen port cannot be read back.
 ///
 /// The broker runs until the process exits; there is no way to stop it.
 pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
@@ -186,16 +198,29 @@ pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
     if cfg.listen.port() == 0 {
         bail!("broker config: listen needs a concrete port, not 0");
     }
+    let tls = shared::tls::server_config("tls", &cfg.tls)?;
     // rumqttd binds on its own thread and only logs a bind failure; binding
     // here first turns "address in use" into an error for the caller and
     // keeps the readiness probe from talking to some other process.
-    drop(
-        TcpListener::bind(cfg.listen)
-            .with_context(|| format!("MQTT broker cannot listen on {} (already in use?)", cfg.listen))?,
-    );
+    let public = TcpListener::bind(cfg.listen)
+        .with_context(|| format!("MQTT broker cannot listen on {} (already in use?)", cfg.listen))?;
+    let (listen, tls_front) = match tls {
+        None => {
+            drop(public);
+            (cfg.listen, None)
+        }
+        Some(tls) => {
+            // The TLS listener keeps `listen`; rumqttd gets a free loopback
+            // port (free a moment ago: the probe below checks it is ours).
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .context("no free loopback port for the broker behind TLS")?
+                .port();
+            (SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port), Some((public, tls)))
+        }
+    };
 
-    let config = cfg.to_rumqttd();
-    let listen = cfg.listen;
+    let config = cfg.to_rumqttd(listen);
     let thread: JoinHandle<Result<(), String>> = std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {
@@ -225,7 +250,12 @@ pub fn spawn(cfg: &BrokerConfig) -> anyhow::Result<()> {
         }
         let last_error = match probe(probe_addr, credentials, deadline) {
             Ok(()) => {
-                tracing::info!(%listen, "MQTT broker ready");
+                if let Some((public, tls)) = tls_front {
+                    tls::spawn(public, tls, listen)?;
+                    tracing::info!(listen = %cfg.listen, behind = %listen, "MQTT broker ready (TLS)");
+                } else {
+                    tracing::info!(%listen, "MQTT broker ready");
+                }
                 return Ok(());
             }
             Err(e) => e,
@@ -343,10 +373,11 @@ fn export_meters(broker: &rumqttd::Broker) {
 /// start the broker, and run until SIGTERM/Ctrl-C.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     let cfg: BrokerConfig = shared::config::load(file, "WEBSHOP_BROKER__")?;
-    shared::telemetry::init(&cfg.log);
+    let telemetry = shared::telemetry::init("broker", &cfg.log)?;
     tracing::info!(config = ?cfg, ?file, "starting MQTT broker");
     spawn(&cfg)?;
-    println!("broker listening on mqtt://{}", cfg.listen);
+    let scheme = if cfg.tls.is_enabled() { "mqtts" } else { "mqtt" };
+    println!("broker listening on {scheme}://{}", cfg.listen);
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
         .await
         .with_context(|| format!("metrics_listen: cannot listen on {}", cfg.metrics_listen))?;
@@ -356,8 +387,10 @@ pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { shared::metrics::render() }))
         .route("/healthz", axum::routing::get(|| async { "ok" }));
-    shared::http::serve(metrics_listener, router, token.clone()).await?;
+    shared::http::serve(metrics_listener, router, None, token.clone()).await?;
     tracing::info!("signal received, exiting");
+    // `exit` runs no destructors: flush the spans first.
+    drop(telemetry);
     // rumqttd has no shutdown; its threads end with the process.
     std::process::exit(0);
 }
@@ -453,6 +486,61 @@ mod tests {
             .expect("timed out waiting for the broker to refuse the login");
             assert!(outcome.is_err(), "login {login:?} accepted: {outcome:?}");
         }
+    }
+
+    /// MQTT over TLS works, a client that connects and stays silent holds
+    /// up no one (it would with rumqttd's own TLS), and plain MQTT on the
+    /// TLS port gets nowhere.
+    #[tokio::test]
+    async fn tls_listener() {
+        let pki = shared::test_pki::TestPki::generate();
+        let cfg = BrokerConfig {
+            tls: shared::config::TlsConfig { cert_path: Some(pki.cert.clone()), key_path: Some(pki.key.clone()) },
+            ..local_config()
+        };
+        spawn(&cfg).unwrap();
+        let _silent = tokio::net::TcpStream::connect(cfg.listen).await.unwrap();
+
+        let (tls_client, mut eventloop) = client(&cfg, "broker-test-tls", None);
+        let bus = shared::config::BusConfig { ca_path: Some(pki.ca.clone()), ..Default::default() };
+        eventloop.mqtt_options.set_transport(shared::tls::bus_transport(&bus).unwrap());
+        wait_for(&mut eventloop, "CONNACK over TLS", |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
+        tls_client.subscribe("webshop/tls/#", QoS::AtLeastOnce).await.unwrap();
+        wait_for(&mut eventloop, "SUBACK", |p| matches!(p, Packet::SubAck(_)).then_some(())).await;
+        tls_client.publish("webshop/tls/hello", QoS::AtLeastOnce, false, b"over tls".to_vec()).await.unwrap();
+        let publish = wait_for(&mut eventloop, "PUBLISH", |p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&publish.payload[..], b"over tls");
+
+        let (_plain, mut eventloop) = client(&cfg, "broker-test-plain", None);
+        let outcome = tokio::time::timeout(TEST_DEADLINE, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .expect("timed out waiting for the TLS port to drop a plain client");
+        assert!(outcome.is_err(), "plain MQTT accepted on the TLS port: {outcome:?}");
+    }
+
+    #[test]
+    fn bad_tls_files_fail_the_start_naming_the_key() {
+        let cfg = BrokerConfig {
+            tls: shared::config::TlsConfig {
+                cert_path: Some("/nonexistent/cert.pem".into()),
+                key_path: Some("/nonexistent/key.pem".into()),
+            },
+            ..local_config()
+        };
+        let err = format!("{:#}", spawn(&cfg).unwrap_err());
+        assert!(err.contains("tls.cert_path") && err.contains("/nonexistent/cert.pem"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ impl App {
     /// Opens the database (seeding the catalog on first start), connects to
     /// the bus and binds the HTTP listener.
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        // Bad TLS files stop the node before it touches anything.
+        let tls = shared::tls::acceptor("tls", &cfg.tls)?;
         let db = Db::open(&cfg.db, store::SCHEMA).await?;
         let catalog = match &cfg.catalog {
             Some(path) => {
@@ -64,11 +66,11 @@ impl App {
         };
         // Inventory never parks: everything it receives can be decided.
         let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
-        let node = Node::start("inventory", db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks)
+        let node = Node::start("inventory", db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks)?
             .with_admin_token(cfg.admin_token.clone())
             .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         let router = http::router(node.clone());
-        Ok(App(Service::new(listener, node, router, tasks, shutdown)))
+        Ok(App(Service::new(listener, tls, node, router, tasks, shutdown)))
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
@@ -79,6 +81,7 @@ impl App {
 /// What the binary does: load the config, serve until a signal, drain.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     shared::node::main_with_config(
+        "inventory",
         file,
         config::ENV_PREFIX,
         |c: &Config| c.log.clone(),

@@ -4,13 +4,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use shared::config::{BusConfig, DbConfig, LogConfig, Secret};
+use shared::config::{BusConfig, DbConfig, LogConfig, Secret, TlsConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// HTTP listen address. Default `127.0.0.1:8082`; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// HTTPS for the listener: `cert_path` and `key_path` (PEM). Default
+    /// unset: plain HTTP.
+    pub tls: TlsConfig,
     pub bus: BusConfig,
     pub db: DbConfig,
     pub log: LogConfig,
@@ -31,6 +34,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
+            tls: TlsConfig::default(),
             bus: BusConfig { client_id: "webshop-order".into(), ..BusConfig::default() },
             db: DbConfig { path: PathBuf::from("data/order.db"), ..DbConfig::default() },
             log: LogConfig::default(),

@@ -38,6 +38,8 @@ impl std::ops::Deref for App {
 
 impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
+        // Bad TLS files stop the node before it touches anything.
+        let tls = shared::tls::acceptor("tls", &cfg.tls)?;
         let db = Db::open(&cfg.db, store::SCHEMA).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let follow_up_ms = (cfg.follow_up_secs * 1000.0).max(10.0) as i64;
@@ -51,12 +53,12 @@ impl App {
         let policy =
             ParkingPolicy { retry_ms: follow_up_ms.min(1000), horizon_ms: (cfg.parked_horizon_secs * 1000.0) as i64 };
         let handler = handlers::OrderHandler { follow_up_ms };
-        let node = Node::start("order", db, bus, handler, policy, &shutdown, &mut tasks)
+        let node = Node::start("order", db, bus, handler, policy, &shutdown, &mut tasks)?
             .with_admin_token(cfg.admin_token.clone())
             .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         tasks.spawn(follow_up::run(node.db.clone(), node.wakeup.clone(), follow_up_ms, shutdown.clone()));
         let router = http::router(node.clone());
-        Ok(App(Service::new(listener, node, router, tasks, shutdown)))
+        Ok(App(Service::new(listener, tls, node, router, tasks, shutdown)))
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
@@ -67,6 +69,7 @@ impl App {
 /// What the binary does: load the config, serve until a signal, drain.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     shared::node::main_with_config(
+        "order",
         file,
         config::ENV_PREFIX,
         |c: &Config| c.log.clone(),

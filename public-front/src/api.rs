@@ -244,14 +244,23 @@ fn accepted(order_id: OrderId, status: OrderStatus) -> Response {
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status })).into_response()
 }
 
-/// A W3C traceparent: the caller's, or a fresh one.
-fn traceparent(headers: &HeaderMap) -> String {
-    headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(shared::trace::parse)
-        .map(str::to_owned)
-        .unwrap_or_else(shared::trace::new_traceparent)
+/// The W3C traceparent for what a request publishes: the caller's, or a
+/// fresh one. With span export, `span` continues the caller's trace and
+/// is named as the parent.
+fn traceparent(headers: &HeaderMap, span: &tracing::Span) -> String {
+    let incoming =
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(shared::trace::parse).map(str::to_owned);
+    shared::trace::link(span, incoming).unwrap_or_else(shared::trace::new_traceparent)
+}
+
+/// A span for the request, when spans are exported. It needn't be entered:
+/// it starts in [`traceparent`] and ends when the handler drops it.
+fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
+    if shared::telemetry::exporting() {
+        tracing::info_span!("request", node = "public-front", %order_id, otel.name = name)
+    } else {
+        tracing::Span::none()
+    }
 }
 
 /// Place an order. Answered 202 once the order service has committed it
@@ -317,7 +326,9 @@ pub(crate) async fn place_order(
 
     // Register before publishing so the status event can't slip past.
     let mut waiting = s.waiters.register(order_id, None);
-    let envelope = Envelope::new(Topic::OrdersSend, order_id, send).with_traceparent(Some(traceparent(&headers)));
+    let span = request_span("public-front place order", order_id);
+    let envelope =
+        Envelope::new(Topic::OrdersSend, order_id, send).with_traceparent(Some(traceparent(&headers, &span)));
     publish(&s.bus, &Topic::OrdersSend.path(s.bus.prefix()), envelope.to_json()).await?;
 
     let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
@@ -446,8 +457,9 @@ pub(crate) async fn cancel_order(
         OrderStatus::Pending | OrderStatus::Confirmed => {}
     }
     let mut waiting = s.waiters.register(id, Some(OrderStatus::Cancelled));
-    let envelope =
-        Envelope::new(Topic::OrdersCancel, id, CancelOrder::default()).with_traceparent(Some(traceparent(&headers)));
+    let span = request_span("public-front cancel order", id);
+    let envelope = Envelope::new(Topic::OrdersCancel, id, CancelOrder::default())
+        .with_traceparent(Some(traceparent(&headers, &span)));
     publish(&s.bus, &Topic::OrdersCancel.path(s.bus.prefix()), envelope.to_json()).await?;
     let cancelled = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
         Ok(Some(_)) => true,

@@ -1,15 +1,19 @@
 //! public-front's configuration (`config/front.toml`, env `WEBSHOP_FRONT__*`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use shared::config::{BusConfig, LogConfig, Secret};
+use shared::config::{BusConfig, LogConfig, Secret, TlsConfig};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// HTTP listen address. Default `127.0.0.1:8080`; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// HTTPS for the listener: `cert_path` and `key_path` (PEM). Default
+    /// unset: plain HTTP.
+    pub tls: TlsConfig,
     /// The bus. An empty `client_id` (default) becomes `webshop-front-<random>`,
     /// so several fronts can run side by side.
     pub bus: BusConfig,
@@ -17,6 +21,11 @@ pub struct Config {
     pub inventory_url: String,
     /// Base URL of the order node. Default `http://127.0.0.1:8082`.
     pub order_url: String,
+    /// PEM file of the CA(s) that signed the inventory and order nodes'
+    /// certificates, for `https://` URLs above; when set, only these CAs
+    /// are trusted (e.g. a private or self-signed CA). Default unset: the
+    /// system's root certificates.
+    pub downstream_ca_path: Option<PathBuf>,
     /// Seconds `POST /api/orders` (and cancel) waits for the order service
     /// to commit before answering 503 with `Retry-After`. Default 5.
     pub commit_timeout_secs: f64,
@@ -47,9 +56,11 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls: TlsConfig::default(),
             bus: BusConfig::default(),
             inventory_url: "http://127.0.0.1:8081".into(),
             order_url: "http://127.0.0.1:8082".into(),
+            downstream_ca_path: None,
             commit_timeout_secs: 5.0,
             read_timeout_secs: 3.0,
             admin_token: None,

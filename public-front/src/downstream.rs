@@ -71,12 +71,35 @@ pub struct Order {
 }
 
 impl Downstream {
+    /// A client for the nodes at these base URLs; `https://` ones are
+    /// checked against the system's root certificates.
     pub fn new(inventory: &str, order: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+        Self::with_ca_path(inventory, order, timeout, None)
+    }
+
+    /// Like [`Downstream::new`], but with `ca_path` (config key
+    /// `downstream_ca_path`) only the CAs in that PEM file are trusted.
+    pub fn with_ca_path(
+        inventory: &str,
+        order: &str,
+        timeout: Duration,
+        ca_path: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(1)))
-            .pool_max_idle_per_host(64)
-            .build()?;
+            .pool_max_idle_per_host(64);
+        if let Some(path) = ca_path {
+            builder = builder.tls_built_in_root_certs(false);
+            for der in shared::tls::load_certs("downstream_ca_path", path)? {
+                let cert = reqwest::Certificate::from_der(&der).map_err(|e| {
+                    anyhow::anyhow!("downstream_ca_path: {} holds an unusable certificate: {e}", path.display())
+                })?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder.build()?;
         Ok(Self {
             client,
             inventory: inventory.trim_end_matches('/').to_owned(),

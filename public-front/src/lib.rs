@@ -27,6 +27,7 @@ pub use config::Config;
 
 pub struct App {
     listener: TcpListener,
+    tls: Option<shared::tls::TlsAcceptor>,
     state: api::AppState,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
@@ -39,12 +40,15 @@ impl App {
         if bus_cfg.client_id.is_empty() {
             bus_cfg.client_id = format!("webshop-front-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         }
+        // Bad TLS files stop the front before it binds or connects.
+        let tls = shared::tls::acceptor("tls", &cfg.tls)?;
         shared::metrics::handle();
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-        let downstream = downstream::Downstream::new(
+        let downstream = downstream::Downstream::with_ca_path(
             &cfg.inventory_url,
             &cfg.order_url,
             shared::config::secs(cfg.read_timeout_secs),
+            cfg.downstream_ca_path.as_deref(),
         )?
         .with_cache(shared::config::secs(cfg.catalog_cache_secs));
         // The bus stops after the HTTP server has drained, so in-flight
@@ -58,7 +62,7 @@ impl App {
                 clean_session: true,
             },
             bus_shutdown.clone(),
-        );
+        )?;
         let waiters = status::StatusWaiters::default();
         let mut tasks = JoinSet::new();
         tasks.spawn(waiters.clone().run(bus.prefix().to_owned(), deliveries, bus_shutdown.clone()));
@@ -79,7 +83,7 @@ impl App {
                 .map(|o| o.parse().with_context(|| format!("cors_origins: `{o}` is not a valid origin")))
                 .collect::<anyhow::Result<_>>()?,
         };
-        Ok(App { listener, state, tasks, shutdown, bus_shutdown })
+        Ok(App { listener, tls, state, tasks, shutdown, bus_shutdown })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -94,7 +98,7 @@ impl App {
             shutdown.cancelled().await;
             waiters.close_live();
         });
-        shared::http::serve(self.listener, router, self.shutdown.clone()).await?;
+        shared::http::serve(self.listener, router, self.tls, self.shutdown.clone()).await?;
         self.bus_shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         Ok(())
@@ -104,7 +108,8 @@ impl App {
 /// What the binary does: load the config (`file`, then the environment),
 /// set up logging, serve until SIGTERM/Ctrl-C, drain, exit.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    shared::node::main_with_config(file, config::ENV_PREFIX, |c: &Config| c.log.clone(), App::build).await
+    shared::node::main_with_config("public-front", file, config::ENV_PREFIX, |c: &Config| c.log.clone(), App::build)
+        .await
 }
 
 impl shared::node::Runnable for App {

@@ -125,11 +125,26 @@ impl StatusWaiters {
             };
             let parsed = match Topic::from_path(&prefix, &d.topic) {
                 Some(Topic::OrdersStatus) => Inbound::decode(Topic::OrdersStatus, d.payload.clone())
-                    .and_then(|m| m.body::<StatusChanged>().map(|b| (m.order_id(), b))),
+                    .and_then(|m| m.body::<StatusChanged>().map(|b| (m, b))),
                 _ => continue,
             };
             match parsed {
-                Ok((order_id, status)) => {
+                Ok((msg, status)) => {
+                    let order_id = msg.order_id();
+                    // With span export: the last hop of the order's trace,
+                    // as a span that ends once the waiters are told.
+                    let _span = shared::telemetry::exporting().then(|| {
+                        let span = tracing::info_span!(
+                            "message",
+                            node = "public-front",
+                            topic = Topic::OrdersStatus.suffix(),
+                            %order_id,
+                            status = status.status.as_str(),
+                            otel.name = "public-front orders/status",
+                        );
+                        shared::trace::link(&span, msg.envelope.traceparent.clone());
+                        span
+                    });
                     self.dispatch(order_id, &status);
                     // An error only means nobody is listening live.
                     let _ = self.live.send((order_id, status));

@@ -101,13 +101,15 @@ pub struct Bus {
 impl Bus {
     /// Starts the connection's event loop. Deliveries arrive on the returned
     /// receiver in broker order; the task ends after `shutdown`, sending a
-    /// DISCONNECT first.
+    /// DISCONNECT first. Fails only on bad TLS settings (`bus.ca_path`).
     pub fn start(
         opts: BusOptions,
         shutdown: CancellationToken,
-    ) -> (Bus, mpsc::UnboundedReceiver<Delivery>, JoinHandle<()>) {
+    ) -> anyhow::Result<(Bus, mpsc::UnboundedReceiver<Delivery>, JoinHandle<()>)> {
         let cfg = &opts.config;
         let mut mqtt = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+        // Loaded once here: rumqttc reuses it for every reconnect.
+        mqtt.set_transport(crate::tls::bus_transport(cfg)?);
         mqtt.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(1)))
             .set_clean_session(opts.clean_session)
             .set_manual_acks(opts.manual_acks)
@@ -136,7 +138,7 @@ impl Bus {
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = Bus { inner };
         let task = tokio::spawn(run(bus.clone(), eventloop, opts, tx, shutdown));
-        (bus, rx, task)
+        Ok((bus, rx, task))
     }
 
     pub fn prefix(&self) -> &str {

@@ -59,6 +59,21 @@ pub struct BusConfig {
     /// the application's own message limit so oversize messages arrive and
     /// are dead-lettered instead of breaking the connection. Default 4 MiB.
     pub max_packet_bytes: usize,
+    /// Connect with TLS (MQTT over TLS, usually port 8883). Default `false`.
+    /// The broker's certificate must name `host`. Without `ca_path` the
+    /// system's root certificates are trusted.
+    pub tls: bool,
+    /// PEM file of the CA(s) that signed the broker's certificate; setting
+    /// it turns `tls` on, and then only these CAs are trusted (a private
+    /// CA, e.g. self-signed). Default unset.
+    pub ca_path: Option<PathBuf>,
+}
+
+impl BusConfig {
+    /// Whether the connection uses TLS (`tls`, or a `ca_path` given).
+    pub fn uses_tls(&self) -> bool {
+        self.tls || self.ca_path.is_some()
+    }
 }
 
 impl Default for BusConfig {
@@ -72,6 +87,8 @@ impl Default for BusConfig {
             password: None,
             keep_alive_secs: 5,
             max_packet_bytes: 4 * 1024 * 1024,
+            tls: false,
+            ca_path: None,
         }
     }
 }
@@ -85,6 +102,10 @@ impl std::fmt::Debug for BusConfig {
             .field("topic_prefix", &self.topic_prefix)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keep_alive_secs", &self.keep_alive_secs)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("tls", &self.tls)
+            .field("ca_path", &self.ca_path)
             .finish()
     }
 }
@@ -107,7 +128,24 @@ impl Default for DbConfig {
     }
 }
 
-/// Log output settings.
+/// The certificate a server presents (HTTPS on a node, MQTT over TLS on
+/// the embedded broker). Both paths unset (default): plain TCP.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn is_enabled(&self) -> bool {
+        self.cert_path.is_some() || self.key_path.is_some()
+    }
+}
+
+/// Log output and trace export settings.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -115,11 +153,16 @@ pub struct LogConfig {
     pub filter: String,
     /// `text` (default) or `json`.
     pub format: String,
+    /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
+    /// `http://otel-collector:4318`; spans go to `<url>/v1/traces` as
+    /// protobuf. Unset (default): no export, unless the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into(), format: "text".into() }
+        Self { filter: "info".into(), format: "text".into(), otlp_endpoint: None }
     }
 }
 

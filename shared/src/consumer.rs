@@ -134,7 +134,7 @@ pub struct ParkingPolicy {
 
 /// Applies deliveries with one handler. Cheap to clone.
 pub struct Consumer<H> {
-    /// The node's name, for metrics labels.
+    /// The node's name, for metrics labels and spans.
     node: &'static str,
     db: Db,
     prefix: String,
@@ -289,11 +289,19 @@ impl<H: Handler> Consumer<H> {
                 let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
                 let span = tracing::info_span!(
                     "message",
+                    node = self.node,
                     topic = msg.topic.suffix(),
                     message_id = %msg.message_id(),
                     order_id = %msg.order_id(),
                     trace_id = trace::trace_id(traceparent.as_deref()),
+                    otel.name = tracing::field::Empty,
                 );
+                if crate::telemetry::exporting() {
+                    span.record("otel.name", format!("{} {}", self.node, msg.topic.suffix()));
+                }
+                // What the handler enqueues carries this (with export: this
+                // span as the parent of the next hop).
+                let traceparent = trace::link(&span, traceparent);
                 let work = async {
                     // The first copy of a new id takes it out of `fresh`.
                     if !fresh.remove(&msg.message_id()) {
@@ -423,7 +431,23 @@ impl<H: Handler> Consumer<H> {
             return Ok(());
         }
         let mut sp = conn.begin().await?;
-        let outcome = trace::scope(msg.envelope.traceparent.clone(), self.handler.handle(&mut sp, &msg)).await;
+        // With export, a span of its own, continuing the parked message's
+        // trace; without, none (the log lines below name the message).
+        let (span, traceparent) = if crate::telemetry::exporting() {
+            let span = tracing::info_span!(
+                "parked message",
+                node = self.node,
+                topic = msg.topic.suffix(),
+                message_id = %msg.message_id(),
+                order_id = %msg.order_id(),
+                otel.name = format!("{} {} (unparked)", self.node, msg.topic.suffix()),
+            );
+            let traceparent = trace::link(&span, msg.envelope.traceparent.clone());
+            (span, traceparent)
+        } else {
+            (tracing::Span::none(), msg.envelope.traceparent.clone())
+        };
+        let outcome = trace::scope(traceparent, self.handler.handle(&mut sp, &msg).instrument(span)).await;
         match outcome {
             Ok(Outcome::Park(_)) => {
                 sp.rollback().await?;

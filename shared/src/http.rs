@@ -1,5 +1,5 @@
 //! HTTP plumbing every node uses: one error type rendered as RFC 9457
-//! problem+json, and a server runner with graceful shutdown.
+//! problem+json, and a server runner (plain or TLS) with graceful shutdown.
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -127,7 +127,17 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves `router` on `listener` until `shutdown`, then stops accepting and
 /// lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]). Connections
 /// that don't send their headers within [`HEADER_READ_TIMEOUT`] are closed.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) -> std::io::Result<()> {
+///
+/// With `tls` (see [`crate::tls::acceptor`]) every accepted socket is
+/// wrapped in TLS first. The handshake runs in the connection's own task,
+/// bounded by [`HEADER_READ_TIMEOUT`] too, so a client that connects and
+/// stays silent holds neither the accept loop nor a task for long.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<crate::tls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use hyper_util::service::TowerToHyperService;
@@ -150,11 +160,35 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                // Taken now, so the drain also waits for handshakes under way.
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {

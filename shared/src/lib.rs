@@ -9,7 +9,7 @@
 //! - [`consumer`]: batch apply with [`inbox`] dedup, [`parking`] and
 //!   [`dead_letter`], ack after commit.
 //! - [`outbox`]: events written with the state change, relayed after commit.
-//! - [`db`], [`config`], [`telemetry`], [`shutdown`]: process plumbing.
+//! - [`db`], [`config`], [`telemetry`], [`shutdown`], [`tls`]: process plumbing.
 
 // Every node process (and the all-in-one `webshop` binary) links this
 // crate, so the allocator is chosen once, here. The system allocator spent
@@ -34,6 +34,9 @@ pub mod outbox;
 pub mod parking;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "test-pki")]
+pub mod test_pki;
 pub mod timeline;
+pub mod tls;
 pub mod topics;
 pub mod trace;

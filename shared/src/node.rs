@@ -43,7 +43,8 @@ pub struct NodeStats {
 }
 
 impl Node {
-    /// Starts the node's background tasks on `tasks`.
+    /// Starts the node's background tasks on `tasks`. Fails only on bad bus
+    /// TLS settings.
     pub fn start<H: Handler>(
         name: &'static str,
         db: Db,
@@ -52,13 +53,13 @@ impl Node {
         policy: ParkingPolicy,
         shutdown: &CancellationToken,
         tasks: &mut JoinSet<()>,
-    ) -> Node {
+    ) -> anyhow::Result<Node> {
         // Install the metrics recorder before anything counts.
         crate::metrics::handle();
         // The bus outlives the consumer and relay so they can ack and flush
         // while shutting down: it gets its own token, cancelled by `stop`.
         let bus_shutdown = CancellationToken::new();
-        let (bus, deliveries, bus_task) = Bus::start(bus, bus_shutdown.clone());
+        let (bus, deliveries, bus_task) = Bus::start(bus, bus_shutdown.clone())?;
         let stats = Arc::new(Stats::default());
         let wakeup = Wakeup::default();
         let consumer = Consumer::new(name, db.clone(), bus.prefix(), handler, wakeup.clone(), stats.clone(), policy);
@@ -71,7 +72,7 @@ impl Node {
             bus_shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), bus_task).await;
         });
-        Node { name, db, bus, stats, wakeup, admin_token: None, gauges: None }
+        Ok(Node { name, db, bus, stats, wakeup, admin_token: None, gauges: None })
     }
 
     pub fn with_admin_token(mut self, token: Option<crate::config::Secret>) -> Self {
@@ -135,6 +136,7 @@ impl Node {
 /// running. `run` serves until shutdown, then drains.
 pub struct Service {
     listener: tokio::net::TcpListener,
+    tls: Option<crate::tls::TlsAcceptor>,
     node: Node,
     router: axum::Router,
     tasks: JoinSet<()>,
@@ -143,15 +145,17 @@ pub struct Service {
 
 impl Service {
     /// `router` is the service's own API; the node routes are added here.
+    /// With `tls` (from [`crate::tls::acceptor`]) it serves HTTPS.
     pub fn new(
         listener: tokio::net::TcpListener,
+        tls: Option<crate::tls::TlsAcceptor>,
         node: Node,
         router: axum::Router,
         tasks: JoinSet<()>,
         shutdown: CancellationToken,
     ) -> Self {
         let router = router.merge(routes(node.clone()));
-        Self { listener, node, router, tasks, shutdown }
+        Self { listener, tls, node, router, tasks, shutdown }
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -165,7 +169,7 @@ impl Service {
     /// Serves until shutdown, then waits for the background tasks to finish
     /// their batch and flush the outbox, and closes the database.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        crate::http::serve(self.listener, self.router, self.shutdown.clone()).await?;
+        crate::http::serve(self.listener, self.router, self.tls, self.shutdown.clone()).await?;
         while self.tasks.join_next().await.is_some() {}
         self.node.db.close().await;
         Ok(())
@@ -173,9 +177,10 @@ impl Service {
 }
 
 /// What a node's binary does: load its config (`file`, then the
-/// environment), set up logging and crash points, build it, serve until
-/// SIGTERM/Ctrl-C, drain.
+/// environment), set up logging (and span export, as `service`) and crash
+/// points, build it, serve until SIGTERM/Ctrl-C, drain, flush the spans.
 pub async fn main_with_config<C, B, Fut, A>(
+    service: &'static str,
     file: Option<&std::path::Path>,
     env_prefix: &str,
     log: impl FnOnce(&C) -> crate::config::LogConfig,
@@ -188,7 +193,7 @@ where
     A: Runnable,
 {
     let cfg: C = crate::config::load(file, env_prefix)?;
-    crate::telemetry::init(&log(&cfg));
+    let _telemetry = crate::telemetry::init(service, &log(&cfg))?;
     crate::failpoints::setup();
     let shutdown = CancellationToken::new();
     crate::shutdown::cancel_on_signal(shutdown.clone());

@@ -4,6 +4,11 @@
 //! trace context, and [`crate::outbox::enqueue`] stamps that context on
 //! every event the handler writes. One order's path, front → order and
 //! inventory → front, is therefore one trace id in every log line.
+//!
+//! When spans are exported ([`crate::telemetry`]), [`link`] also makes each
+//! hop's span the child of the span that sent the message, and stamps that
+//! span as the parent on what it sends on: the exported trace is the
+//! order's whole path as one tree.
 
 use std::future::Future;
 
@@ -38,6 +43,18 @@ pub fn parse(traceparent: &str) -> Option<&str> {
         && parts[3].len() == 2
         && parts[1..].iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
     ok.then_some(traceparent)
+}
+
+/// Continues `incoming` (the envelope's or the caller's `traceparent`) in
+/// `span`, when spans are exported: `span` becomes its child, and the
+/// returned `traceparent` (same trace id) names `span` as the parent of
+/// whatever it causes. Without export, `incoming` is returned as is, at
+/// no cost.
+pub fn link(span: &tracing::Span, incoming: Option<String>) -> Option<String> {
+    if !crate::telemetry::exporting() {
+        return incoming;
+    }
+    crate::telemetry::link(span, incoming)
 }
 
 /// The trace id part of a `traceparent`, for log fields.

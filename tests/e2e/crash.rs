@@ -16,8 +16,8 @@ use tokio::sync::Mutex;
 use crate::helpers::*;
 
 /// One node process; restarted with the same environment (minus failpoints).
-struct Proc {
-    name: &'static str,
+pub(crate) struct Proc {
+    pub(crate) name: &'static str,
     /// stderr of every run, appended, for post-mortems.
     log: std::path::PathBuf,
     args: Vec<String>,
@@ -26,17 +26,44 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(
+    pub(crate) fn spawn(
         dir: &std::path::Path,
         name: &'static str,
         node: &str,
         env: HashMap<String, String>,
         failpoints: Option<&str>,
     ) -> Proc {
+        Self::spawn_args(dir, name, vec!["node".into(), node.into()], env, failpoints)
+    }
+
+    /// `webshop <args>`, e.g. `up ...`.
+    pub(crate) fn spawn_args(
+        dir: &std::path::Path,
+        name: &'static str,
+        args: Vec<String>,
+        env: HashMap<String, String>,
+        failpoints: Option<&str>,
+    ) -> Proc {
         let log = dir.join(format!("{name}.log"));
-        let mut p = Proc { name, log, args: vec!["node".into(), node.into()], env, child: None };
+        let mut p = Proc { name, log, args, env, child: None };
         p.start(failpoints);
         p
+    }
+
+    /// SIGTERM, as an operator stops a node, and the exit status once it
+    /// has drained and exited.
+    pub(crate) async fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let start = tokio::time::Instant::now();
+        loop {
+            if let Some(status) = self.exit_status() {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "{} still running {DEADLINE:?} after SIGTERM", self.name);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     fn start(&mut self, failpoints: Option<&str>) {
@@ -54,7 +81,7 @@ impl Proc {
         self.child = Some(cmd.spawn().expect("node process starts"));
     }
 
-    fn tail(&self) -> String {
+    pub(crate) fn tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     }

@@ -10,6 +10,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use shared::ids::OrderId;
 use shared::message::Envelope;
+use shared::test_pki::TestPki;
 use shared::topics::Topic;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +20,16 @@ use tokio_util::sync::CancellationToken;
 pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The front's admin bearer token in tests.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Logs of the in-process nodes, installed once per test binary (and kept:
+/// the guard lives as long as the process).
+pub fn init_logs() {
+    static TELEMETRY: std::sync::OnceLock<shared::telemetry::Telemetry> = std::sync::OnceLock::new();
+    TELEMETRY.get_or_init(|| {
+        let log = shared::config::LogConfig { filter: "warn,rumqttd=off".into(), ..Default::default() };
+        shared::telemetry::init("e2e", &log).expect("logging starts")
+    });
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -85,9 +96,10 @@ fn mosquitto_binary() -> Option<std::path::PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Starts Mosquitto on `port`; `None` if it isn't installed (an error when
+/// Starts Mosquitto on `port` (with `tls`: MQTT over TLS with its server
+/// certificate); `None` if it isn't installed (an error when
 /// `WEBSHOP_REQUIRE_MOSQUITTO` is set, as in CI).
-pub async fn start_mosquitto(dir: &std::path::Path, port: u16) -> Option<Mosquitto> {
+pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&TestPki>) -> Option<Mosquitto> {
     let Some(bin) = mosquitto_binary() else {
         if std::env::var("WEBSHOP_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
             panic!("mosquitto is required (WEBSHOP_REQUIRE_MOSQUITTO) but not installed");
@@ -96,11 +108,14 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16) -> Option<Mosquit
         return None;
     };
     let conf = dir.join("mosquitto.conf");
+    let tls = tls.map_or(String::new(), |pki| {
+        format!("certfile {}\nkeyfile {}\ncafile {}\n", pki.cert.display(), pki.key.display(), pki.ca.display())
+    });
     std::fs::write(
         &conf,
         // Mosquitto accepts any size by default; the nodes accept 4 MiB.
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmessage_size_limit 4194304\n"
+            "listener {port} 127.0.0.1\n{tls}allow_anonymous true\npersistence false\nmax_queued_messages 100000\nmessage_size_limit 4194304\n"
         ),
     )
     .unwrap();
@@ -131,6 +146,25 @@ pub struct Shop {
     pub order: Running,
     pub front: Running,
     pub http: reqwest::Client,
+    /// `https` when the shop runs with TLS everywhere ([`Shop::start_tls`]).
+    pub scheme: &'static str,
+    /// The CA and certificate of a TLS shop.
+    pub pki: Option<TestPki>,
+}
+
+/// HTTPS with `pki`'s certificate, for a node's `tls` section.
+pub fn server_tls(pki: &TestPki) -> shared::config::TlsConfig {
+    shared::config::TlsConfig { cert_path: Some(pki.cert.clone()), key_path: Some(pki.key.clone()) }
+}
+
+/// An HTTP client; with `pki`, one that trusts only its CA.
+pub fn http_client(pki: Option<&TestPki>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pki) = pki {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+        builder = builder.tls_built_in_root_certs(false).add_root_certificate(ca);
+    }
+    builder.build().unwrap()
 }
 
 fn bus(port: u16, id: &str) -> shared::config::BusConfig {
@@ -180,19 +214,34 @@ impl Shop {
 
     /// The shop with its nodes connected through a chaos proxy, when given.
     pub async fn start_with(kind: BrokerKind, faults: Option<webshop::tools::chaos::Faults>) -> Option<Shop> {
-        shared::telemetry::init(&shared::config::LogConfig { filter: "warn,rumqttd=off".into(), ..Default::default() });
+        Self::launch(kind, faults, None).await
+    }
+
+    /// The shop with TLS everywhere, from a fresh test CA: MQTT over TLS,
+    /// and HTTPS on every node (the front calls the nodes over HTTPS).
+    pub async fn start_tls(kind: BrokerKind) -> Option<Shop> {
+        Self::launch(kind, None, Some(TestPki::generate())).await
+    }
+
+    async fn launch(
+        kind: BrokerKind,
+        faults: Option<webshop::tools::chaos::Faults>,
+        pki: Option<TestPki>,
+    ) -> Option<Shop> {
+        init_logs();
         let dir = tempfile::tempdir().unwrap();
         let broker_port = free_port();
         let mosquitto = match kind {
             BrokerKind::Embedded => {
                 broker::spawn(&broker::BrokerConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
+                    tls: pki.as_ref().map(server_tls).unwrap_or_default(),
                     ..Default::default()
                 })
                 .expect("broker starts");
                 None
             }
-            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), broker_port).await?),
+            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?),
         };
         let chaos = match faults {
             Some(faults) => Some(
@@ -209,15 +258,30 @@ impl Shop {
         };
         // Nodes talk to the proxy when there is one; testers to the broker.
         let node_port = chaos.as_ref().map_or(broker_port, |c| c.addr.port());
-        let inventory = start_inventory(inventory_config(dir.path(), node_port)).await;
-        let order = start_order(order_config(dir.path(), node_port)).await;
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let tls = pki.as_ref().map(server_tls).unwrap_or_default();
+        let ca_path = pki.as_ref().map(|p| p.ca.clone());
+        let with_tls = |mut bus: shared::config::BusConfig| {
+            bus.ca_path = ca_path.clone();
+            bus
+        };
+        let mut inventory_cfg = inventory_config(dir.path(), node_port);
+        inventory_cfg.tls = tls.clone();
+        inventory_cfg.bus = with_tls(inventory_cfg.bus);
+        let inventory = start_inventory(inventory_cfg).await;
+        let mut order_cfg = order_config(dir.path(), node_port);
+        order_cfg.tls = tls.clone();
+        order_cfg.bus = with_tls(order_cfg.bus);
+        let order = start_order(order_cfg).await;
         let shutdown = CancellationToken::new();
         let front_app = public_front::App::build(
             public_front::Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
-                bus: bus(node_port, ""),
-                inventory_url: format!("http://{}", inventory.addr),
-                order_url: format!("http://{}", order.addr),
+                tls,
+                bus: with_tls(bus(node_port, "")),
+                inventory_url: format!("{scheme}://{}", inventory.addr),
+                order_url: format!("{scheme}://{}", order.addr),
+                downstream_ca_path: ca_path.clone(),
                 commit_timeout_secs: 5.0,
                 admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
                 ..Default::default()
@@ -236,7 +300,9 @@ impl Shop {
             inventory,
             order,
             front,
-            http: reqwest::Client::new(),
+            http: http_client(pki.as_ref()),
+            scheme,
+            pki,
         };
         shop.wait_ready().await;
         Some(shop)
@@ -244,7 +310,7 @@ impl Shop {
 
     pub async fn wait_ready(&self) {
         for addr in [self.inventory.addr, self.order.addr, self.front.addr] {
-            let url = format!("http://{addr}/readyz");
+            let url = self.node_url(addr, "/readyz");
             eventually(&format!("{url} to be ready"), || async {
                 let r = self.http.get(&url).send().await.ok()?;
                 r.status().is_success().then_some(())
@@ -254,7 +320,12 @@ impl Shop {
     }
 
     pub fn front_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.front.addr)
+        self.node_url(self.front.addr, path)
+    }
+
+    /// `path` on the node at `addr`, over HTTPS in a TLS shop.
+    pub fn node_url(&self, addr: SocketAddr, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme)
     }
 
     pub async fn get(&self, url: String) -> (u16, Value) {
@@ -293,25 +364,26 @@ impl Shop {
 
     /// Inventory's record of an order (404 → None).
     pub async fn reservation(&self, id: &str) -> Option<Value> {
-        let (code, body) = self.get(format!("http://{}/reservations/{id}", self.inventory.addr)).await;
+        let (code, body) = self.get(self.node_url(self.inventory.addr, &format!("/reservations/{id}"))).await;
         (code == 200).then_some(body)
     }
 
     pub async fn stats(&self, node: SocketAddr) -> Value {
-        self.get(format!("http://{node}/stats")).await.1
+        self.get(self.node_url(node, "/stats")).await.1
     }
 
     pub async fn dead_letters(&self, node: SocketAddr) -> Vec<Value> {
-        self.get(format!("http://{node}/dead-letters")).await.1.as_array().cloned().unwrap_or_default()
+        self.get(self.node_url(node, "/dead-letters")).await.1.as_array().cloned().unwrap_or_default()
     }
 
     /// Runs the books audit (`public_front::audit`) until nothing is in
     /// flight any more, and asserts it passes.
     pub async fn audit(&self) -> public_front::audit::Report {
-        let down = public_front::downstream::Downstream::new(
-            &format!("http://{}", self.inventory.addr),
-            &format!("http://{}", self.order.addr),
+        let down = public_front::downstream::Downstream::with_ca_path(
+            &self.node_url(self.inventory.addr, ""),
+            &self.node_url(self.order.addr, ""),
             Duration::from_secs(10),
+            self.pki.as_ref().map(|p| p.ca.as_path()),
         )
         .unwrap();
         let report = eventually("the audit to find nothing in flight", || async {
@@ -324,9 +396,9 @@ impl Shop {
         report
     }
 
-    /// A raw MQTT client on the shop's broker.
+    /// A raw MQTT client on the shop's broker (over TLS in a TLS shop).
     pub async fn tester(&self) -> Tester {
-        Tester::connect(self.broker_port).await
+        Tester::connect_with(self.broker_port, self.pki.as_ref()).await
     }
 }
 
@@ -336,9 +408,14 @@ pub struct Tester {
 }
 
 impl Tester {
-    pub async fn connect(port: u16) -> Tester {
+    /// A raw MQTT client on `port`; with `pki`, over TLS trusting its CA.
+    pub async fn connect_with(port: u16, pki: Option<&TestPki>) -> Tester {
         let mut opts = MqttOptions::new(format!("tester-{}", uuid::Uuid::new_v4().simple()), "127.0.0.1", port);
         opts.set_max_packet_size(8 << 20, 8 << 20);
+        if let Some(pki) = pki {
+            let bus = shared::config::BusConfig { ca_path: Some(pki.ca.clone()), ..Default::default() };
+            opts.set_transport(shared::tls::bus_transport(&bus).unwrap());
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);

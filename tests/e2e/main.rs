@@ -7,6 +7,8 @@ mod crash;
 mod faults;
 mod helpers;
 mod model;
+mod otlp;
+mod tls;
 mod tools;
 
 use helpers::*;

@@ -136,7 +136,10 @@ pub struct Args {
 
 /// Runs the bench, prints the summary and writes the result files.
 pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
-    shared::telemetry::init(&shared::config::LogConfig { filter: args.log.clone(), ..Default::default() });
+    let _telemetry = shared::telemetry::init(
+        "webshop-bench",
+        &shared::config::LogConfig { filter: args.log.clone(), ..Default::default() },
+    )?;
     let started_at =
         time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
     let synchronous = args.synchronous.to_ascii_uppercase();

@@ -86,7 +86,6 @@ impl Shop {
     /// Broker and the three nodes in this process, on free ports, with
     /// their databases in a temp dir.
     pub async fn in_process(s: &Settings) -> anyhow::Result<Shop> {
-        shared::telemetry::init(&shared::config::LogConfig { filter: s.log.clone(), ..Default::default() });
         let dir = tempfile::tempdir()?;
         let catalog = bench_catalog(dir.path())?;
         let broker_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
