@@ -57,6 +57,15 @@ pub struct BrokerConfig {
     /// Most packets the broker reads from one connection in a batch before
     /// handing them to its router (rumqttd `max_inflight_count`). Default 100.
     pub max_inflight: usize,
+    /// rumqttd keeps each topic's messages in memory, in segments of about
+    /// this many bytes; when a topic has `topic_log_segments` full segments
+    /// the oldest is dropped. That bounds the broker's memory (about
+    /// topics x size x (segments + 1)) and how much a persistent session
+    /// that is offline can catch up on (older messages are skipped; the
+    /// services' end-to-end retries cover them). Default 2 MiB.
+    pub topic_log_segment_bytes: usize,
+    /// Full segments kept per topic. Default 4.
+    pub topic_log_segments: usize,
     /// User name -> password. Empty (default) means no authentication,
     /// which is only allowed on a loopback `listen` address.
     pub users: HashMap<String, String>,
@@ -79,6 +88,8 @@ impl Default for BrokerConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
             max_payload_bytes: 4 * 1024 * 1024,
             max_inflight: 100,
+            topic_log_segment_bytes: 2 * 1024 * 1024,
+            topic_log_segments: 4,
             users: HashMap::new(),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9042),
             tls: shared::config::TlsConfig::default(),
@@ -96,6 +107,8 @@ impl std::fmt::Debug for BrokerConfig {
             .field("listen", &self.listen)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .field("max_inflight", &self.max_inflight)
+            .field("topic_log_segment_bytes", &self.topic_log_segment_bytes)
+            .field("topic_log_segments", &self.topic_log_segments)
             .field("users", &users)
             .field("metrics_listen", &self.metrics_listen)
             .field("tls", &self.tls)
@@ -133,6 +146,12 @@ impl BrokerConfig {
         if self.max_inflight == 0 {
             bail!("broker config: max_inflight must be > 0");
         }
+        if self.topic_log_segment_bytes < 1024 {
+            bail!("broker config: topic_log_segment_bytes must be at least 1024");
+        }
+        if self.topic_log_segments == 0 {
+            bail!("broker config: topic_log_segments must be > 0");
+        }
         Ok(())
     }
 
@@ -142,8 +161,8 @@ impl BrokerConfig {
         let router = rumqttd::RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: self.topic_log_segment_bytes,
+            max_segment_count: self.topic_log_segments,
             ..Default::default()
         };
         let connections = rumqttd::ConnectionSettings {
