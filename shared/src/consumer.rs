@@ -228,6 +228,7 @@ impl<H: Handler> Consumer<H> {
                 }
             }
             let mut backoff = Duration::from_millis(100);
+            let started = std::time::Instant::now();
             loop {
                 let mut msgs = Vec::with_capacity(batch.len());
                 for d in &batch {
@@ -246,6 +247,8 @@ impl<H: Handler> Consumer<H> {
                     }
                 }
             }
+            metrics::histogram!("consumer_batch_messages", "node" => self.node).record(batch.len() as f64);
+            metrics::histogram!("consumer_batch_seconds", "node" => self.node).record(started.elapsed().as_secs_f64());
             crate::crash_point!("consumer::before_ack");
             for d in &batch {
                 bus.ack(d);

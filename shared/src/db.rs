@@ -81,9 +81,13 @@ impl Db {
             .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        // No ping before each acquire (sqlx's default): it is one more round
+        // trip to the connection's thread per transaction, and a broken
+        // SQLite connection fails its next statement anyway.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await
@@ -93,6 +97,7 @@ impl Db {
         sqlx::raw_sql(schema).execute(&writer).await.context("creating service tables")?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(options.read_only(true))
             .await

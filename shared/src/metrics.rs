@@ -7,6 +7,9 @@
 //!   deduplicated, parked, unparked, ignored, dead_lettered;
 //! - `outbox_unsent{node}`, `outbox_oldest_unsent_age_seconds{node}`,
 //!   `outbox_published_total{node}`, `parked_messages{node}`, `dead_letters{node}`;
+//! - `consumer_batch_messages{node}`, `consumer_batch_seconds{node}`: how
+//!   many deliveries each consumer transaction took, and how long it held
+//!   the writer (apply and commit);
 //! - `bus_connected{node}`, `bus_reconnects_total{node}`;
 //! - `orders{status}` (order node), `stock_reserved_units` and
 //!   `stock_available_units` (inventory).
@@ -26,6 +29,11 @@ pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+            .expect("static buckets are valid")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("consumer_batch_messages".into()),
+                &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0],
+            )
             .expect("static buckets are valid")
             .build_recorder();
         let handle = recorder.handle();
