@@ -1,11 +1,11 @@
 //! Inventory's tables and every SQL statement that touches them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use shared::db::now_ms;
+use shared::db::{now_ms, values_sql, INSERT_CHUNK};
 use shared::ids::{OrderId, Sku};
 
 use crate::domain::{Change, Level, Reservation};
@@ -146,111 +146,228 @@ pub async fn get_products(pool: &SqlitePool, skus: &[Sku]) -> sqlx::Result<Vec<P
     Ok(out)
 }
 
-/// Stock levels of the given SKUs (unknown ones are absent).
-pub async fn levels(
-    conn: &mut SqliteConnection,
-    skus: impl Iterator<Item = &Sku>,
-) -> sqlx::Result<BTreeMap<Sku, Level>> {
-    let mut out = BTreeMap::new();
-    for sku in skus {
-        let row = sqlx::query("SELECT available, reserved FROM products WHERE sku = ?")
-            .bind(sku.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(r) = row {
-            out.insert(sku.clone(), Level { available: r.get(0), reserved: r.get(1) });
-        }
-    }
-    Ok(out)
-}
-
 fn parse_lines(s: &str) -> Vec<(Sku, i64)> {
-    // Written only by `save`; a row we can't read would be a bug, and an
-    // empty list is the safe reading (nothing to give back twice).
+    // Written only by `Stock::write`; a row we can't read would be a bug,
+    // and an empty list is the safe reading (nothing to give back twice).
     serde_json::from_str(s).unwrap_or_default()
 }
 
-pub async fn reservation(conn: &mut SqliteConnection, order_id: OrderId) -> sqlx::Result<Option<Reservation>> {
-    let row = sqlx::query("SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = ?")
-        .bind(order_id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.map(|r| {
-        let state: String = r.get(0);
-        let lines = parse_lines(r.get(1));
-        let fingerprint: Option<String> = r.get(2);
-        match state.as_str() {
-            "reserved" => Reservation::Reserved { lines, fingerprint: fingerprint.unwrap_or_default() },
-            "rejected" => Reservation::Rejected {
-                fingerprint: fingerprint.unwrap_or_default(),
-                reason: r.get::<Option<String>, _>(3).unwrap_or_default(),
-            },
-            _ => Reservation::Released { lines, fingerprint },
+fn reservation_from(state: &str, lines: &str, fingerprint: Option<String>, reason: Option<String>) -> Reservation {
+    let lines = parse_lines(lines);
+    match state {
+        "reserved" => Reservation::Reserved { lines, fingerprint: fingerprint.unwrap_or_default() },
+        "rejected" => {
+            Reservation::Rejected { fingerprint: fingerprint.unwrap_or_default(), reason: reason.unwrap_or_default() }
         }
-    }))
+        _ => Reservation::Released { lines, fingerprint },
+    }
 }
 
-/// Persists `change` for `order_id`: stock and the reservation row.
-pub async fn save(conn: &mut SqliteConnection, order_id: OrderId, change: &Change) -> sqlx::Result<()> {
-    let id = order_id.to_string();
-    let now = now_ms();
-    match change {
-        Change::Reserve { lines, fingerprint } => {
-            for (sku, qty) in lines {
-                // The CHECK (available >= 0) is the last line of defence.
-                sqlx::query("UPDATE products SET available = available - ?1, reserved = reserved + ?1 WHERE sku = ?2")
-                    .bind(qty)
-                    .bind(sku.as_str())
-                    .execute(&mut *conn)
-                    .await?;
+/// The stock and reservations one consumer transaction touches: read
+/// once, changed in memory by the handlers, written back once (see
+/// `shared::consumer::Handler`). What it didn't read ahead is read on first
+/// use.
+#[derive(Default)]
+pub struct Stock {
+    reservations: HashMap<OrderId, Held>,
+    /// `None`: no such product.
+    levels: HashMap<Sku, Option<Level>>,
+    /// Change of `available` per SKU in this batch (`reserved` moves the
+    /// other way).
+    deltas: BTreeMap<Sku, i64>,
+}
+
+struct Held {
+    reservation: Option<Reservation>,
+    changed: bool,
+    decided_at: Option<i64>,
+    released_at: Option<i64>,
+}
+
+impl Stock {
+    /// Reads the reservations of `orders` and the levels of `skus`, one
+    /// statement each per chunk.
+    pub async fn load(conn: &mut SqliteConnection, orders: Vec<OrderId>, skus: Vec<Sku>) -> sqlx::Result<Stock> {
+        let mut stock = Stock::default();
+        stock.read(conn, orders, skus).await?;
+        Ok(stock)
+    }
+
+    async fn read(&mut self, conn: &mut SqliteConnection, orders: Vec<OrderId>, skus: Vec<Sku>) -> sqlx::Result<()> {
+        for chunk in orders.chunks(500) {
+            let ids: Vec<String> = chunk.iter().map(|id| id.to_string()).collect();
+            let rows = sqlx::query(
+                "SELECT order_id, state, lines, fingerprint, reason FROM reservations
+                 WHERE order_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
+            .fetch_all(&mut *conn)
+            .await?;
+            for id in chunk {
+                self.reservations.entry(*id).or_insert(Held::unchanged(None));
             }
-            sqlx::query(
-                "INSERT INTO reservations (order_id, state, lines, fingerprint, decided_at) VALUES (?, 'reserved', ?, ?, ?)",
-            )
-            .bind(&id)
-            .bind(serde_json::to_string(lines).unwrap_or_default())
-            .bind(fingerprint)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Change::Reject { fingerprint, reason } => {
-            sqlx::query(
-                "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at)
-                 VALUES (?, 'rejected', '[]', ?, ?, ?)",
-            )
-            .bind(&id)
-            .bind(fingerprint)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Change::Release { lines } => {
-            for (sku, qty) in lines {
-                sqlx::query("UPDATE products SET available = available + ?1, reserved = reserved - ?1 WHERE sku = ?2")
-                    .bind(qty)
-                    .bind(sku.as_str())
-                    .execute(&mut *conn)
-                    .await?;
+            for r in rows {
+                let Ok(id) = OrderId::parse(r.get::<&str, _>(0)) else { continue };
+                let reservation = reservation_from(r.get(1), r.get(2), r.get(3), r.get(4));
+                self.reservations.insert(id, Held::unchanged(Some(reservation)));
             }
-            sqlx::query("UPDATE reservations SET state = 'released', released_at = ? WHERE order_id = ?")
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
         }
-        Change::Tombstone => {
-            sqlx::query(
-                "INSERT INTO reservations (order_id, state, lines, released_at) VALUES (?, 'released', '[]', ?)",
+        for chunk in skus.chunks(500) {
+            let list: Vec<&str> = chunk.iter().map(Sku::as_str).collect();
+            let rows = sqlx::query(
+                "SELECT sku, available, reserved FROM products WHERE sku IN (SELECT value FROM json_each(?1))",
             )
-            .bind(&id)
-            .bind(now)
-            .execute(&mut *conn)
+            .bind(serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned()))
+            .fetch_all(&mut *conn)
             .await?;
+            for sku in chunk {
+                self.levels.entry(sku.clone()).or_insert(None);
+            }
+            for r in rows {
+                let Ok(sku) = Sku::parse(r.get::<&str, _>(0)) else { continue };
+                self.levels.insert(sku, Some(Level { available: r.get(1), reserved: r.get(2) }));
+            }
+        }
+        Ok(())
+    }
+
+    /// What inventory holds for `order_id`.
+    pub async fn reservation(
+        &mut self,
+        conn: &mut SqliteConnection,
+        order_id: OrderId,
+    ) -> sqlx::Result<Option<Reservation>> {
+        if !self.reservations.contains_key(&order_id) {
+            self.read(conn, vec![order_id], Vec::new()).await?;
+        }
+        Ok(self.reservations.get(&order_id).and_then(|h| h.reservation.clone()))
+    }
+
+    /// Stock levels of the given SKUs (unknown ones are absent), with this
+    /// batch's changes.
+    pub async fn levels<'a>(
+        &mut self,
+        conn: &mut SqliteConnection,
+        skus: impl Iterator<Item = &'a Sku>,
+    ) -> sqlx::Result<BTreeMap<Sku, Level>> {
+        let skus: Vec<Sku> = skus.cloned().collect();
+        let missing: Vec<Sku> = skus.iter().filter(|s| !self.levels.contains_key(*s)).cloned().collect();
+        if !missing.is_empty() {
+            self.read(conn, Vec::new(), missing).await?;
+        }
+        Ok(skus.into_iter().filter_map(|s| self.levels.get(&s).copied().flatten().map(|l| (s, l))).collect())
+    }
+
+    fn move_stock(&mut self, lines: &[(Sku, i64)], to_available: i64) {
+        for (sku, qty) in lines {
+            let delta = to_available * qty;
+            if let Some(Some(level)) = self.levels.get_mut(sku) {
+                level.available += delta;
+                level.reserved -= delta;
+            }
+            *self.deltas.entry(sku.clone()).or_default() += delta;
         }
     }
-    Ok(())
+
+    /// Applies `change` for `order_id`: stock and the reservation.
+    pub fn apply(&mut self, order_id: OrderId, change: Change) {
+        let now = now_ms();
+        let held = self.reservations.entry(order_id).or_insert(Held::unchanged(None));
+        held.changed = true;
+        let released = match change {
+            Change::Reserve { lines, fingerprint } => {
+                held.decided_at = Some(now);
+                held.reservation = Some(Reservation::Reserved { lines: lines.clone(), fingerprint });
+                self.move_stock(&lines, -1);
+                return;
+            }
+            Change::Reject { fingerprint, reason } => {
+                held.decided_at = Some(now);
+                held.reservation = Some(Reservation::Rejected { fingerprint, reason });
+                return;
+            }
+            Change::Release { lines } => {
+                let fingerprint = match &held.reservation {
+                    Some(Reservation::Reserved { fingerprint, .. }) => Some(fingerprint.clone()),
+                    _ => None,
+                };
+                held.reservation = Some(Reservation::Released { lines: lines.clone(), fingerprint });
+                lines
+            }
+            Change::Tombstone => {
+                held.reservation = Some(Reservation::Released { lines: Vec::new(), fingerprint: None });
+                Vec::new()
+            }
+        };
+        held.released_at = Some(now);
+        self.move_stock(&released, 1);
+    }
+
+    /// Writes every change: one statement for the stock, one per chunk of
+    /// reservations.
+    pub async fn write(self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        let deltas: Vec<(&str, i64)> =
+            self.deltas.iter().filter(|(_, d)| **d != 0).map(|(s, d)| (s.as_str(), *d)).collect();
+        if !deltas.is_empty() {
+            // The CHECK (available >= 0) is the last line of defence.
+            sqlx::query(
+                "UPDATE products SET available = products.available + d.delta, reserved = products.reserved - d.delta
+                 FROM (SELECT value ->> 0 AS sku, value ->> 1 AS delta FROM json_each(?1)) AS d
+                 WHERE products.sku = d.sku",
+            )
+            .bind(serde_json::to_string(&deltas).unwrap_or_else(|_| "[]".to_owned()))
+            .execute(&mut *conn)
+            .await?;
+        }
+        // One row per changed reservation: (order_id, state, lines,
+        // fingerprint, reason, decided_at, released_at).
+        type Row = (String, &'static str, String, Option<String>, Option<String>, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = self
+            .reservations
+            .into_iter()
+            .filter(|(_, h)| h.changed)
+            .filter_map(|(id, h)| {
+                let (state, lines, fingerprint, reason) = match h.reservation? {
+                    Reservation::Reserved { lines, fingerprint } => ("reserved", lines, Some(fingerprint), None),
+                    Reservation::Rejected { fingerprint, reason } => {
+                        ("rejected", Vec::new(), Some(fingerprint), Some(reason))
+                    }
+                    Reservation::Released { lines, fingerprint } => ("released", lines, fingerprint, None),
+                };
+                let lines = serde_json::to_string(&lines).unwrap_or_else(|_| "[]".to_owned());
+                Some((id.to_string(), state, lines, fingerprint, reason, h.decided_at, h.released_at))
+            })
+            .collect();
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let sql = values_sql(
+                "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at, released_at)",
+                7,
+                chunk.len(),
+                "ON CONFLICT (order_id) DO UPDATE SET
+                     state = excluded.state, lines = excluded.lines,
+                     released_at = COALESCE(excluded.released_at, released_at)",
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, state, lines, fingerprint, reason, decided_at, released_at) in chunk {
+                q = q
+                    .bind(id)
+                    .bind(*state)
+                    .bind(lines)
+                    .bind(fingerprint)
+                    .bind(reason)
+                    .bind(decided_at)
+                    .bind(released_at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Held {
+    fn unchanged(reservation: Option<Reservation>) -> Held {
+        Held { reservation, changed: false, decided_at: None, released_at: None }
+    }
 }
 
 /// A reservation as operators and the audit see it.

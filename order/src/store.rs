@@ -1,9 +1,11 @@
 //! The order service's tables and every SQL statement that touches them.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
-use shared::db::now_ms;
+use shared::db::{now_ms, values_sql, INSERT_CHUNK};
 use shared::ids::OrderId;
 use shared::message::{OrderStatus, SendOrder};
 
@@ -67,55 +69,140 @@ pub async fn get(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<Optio
     Ok(row.as_ref().map(order))
 }
 
-/// The order, or whether a cancel for it came first (a tombstone): one
-/// query for what every message about an order needs to know.
-pub async fn get_or_tombstone(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<(Option<Order>, bool)> {
-    let cols = COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>().join(", ");
-    let row = sqlx::query(&format!(
-        "SELECT {cols}, EXISTS (SELECT 1 FROM cancel_tombstones WHERE order_id = ?1)
-         FROM (SELECT ?1 AS id) k LEFT JOIN orders o ON o.order_id = k.id"
-    ))
-    .bind(id.to_string())
-    .fetch_one(conn)
-    .await?;
-    let tombstoned = row.get::<i64, _>(12) != 0;
-    let found = row.get::<Option<String>, _>(0).is_some();
-    Ok((found.then(|| order(&row)), tombstoned))
+/// The orders one consumer transaction touches: read once, changed in
+/// memory by the handlers, written back once (see
+/// `shared::consumer::Handler`). Orders it didn't read ahead are read on
+/// first use.
+#[derive(Default)]
+pub struct Orders {
+    slots: HashMap<OrderId, Slot>,
+}
+
+struct Slot {
+    order: Option<Order>,
+    /// A cancel came before the order (a row in `cancel_tombstones`).
+    tombstoned: bool,
+    /// Changed in this batch: its `follow_up_at` to write.
+    save: Option<Option<i64>>,
+    new_tombstone: bool,
+}
+
+impl Orders {
+    /// Reads the given orders and their tombstones, one statement per chunk.
+    pub async fn load(conn: &mut SqliteConnection, ids: impl IntoIterator<Item = OrderId>) -> sqlx::Result<Orders> {
+        let mut ids: Vec<String> = ids.into_iter().map(|id| id.to_string()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut orders = Orders::default();
+        let cols = COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {cols}, EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = k.value), k.value
+             FROM json_each(?1) k LEFT JOIN orders o ON o.order_id = k.value"
+        );
+        for chunk in ids.chunks(500) {
+            let list = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".to_owned());
+            for row in sqlx::query(&sql).bind(list).fetch_all(&mut *conn).await? {
+                // Written by us from a parsed OrderId just above.
+                let Ok(id) = OrderId::parse(row.get::<&str, _>(13)) else { continue };
+                let order = row.get::<Option<String>, _>(0).is_some().then(|| order(&row));
+                let tombstoned = row.get::<i64, _>(12) != 0;
+                orders.slots.insert(id, Slot { order, tombstoned, save: None, new_tombstone: false });
+            }
+        }
+        Ok(orders)
+    }
+
+    async fn slot(&mut self, conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<&mut Slot> {
+        if !self.slots.contains_key(&id) {
+            let loaded = Orders::load(conn, [id]).await?;
+            self.slots.extend(loaded.slots);
+        }
+        Ok(self.slots.get_mut(&id).expect("loaded just above"))
+    }
+
+    /// The order, and whether a cancel for it came first.
+    pub async fn get(&mut self, conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<(Option<Order>, bool)> {
+        let slot = self.slot(conn, id).await?;
+        Ok((slot.order.clone(), slot.tombstoned))
+    }
+
+    /// Inserts or updates `order`, scheduling a follow-up `retry_ms` from
+    /// now when it still waits on inventory.
+    pub fn save(&mut self, order: Order, retry_ms: i64) {
+        let follow_up_at = needs_follow_up(&order).then(|| now_ms() + retry_ms);
+        let slot = self.slots.entry(order.order_id).or_insert(Slot {
+            order: None,
+            tombstoned: false,
+            save: None,
+            new_tombstone: false,
+        });
+        slot.order = Some(order);
+        slot.save = Some(follow_up_at);
+    }
+
+    /// Remembers that the order was cancelled before it arrived.
+    pub fn tombstone(&mut self, id: OrderId) {
+        let slot =
+            self.slots.entry(id).or_insert(Slot { order: None, tombstoned: false, save: None, new_tombstone: false });
+        if !slot.tombstoned {
+            slot.tombstoned = true;
+            slot.new_tombstone = true;
+        }
+    }
+
+    /// Writes every change, one statement per chunk of orders.
+    pub async fn write(self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        let mut saves = Vec::new();
+        let mut tombstones = Vec::new();
+        for (id, slot) in self.slots {
+            if slot.new_tombstone {
+                tombstones.push(id);
+            }
+            if let (Some(follow_up_at), Some(order)) = (slot.save, slot.order) {
+                saves.push((order, follow_up_at));
+            }
+        }
+        for chunk in saves.chunks(INSERT_CHUNK) {
+            let sql = values_sql(
+                "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
+                                     fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)",
+                13,
+                chunk.len(),
+                "ON CONFLICT (order_id) DO UPDATE SET
+                     status = excluded.status, version = excluded.version, reason = excluded.reason,
+                     release_pending = excluded.release_pending, updated_at = excluded.updated_at,
+                     follow_up_at = excluded.follow_up_at,
+                     follow_ups = CASE WHEN excluded.follow_up_at IS NULL THEN follow_ups ELSE 0 END",
+            );
+            let mut q = sqlx::query(&sql);
+            for (o, follow_up_at) in chunk {
+                q = q
+                    .bind(o.order_id.to_string())
+                    .bind(o.status.as_str())
+                    .bind(o.version)
+                    .bind(&o.customer_email)
+                    .bind(serde_json::to_string(&o.items).unwrap_or_default())
+                    .bind(&o.currency)
+                    .bind(o.total_cents)
+                    .bind(&o.fingerprint)
+                    .bind(&o.reason)
+                    .bind(o.release_pending as i64)
+                    .bind(o.created_at_ms)
+                    .bind(o.updated_at_ms)
+                    .bind(*follow_up_at);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        for id in tombstones {
+            tombstone(conn, id).await?;
+        }
+        Ok(())
+    }
 }
 
 pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>> {
     let mut conn = pool.acquire().await?;
     get(&mut conn, id).await
-}
-
-/// Inserts or updates `order`, scheduling a follow-up `retry_ms` from now
-/// when it still waits on inventory.
-pub async fn save(conn: &mut SqliteConnection, o: &Order, retry_ms: i64) -> sqlx::Result<()> {
-    let follow_up_at = needs_follow_up(o).then(|| now_ms() + retry_ms);
-    sqlx::query(
-        "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
-                             fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-         ON CONFLICT (order_id) DO UPDATE SET
-             status = ?2, version = ?3, reason = ?9, release_pending = ?10, updated_at = ?12,
-             follow_up_at = ?13, follow_ups = CASE WHEN ?13 IS NULL THEN follow_ups ELSE 0 END",
-    )
-    .bind(o.order_id.to_string())
-    .bind(o.status.as_str())
-    .bind(o.version)
-    .bind(&o.customer_email)
-    .bind(serde_json::to_string(&o.items).unwrap_or_default())
-    .bind(&o.currency)
-    .bind(o.total_cents)
-    .bind(&o.fingerprint)
-    .bind(&o.reason)
-    .bind(o.release_pending as i64)
-    .bind(o.created_at_ms)
-    .bind(o.updated_at_ms)
-    .bind(follow_up_at)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 pub async fn is_tombstoned(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<bool> {

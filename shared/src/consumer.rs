@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use sqlx::{Connection, SqliteConnection};
+use sqlx::SqliteConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -51,23 +51,47 @@ pub enum HandleError {
 }
 
 /// A service's message handling: pure decisions wrapped in SQL.
+///
+/// A transaction's messages share a [`Handler::Batch`], a unit of work:
+/// [`Handler::load`] reads what the messages will need in a few statements,
+/// [`Handler::handle`] decides and changes it in memory (reading what it
+/// lacks), and [`Handler::store`] writes the changes back before the commit.
+/// Every statement is a round trip to sqlx's database thread, and the
+/// writer connection is the node's one serial resource, so one read and one
+/// write per batch instead of per message is what lets a node keep up.
 pub trait Handler: Send + Sync + 'static {
-    /// Applies `msg` on `conn`, inside the batch transaction. A handler
-    /// decides before it writes: it returns `Park` or a `Poison` error only
-    /// before its first write, because the consumer does not roll a message
-    /// back (a savepoint per message cost two statements on the hot path).
-    /// Debug builds check this and fail the batch if a handler broke it.
+    type Batch: Send;
+
+    /// Reads ahead what `msgs` will need (may be empty: the parking timer).
+    fn load(
+        &self,
+        conn: &mut SqliteConnection,
+        msgs: &[Inbound],
+    ) -> impl Future<Output = sqlx::Result<Self::Batch>> + Send;
+
+    /// Applies `msg` to `batch` (and, for what isn't batched, on `conn`),
+    /// inside the batch transaction. A handler decides before it changes
+    /// anything: it returns `Park` or a `Poison` error only before its first
+    /// change, because the consumer does not roll a message back (a
+    /// savepoint per message cost two statements on the hot path). Debug
+    /// builds check that no row was written and fail the batch otherwise.
     fn handle(
         &self,
         conn: &mut SqliteConnection,
+        batch: &mut Self::Batch,
         msg: &Inbound,
     ) -> impl Future<Output = Result<Outcome, HandleError>> + Send;
 
+    /// Writes back what the batch changed, in the same transaction.
+    fn store(&self, conn: &mut SqliteConnection, batch: Self::Batch) -> impl Future<Output = sqlx::Result<()>> + Send;
+
     /// Called in the transaction that dead-letters a parked message whose
-    /// dependency never arrived, for any compensation it calls for.
+    /// dependency never arrived, for any compensation it calls for (the same
+    /// rule: a `Poison` error only before any change).
     fn expired(
         &self,
         _conn: &mut SqliteConnection,
+        _batch: &mut Self::Batch,
         _msg: &Inbound,
     ) -> impl Future<Output = Result<(), HandleError>> + Send {
         async { Ok(()) }
@@ -287,6 +311,7 @@ impl<H: Handler> Consumer<H> {
             }
         }
         let mut fresh = inbox::record_all(&mut tx, &msgs).await?;
+        let mut work_set = self.handler.load(&mut tx, &msgs).await?;
         let (applied, events) = outbox::collect(async {
             for msg in &msgs {
                 let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
@@ -313,8 +338,8 @@ impl<H: Handler> Consumer<H> {
                         pass.tally.deduplicated += 1;
                         return Ok(());
                     }
-                    match self.apply_one(&mut tx, msg, &mut pass).await? {
-                        Applied::Yes => self.unpark(&mut tx, msg.order_id(), &mut pass).await,
+                    match self.apply_one(&mut tx, &mut work_set, msg, &mut pass).await? {
+                        Applied::Yes => self.unpark(&mut tx, &mut work_set, msg.order_id(), &mut pass).await,
                         Applied::No => Ok(()),
                     }
                 };
@@ -324,6 +349,7 @@ impl<H: Handler> Consumer<H> {
         })
         .await;
         applied?;
+        self.handler.store(&mut tx, work_set).await?;
         outbox::write_all(&mut tx, events).await?;
         timeline::record_all(&mut tx, &pass.notes).await?;
         crate::crash_point!("consumer::before_commit");
@@ -336,11 +362,12 @@ impl<H: Handler> Consumer<H> {
     async fn apply_one(
         &self,
         conn: &mut SqliteConnection,
+        batch: &mut H::Batch,
         msg: &Inbound,
         pass: &mut Pass,
     ) -> Result<Applied, sqlx::Error> {
         let before = if cfg!(debug_assertions) { Some(total_changes(conn).await?) } else { None };
-        let outcome = self.handler.handle(conn, msg).await;
+        let outcome = self.handler.handle(conn, batch, msg).await;
         if let (Some(before), Ok(Outcome::Park(_)) | Err(HandleError::Poison(_))) = (before, &outcome) {
             if total_changes(conn).await? != before {
                 tracing::error!(topic = msg.topic.suffix(), "a handler wrote before parking or refusing a message");
@@ -389,17 +416,29 @@ impl<H: Handler> Consumer<H> {
 
     /// After a message for `order_id` was applied, retries what was parked
     /// waiting for it.
-    async fn unpark(&self, conn: &mut SqliteConnection, order_id: OrderId, pass: &mut Pass) -> sqlx::Result<()> {
+    async fn unpark(
+        &self,
+        conn: &mut SqliteConnection,
+        batch: &mut H::Batch,
+        order_id: OrderId,
+        pass: &mut Pass,
+    ) -> sqlx::Result<()> {
         if !self.maybe_parked.load(Ordering::SeqCst) {
             return Ok(());
         }
         for p in parking::for_order(conn, &order_id.to_string()).await? {
-            self.retry_parked(conn, p, pass).await?;
+            self.retry_parked(conn, batch, p, pass).await?;
         }
         Ok(())
     }
 
-    async fn retry_parked(&self, conn: &mut SqliteConnection, mut p: Parked, pass: &mut Pass) -> sqlx::Result<()> {
+    async fn retry_parked(
+        &self,
+        conn: &mut SqliteConnection,
+        batch: &mut H::Batch,
+        mut p: Parked,
+        pass: &mut Pass,
+    ) -> sqlx::Result<()> {
         let msg = Topic::ALL
             .into_iter()
             .find(|t| t.suffix() == p.topic)
@@ -418,11 +457,9 @@ impl<H: Handler> Consumer<H> {
             }
         };
         if now_ms() - p.parked_at_ms > self.policy.horizon_ms {
-            let mut sp = conn.begin().await?;
-            match self.handler.expired(&mut sp, &msg).await {
-                Ok(()) => sp.commit().await?,
+            match self.handler.expired(conn, batch, &msg).await {
+                Ok(()) | Err(HandleError::Poison(_)) => {}
                 Err(HandleError::Db(e)) => return Err(e),
-                Err(HandleError::Poison(_)) => sp.rollback().await?,
             }
             parking::remove(conn, &p.message_id).await?;
             inbox::forget(conn, &p.message_id).await?;
@@ -433,7 +470,6 @@ impl<H: Handler> Consumer<H> {
             pass.tally.dead_lettered += 1;
             return Ok(());
         }
-        let mut sp = conn.begin().await?;
         // With export, a span of its own, continuing the parked message's
         // trace; without, none (the log lines below name the message).
         let (span, traceparent) = if crate::telemetry::exporting() {
@@ -450,21 +486,18 @@ impl<H: Handler> Consumer<H> {
         } else {
             (tracing::Span::none(), msg.envelope.traceparent.clone())
         };
-        let outcome = trace::scope(traceparent, self.handler.handle(&mut sp, &msg).instrument(span)).await;
+        let outcome = trace::scope(traceparent, self.handler.handle(conn, batch, &msg).instrument(span)).await;
         match outcome {
             Ok(Outcome::Park(_)) => {
-                sp.rollback().await?;
                 parking::postpone(conn, &p.message_id, p.attempts).await?;
             }
             Ok(_) => {
-                sp.commit().await?;
                 parking::remove(conn, &p.message_id).await?;
                 tracing::info!(message_id = %p.message_id, order_id = %p.order_id, "parked message applied");
                 self.note(pass, &msg, "unparked");
                 pass.tally.unparked += 1;
             }
             Err(HandleError::Poison(poison)) => {
-                sp.rollback().await?;
                 parking::remove(conn, &p.message_id).await?;
                 inbox::forget(conn, &p.message_id).await?;
                 dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
@@ -504,9 +537,11 @@ impl<H: Handler> Consumer<H> {
             }
             return Ok(());
         }
+        let mut batch = self.handler.load(&mut tx, &[]).await?;
         for p in due {
-            self.retry_parked(&mut tx, p, &mut pass).await?;
+            self.retry_parked(&mut tx, &mut batch, p, &mut pass).await?;
         }
+        self.handler.store(&mut tx, batch).await?;
         timeline::record_all(&mut tx, &pass.notes).await?;
         tx.commit().await?;
         self.stats.add(&pass.tally);

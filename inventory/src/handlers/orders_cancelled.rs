@@ -9,15 +9,15 @@ use shared::topics::Topic;
 use sqlx::SqliteConnection;
 
 use crate::domain;
-use crate::store;
+use crate::store::Stock;
 
-pub async fn handle(conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+pub async fn handle(conn: &mut SqliteConnection, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
     let _: ReleaseRequested = msg.body()?;
     let order_id = msg.order_id();
-    let existing = store::reservation(conn, order_id).await?;
+    let existing = stock.reservation(conn, order_id).await?;
     let (change, _event) = domain::on_cancelled(existing.as_ref());
-    if let Some(change) = &change {
-        store::save(conn, order_id, change).await?;
+    if let Some(change) = change {
+        stock.apply(order_id, change);
     }
     outbox::enqueue(conn, Topic::Released, order_id, Released {}).await?;
     Ok(Outcome::Applied)

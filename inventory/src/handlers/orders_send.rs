@@ -9,17 +9,17 @@ use shared::topics::Topic;
 use sqlx::SqliteConnection;
 
 use crate::domain::{self, Event};
-use crate::store;
+use crate::store::Stock;
 
-pub async fn handle(conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+pub async fn handle(conn: &mut SqliteConnection, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
     let order: SendOrder = msg.body()?;
     order.validate()?;
     let order_id = msg.order_id();
-    let existing = store::reservation(conn, order_id).await?;
-    let stock = store::levels(conn, order.items.iter().map(|l| &l.sku)).await?;
-    let (change, event) = domain::on_send(existing.as_ref(), &order, &stock);
-    if let Some(change) = &change {
-        store::save(conn, order_id, change).await?;
+    let existing = stock.reservation(conn, order_id).await?;
+    let levels = stock.levels(conn, order.items.iter().map(|l| &l.sku)).await?;
+    let (change, event) = domain::on_send(existing.as_ref(), &order, &levels);
+    if let Some(change) = change {
+        stock.apply(order_id, change);
     }
     match event {
         Some(Event::InStock { fingerprint }) => {

@@ -8,8 +8,14 @@ use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
+use crate::store::Orders;
 
-pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+pub async fn handle(
+    h: &OrderHandler,
+    conn: &mut SqliteConnection,
+    orders: &mut Orders,
+    msg: &Inbound,
+) -> Result<Outcome, HandleError> {
     let body: InStock = msg.body()?;
-    h.apply(conn, msg, Input::InStock { fingerprint: &body.fingerprint }).await
+    h.apply(conn, orders, msg, Input::InStock { fingerprint: &body.fingerprint }).await
 }

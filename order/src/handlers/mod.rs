@@ -23,7 +23,7 @@ use shared::topics::Topic;
 use sqlx::SqliteConnection;
 
 use crate::domain::{self, Input, Order, Step};
-use crate::store;
+use crate::store::Orders;
 
 /// The topics the order service subscribes to.
 pub const SUBSCRIPTIONS: [Topic; 5] =
@@ -36,23 +36,44 @@ pub struct OrderHandler {
 }
 
 impl Handler for OrderHandler {
-    async fn handle(&self, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+    type Batch = Orders;
+
+    /// Every message names its order: read them all at once.
+    async fn load(&self, conn: &mut SqliteConnection, msgs: &[Inbound]) -> sqlx::Result<Orders> {
+        Orders::load(conn, msgs.iter().map(Inbound::order_id)).await
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut SqliteConnection,
+        orders: &mut Orders,
+        msg: &Inbound,
+    ) -> Result<Outcome, HandleError> {
         match msg.topic {
-            Topic::OrdersSend => orders_send::handle(self, conn, msg).await,
-            Topic::OrdersCancel => orders_cancel::handle(self, conn, msg).await,
-            Topic::InStock => in_stock::handle(self, conn, msg).await,
-            Topic::OutOfStock => out_of_stock::handle(self, conn, msg).await,
-            Topic::Released => released::handle(self, conn, msg).await,
+            Topic::OrdersSend => orders_send::handle(self, conn, orders, msg).await,
+            Topic::OrdersCancel => orders_cancel::handle(self, conn, orders, msg).await,
+            Topic::InStock => in_stock::handle(self, conn, orders, msg).await,
+            Topic::OutOfStock => out_of_stock::handle(self, conn, orders, msg).await,
+            Topic::Released => released::handle(self, conn, orders, msg).await,
             other => Ok(Outcome::Ignored(other.suffix())),
         }
     }
 
+    async fn store(&self, conn: &mut SqliteConnection, orders: Orders) -> sqlx::Result<()> {
+        orders.write(conn).await
+    }
+
     /// An `in-stock` whose order never arrived holds stock nobody will
     /// cancel: remember the order as cancelled and release it.
-    async fn expired(&self, conn: &mut SqliteConnection, msg: &Inbound) -> Result<(), HandleError> {
-        if msg.topic == Topic::InStock && store::get(conn, msg.order_id()).await?.is_none() {
+    async fn expired(
+        &self,
+        conn: &mut SqliteConnection,
+        orders: &mut Orders,
+        msg: &Inbound,
+    ) -> Result<(), HandleError> {
+        if msg.topic == Topic::InStock && orders.get(conn, msg.order_id()).await?.0.is_none() {
             tracing::warn!(order_id = %msg.order_id(), "releasing stock reserved for an order that never arrived");
-            store::tombstone(conn, msg.order_id()).await?;
+            orders.tombstone(msg.order_id());
             outbox::enqueue(conn, Topic::OrdersCancelled, msg.order_id(), ReleaseRequested {}).await?;
         }
         Ok(())
@@ -64,18 +85,19 @@ impl OrderHandler {
     async fn apply(
         &self,
         conn: &mut SqliteConnection,
+        orders: &mut Orders,
         msg: &Inbound,
         input: Input<'_>,
     ) -> Result<Outcome, HandleError> {
         let id = msg.order_id();
-        let (existing, tombstoned) = store::get_or_tombstone(conn, id).await?;
+        let (existing, tombstoned) = orders.get(conn, id).await?;
         match domain::decide(existing.as_ref(), tombstoned, id, input, now_ms()) {
             Step::Save { order, emit_status, request_release } => {
-                store::save(conn, &order, self.follow_up_ms).await?;
                 if emit_status {
                     tracing::info!(status = order.status.as_str(), version = order.version, "order status changed");
                     publish_status(conn, &order).await?;
                 }
+                orders.save(order, self.follow_up_ms);
                 if request_release {
                     outbox::enqueue(conn, Topic::OrdersCancelled, id, ReleaseRequested {}).await?;
                 }
@@ -83,7 +105,7 @@ impl OrderHandler {
             }
             Step::Tombstone => {
                 tracing::info!("cancel arrived before the order; tombstoned");
-                store::tombstone(conn, id).await?;
+                orders.tombstone(id);
                 Ok(Outcome::Applied)
             }
             Step::RepeatStatus => {

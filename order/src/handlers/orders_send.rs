@@ -8,9 +8,15 @@ use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
+use crate::store::Orders;
 
-pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+pub async fn handle(
+    h: &OrderHandler,
+    conn: &mut SqliteConnection,
+    orders: &mut Orders,
+    msg: &Inbound,
+) -> Result<Outcome, HandleError> {
     let send: SendOrder = msg.body()?;
     send.validate()?;
-    h.apply(conn, msg, Input::Send(&send)).await
+    h.apply(conn, orders, msg, Input::Send(&send)).await
 }

@@ -7,8 +7,14 @@ use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
+use crate::store::Orders;
 
-pub async fn handle(h: &OrderHandler, conn: &mut SqliteConnection, msg: &Inbound) -> Result<Outcome, HandleError> {
+pub async fn handle(
+    h: &OrderHandler,
+    conn: &mut SqliteConnection,
+    orders: &mut Orders,
+    msg: &Inbound,
+) -> Result<Outcome, HandleError> {
     let _: Released = msg.body()?;
-    h.apply(conn, msg, Input::Released).await
+    h.apply(conn, orders, msg, Input::Released).await
 }
