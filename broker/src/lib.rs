@@ -66,6 +66,9 @@ pub struct BrokerConfig {
     pub topic_log_segment_bytes: usize,
     /// Full segments kept per topic. Default 4.
     pub topic_log_segments: usize,
+    /// Most clients connected at once (nodes, fronts, tools). rumqttd sizes
+    /// its connection tables by it up front. Default 1000.
+    pub max_connections: usize,
     /// User name -> password. Empty (default) means no authentication,
     /// which is only allowed on a loopback `listen` address.
     pub users: HashMap<String, String>,
@@ -90,6 +93,7 @@ impl Default for BrokerConfig {
             max_inflight: 100,
             topic_log_segment_bytes: 2 * 1024 * 1024,
             topic_log_segments: 4,
+            max_connections: 1000,
             users: HashMap::new(),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9042),
             tls: shared::config::TlsConfig::default(),
@@ -109,6 +113,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("max_inflight", &self.max_inflight)
             .field("topic_log_segment_bytes", &self.topic_log_segment_bytes)
             .field("topic_log_segments", &self.topic_log_segments)
+            .field("max_connections", &self.max_connections)
             .field("users", &users)
             .field("metrics_listen", &self.metrics_listen)
             .field("tls", &self.tls)
@@ -149,6 +154,9 @@ impl BrokerConfig {
         if self.topic_log_segment_bytes < 1024 {
             bail!("broker config: topic_log_segment_bytes must be at least 1024");
         }
+        if self.max_connections == 0 {
+            bail!("broker config: max_connections must be > 0");
+        }
         if self.topic_log_segments == 0 {
             bail!("broker config: topic_log_segments must be > 0");
         }
@@ -159,7 +167,7 @@ impl BrokerConfig {
     /// `listen` (behind the TLS listener, a loopback port).
     fn to_rumqttd(&self, listen: SocketAddr) -> rumqttd::Config {
         let router = rumqttd::RouterConfig {
-            max_connections: 10_010,
+            max_connections: self.max_connections,
             max_outgoing_packet_count: 200,
             max_segment_size: self.topic_log_segment_bytes,
             max_segment_count: self.topic_log_segments,

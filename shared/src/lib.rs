@@ -11,13 +11,6 @@
 //! - [`outbox`]: events written with the state change, relayed after commit.
 //! - [`db`], [`config`], [`telemetry`], [`shutdown`], [`tls`]: process plumbing.
 
-// Every node process (and the all-in-one `webshop` binary) links this
-// crate, so the allocator is chosen once, here. The system allocator spent
-// about a quarter of the catalog path's CPU in malloc/free (perf, see
-// docs/PERFORMANCE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 pub mod bus;
 pub mod config;
 pub mod consumer;
