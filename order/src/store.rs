@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS orders (
     -- nothing is outstanding.
     follow_up_at    INTEGER,
     follow_ups      INTEGER NOT NULL DEFAULT 0
-);
+) WITHOUT ROWID; -- one b-tree keyed by order_id, not a rowid table plus an index on it
 CREATE INDEX IF NOT EXISTS orders_follow_up ON orders(follow_up_at) WHERE follow_up_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
 CREATE TABLE IF NOT EXISTS cancel_tombstones (

@@ -159,11 +159,13 @@ pub struct Unsent {
     pub payload: Vec<u8>,
 }
 
-/// The oldest unsent events, in the order they were written.
+/// The oldest unsent events, in the order they were written. Read on the
+/// read pool: only committed rows matter, and the writer stays free for
+/// the consumer.
 pub async fn unsent(db: &Db, limit: i64) -> sqlx::Result<Vec<Unsent>> {
     let rows = sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?")
         .bind(limit)
-        .fetch_all(&db.writer)
+        .fetch_all(&db.reader)
         .await?;
     Ok(rows.into_iter().map(|r| Unsent { seq: r.get(0), topic: r.get(1), payload: r.get(2) }).collect())
 }
