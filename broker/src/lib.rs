@@ -500,19 +500,26 @@ mod tests {
         // rumqttd closes the connection without a CONNACK on bad credentials.
         for login in [Some(("order", "wrong")), None] {
             let (_bad, mut eventloop) = client(&cfg, "broker-test-bad", login);
-            let outcome = tokio::time::timeout(TEST_DEADLINE, async {
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
-                        Ok(_) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            })
-            .await
-            .expect("timed out waiting for the broker to refuse the login");
+            let outcome = connack_or_error(&mut eventloop, "the broker to refuse the login").await;
             assert!(outcome.is_err(), "login {login:?} accepted: {outcome:?}");
         }
+    }
+
+    /// The connection's CONNACK, or the error that ended it first.
+    async fn connack_or_error(
+        eventloop: &mut rumqttc::EventLoop,
+        what: &str,
+    ) -> Result<rumqttc::ConnAck, rumqttc::ConnectionError> {
+        let first = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::time::timeout(TEST_DEADLINE, first).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
     }
 
     /// MQTT over TLS works, a client that connects and stays silent holds
@@ -543,17 +550,7 @@ mod tests {
         assert_eq!(&publish.payload[..], b"over tls");
 
         let (_plain, mut eventloop) = client(&cfg, "broker-test-plain", None);
-        let outcome = tokio::time::timeout(TEST_DEADLINE, async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
-                    Ok(_) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        })
-        .await
-        .expect("timed out waiting for the TLS port to drop a plain client");
+        let outcome = connack_or_error(&mut eventloop, "the TLS port to drop a plain client").await;
         assert!(outcome.is_err(), "plain MQTT accepted on the TLS port: {outcome:?}");
     }
 
