@@ -506,16 +506,13 @@ mod tests {
     }
 
     /// The connection's CONNACK, or the error that ended it first.
-    async fn connack_or_error(
-        eventloop: &mut rumqttc::EventLoop,
-        what: &str,
-    ) -> Result<rumqttc::ConnAck, rumqttc::ConnectionError> {
+    async fn connack_or_error(eventloop: &mut rumqttc::EventLoop, what: &str) -> Result<rumqttc::ConnAck, String> {
         let first = async {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
                     Ok(_) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         };
