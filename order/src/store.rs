@@ -205,14 +205,6 @@ pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>>
     get(&mut conn, id).await
 }
 
-pub async fn is_tombstoned(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<bool> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cancel_tombstones WHERE order_id = ?")
-        .bind(id.to_string())
-        .fetch_one(conn)
-        .await?;
-    Ok(n > 0)
-}
-
 pub async fn tombstone(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
         .bind(id.to_string())
