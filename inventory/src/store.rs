@@ -274,33 +274,34 @@ impl Stock {
         let now = now_ms();
         let held = self.reservations.entry(order_id).or_insert(Held::unchanged(None));
         held.changed = true;
-        let released = match change {
+        // What moves between `available` and `reserved`, and which way.
+        let (lines, to_available) = match change {
             Change::Reserve { lines, fingerprint } => {
                 held.decided_at = Some(now);
                 held.reservation = Some(Reservation::Reserved { lines: lines.clone(), fingerprint });
-                self.move_stock(&lines, -1);
-                return;
+                (lines, -1)
             }
             Change::Reject { fingerprint, reason } => {
                 held.decided_at = Some(now);
                 held.reservation = Some(Reservation::Rejected { fingerprint, reason });
-                return;
+                (Vec::new(), 0)
             }
             Change::Release { lines } => {
                 let fingerprint = match &held.reservation {
                     Some(Reservation::Reserved { fingerprint, .. }) => Some(fingerprint.clone()),
                     _ => None,
                 };
+                held.released_at = Some(now);
                 held.reservation = Some(Reservation::Released { lines: lines.clone(), fingerprint });
-                lines
+                (lines, 1)
             }
             Change::Tombstone => {
+                held.released_at = Some(now);
                 held.reservation = Some(Reservation::Released { lines: Vec::new(), fingerprint: None });
-                Vec::new()
+                (Vec::new(), 1)
             }
         };
-        held.released_at = Some(now);
-        self.move_stock(&released, 1);
+        self.move_stock(&lines, to_available);
     }
 
     /// Writes every change: one statement for the stock, one per chunk of

@@ -78,6 +78,7 @@ pub struct Orders {
     slots: HashMap<OrderId, Slot>,
 }
 
+#[derive(Default)]
 struct Slot {
     order: Option<Order>,
     /// A cancel came before the order (a row in `cancel_tombstones`).
@@ -106,7 +107,7 @@ impl Orders {
                 let Ok(id) = OrderId::parse(row.get::<&str, _>(13)) else { continue };
                 let order = row.get::<Option<String>, _>(0).is_some().then(|| order(&row));
                 let tombstoned = row.get::<i64, _>(12) != 0;
-                orders.slots.insert(id, Slot { order, tombstoned, save: None, new_tombstone: false });
+                orders.slots.insert(id, Slot { order, tombstoned, ..Slot::default() });
             }
         }
         Ok(orders)
@@ -130,20 +131,14 @@ impl Orders {
     /// now when it still waits on inventory.
     pub fn save(&mut self, order: Order, retry_ms: i64) {
         let follow_up_at = needs_follow_up(&order).then(|| now_ms() + retry_ms);
-        let slot = self.slots.entry(order.order_id).or_insert(Slot {
-            order: None,
-            tombstoned: false,
-            save: None,
-            new_tombstone: false,
-        });
+        let slot = self.slots.entry(order.order_id).or_default();
         slot.order = Some(order);
         slot.save = Some(follow_up_at);
     }
 
     /// Remembers that the order was cancelled before it arrived.
     pub fn tombstone(&mut self, id: OrderId) {
-        let slot =
-            self.slots.entry(id).or_insert(Slot { order: None, tombstoned: false, save: None, new_tombstone: false });
+        let slot = self.slots.entry(id).or_default();
         if !slot.tombstoned {
             slot.tombstoned = true;
             slot.new_tombstone = true;

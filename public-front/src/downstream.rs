@@ -148,16 +148,15 @@ impl Downstream {
             .send()
             .await
             .map_err(|e| unavailable("inventory", e))?;
-        match resp.status() {
-            s if s.is_success() => resp.bytes().await.map_err(|e| unavailable("inventory", e)),
-            StatusCode::NOT_FOUND => Err(ApiError::internal("inventory answered 404 for /products")),
-            _ => Err(decode::<serde_json::Value>("inventory", resp)
-                .await
-                .err()
-                .unwrap_or_else(|| ApiError::internal("inventory answered an unexpected status for /products"))),
+        if resp.status().is_success() {
+            return resp.bytes().await.map_err(|e| unavailable("inventory", e));
         }
+        // Every other status is an error; `decode` names it (a 404 comes back as `None`).
+        decode::<serde_json::Value>("inventory", resp).await?;
+        Err(ApiError::internal("inventory answered 404 for /products"))
     }
 
+    /// One product, read live (not cached: a product page shows current stock).
     pub async fn product(&self, sku: &Sku) -> Result<Option<Product>, ApiError> {
         self.get_json("inventory", format!("{}/products/{sku}", self.inventory)).await
     }
