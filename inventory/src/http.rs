@@ -112,6 +112,7 @@ fn admin_error(e: store::AdminError) -> ApiError {
         store::AdminError::Exists(_) => ApiError::conflict("product_exists", e.to_string()),
         store::AdminError::Unknown(_) => ApiError::not_found("unknown_product", e.to_string()),
         store::AdminError::Db(e) => ApiError::internal(e),
+        store::AdminError::Read(e) => ApiError::internal(e),
     }
 }
 
@@ -129,9 +130,7 @@ async fn add_product(
             "price_cents and stock must be >= 0, name non-empty, currency a 3-letter code",
         ));
     }
-    store::add_product(&node.db.writer, &p).await.map_err(admin_error)?;
-    let created =
-        store::get_product(&node.db.writer, &p.sku).await?.ok_or_else(|| ApiError::internal("product vanished"))?;
+    let created = store::add_product(&node.db, &p).await.map_err(admin_error)?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -156,5 +155,5 @@ async fn update_product(
     if u.price_cents.is_some_and(|p| p < 0) || u.available.is_some_and(|a| a < 0) {
         return Err(ApiError::unprocessable("invalid_update", "price_cents and available must be >= 0"));
     }
-    Ok(Json(store::update_product(&node.db.writer, &sku, u.price_cents, u.available).await.map_err(admin_error)?))
+    Ok(Json(store::update_product(&node.db, &sku, u.price_cents, u.available).await.map_err(admin_error)?))
 }

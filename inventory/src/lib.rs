@@ -52,7 +52,7 @@ impl App {
             None => SAMPLE_CATALOG.to_owned(),
         };
         let products: Vec<store::SeedProduct> = serde_json::from_str(&catalog).context("parsing the catalog")?;
-        let seeded = store::seed_if_empty(&db.writer, &products).await?;
+        let seeded = store::seed_if_empty(&db, &products).await?;
         if seeded > 0 {
             tracing::info!(products = seeded, "loaded the catalog into an empty database");
         }

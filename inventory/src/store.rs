@@ -1,11 +1,13 @@
 //! Inventory's tables and every SQL statement that touches them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::{Entry, HashMap};
+use std::collections::BTreeMap;
 
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
-use shared::db::{now_ms, values_sql, INSERT_CHUNK};
+use shared::db::{now_ms, Db};
 use shared::ids::{OrderId, Sku};
 
 use crate::domain::{Change, Level, Reservation};
@@ -57,34 +59,28 @@ pub struct SeedProduct {
 }
 
 /// Loads `products` if the catalog is empty (first start only).
-pub async fn seed_if_empty(pool: &SqlitePool, products: &[SeedProduct]) -> sqlx::Result<usize> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(&mut *tx).await?;
-    if count > 0 {
-        return Ok(0);
-    }
-    for p in products {
-        insert_product(&mut tx, p).await?;
-    }
-    tx.commit().await?;
-    Ok(products.len())
+pub async fn seed_if_empty(db: &Db, products: &[SeedProduct]) -> rusqlite::Result<usize> {
+    let products = products.to_vec();
+    db.write(move |tx| {
+        let count: i64 = tx.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0))?;
+        if count > 0 {
+            return Ok(0);
+        }
+        for p in &products {
+            insert_product(tx, p)?;
+        }
+        Ok(products.len())
+    })
+    .await
 }
 
 /// A new product row: its starting stock is both `available` and `initial`.
-async fn insert_product(conn: &mut SqliteConnection, p: &SeedProduct) -> sqlx::Result<()> {
-    sqlx::query(
+fn insert_product(conn: &Connection, p: &SeedProduct) -> rusqlite::Result<()> {
+    conn.prepare_cached(
         "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(p.sku.as_str())
-    .bind(&p.name)
-    .bind(&p.description)
-    .bind(p.price_cents)
-    .bind(&p.currency)
-    .bind(p.stock)
-    .bind(p.stock)
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![p.sku.as_str(), p.name, p.description, p.price_cents, p.currency, p.stock, p.stock])?;
     Ok(())
 }
 
@@ -185,77 +181,44 @@ struct Held {
 }
 
 impl Stock {
-    /// Reads the reservations of `orders` and the levels of `skus`, one
-    /// statement each per chunk.
-    pub async fn load(conn: &mut SqliteConnection, orders: Vec<OrderId>, skus: Vec<Sku>) -> sqlx::Result<Stock> {
-        let mut stock = Stock::default();
-        stock.read(conn, orders, skus).await?;
-        Ok(stock)
-    }
-
-    async fn read(&mut self, conn: &mut SqliteConnection, orders: Vec<OrderId>, skus: Vec<Sku>) -> sqlx::Result<()> {
-        for chunk in orders.chunks(500) {
-            let ids: Vec<String> = chunk.iter().map(|id| id.to_string()).collect();
-            let rows = sqlx::query(
-                "SELECT order_id, state, lines, fingerprint, reason FROM reservations
-                 WHERE order_id IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".to_owned()))
-            .fetch_all(&mut *conn)
-            .await?;
-            for id in chunk {
-                self.reservations.entry(*id).or_insert(Held::unchanged(None));
-            }
-            for r in rows {
-                let Ok(id) = OrderId::parse(r.get::<&str, _>(0)) else { continue };
-                let reservation = reservation_from(r.get(1), r.get(2), r.get(3), r.get(4));
-                self.reservations.insert(id, Held::unchanged(Some(reservation)));
-            }
-        }
-        for chunk in skus.chunks(500) {
-            let list: Vec<&str> = chunk.iter().map(Sku::as_str).collect();
-            let rows = sqlx::query(
-                "SELECT sku, available, reserved FROM products WHERE sku IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(serde_json::to_string(&list).unwrap_or_else(|_| "[]".to_owned()))
-            .fetch_all(&mut *conn)
-            .await?;
-            for sku in chunk {
-                self.levels.entry(sku.clone()).or_insert(None);
-            }
-            for r in rows {
-                let Ok(sku) = Sku::parse(r.get::<&str, _>(0)) else { continue };
-                self.levels.insert(sku, Some(Level { available: r.get(1), reserved: r.get(2) }));
-            }
-        }
-        Ok(())
-    }
-
     /// What inventory holds for `order_id`.
-    pub async fn reservation(
-        &mut self,
-        conn: &mut SqliteConnection,
-        order_id: OrderId,
-    ) -> sqlx::Result<Option<Reservation>> {
-        if !self.reservations.contains_key(&order_id) {
-            self.read(conn, vec![order_id], Vec::new()).await?;
-        }
-        Ok(self.reservations.get(&order_id).and_then(|h| h.reservation.clone()))
+    pub fn reservation(&mut self, conn: &Connection, order_id: OrderId) -> rusqlite::Result<Option<Reservation>> {
+        let held = match self.reservations.entry(order_id) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let found = conn
+                    .prepare_cached("SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = ?")?
+                    .query_row([order_id.to_string()], |r| {
+                        Ok(reservation_from(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()?;
+                e.insert(Held::unchanged(found))
+            }
+        };
+        Ok(held.reservation.clone())
     }
 
     /// Stock levels of the given SKUs (unknown ones are absent), with this
     /// batch's changes.
-    pub async fn levels<'a>(
+    pub fn levels<'a>(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &Connection,
         skus: impl Iterator<Item = &'a Sku>,
-    ) -> sqlx::Result<BTreeMap<Sku, Level>> {
-        let skus: Vec<Sku> = skus.cloned().collect();
-        let missing: Vec<Sku> = skus.iter().filter(|s| !self.levels.contains_key(*s)).cloned().collect();
-        if !missing.is_empty() {
-            self.read(conn, Vec::new(), missing).await?;
+    ) -> rusqlite::Result<BTreeMap<Sku, Level>> {
+        let mut out = BTreeMap::new();
+        for sku in skus {
+            if !self.levels.contains_key(sku) {
+                let level = conn
+                    .prepare_cached("SELECT available, reserved FROM products WHERE sku = ?")?
+                    .query_row([sku.as_str()], |r| Ok(Level { available: r.get(0)?, reserved: r.get(1)? }))
+                    .optional()?;
+                self.levels.insert(sku.clone(), level);
+            }
+            if let Some(Some(level)) = self.levels.get(sku) {
+                out.insert(sku.clone(), *level);
+            }
         }
-        Ok(skus.into_iter().filter_map(|s| self.levels.get(&s).copied().flatten().map(|l| (s, l))).collect())
+        Ok(out)
     }
 
     fn move_stock(&mut self, lines: &[(Sku, i64)], to_available: i64) {
@@ -304,62 +267,34 @@ impl Stock {
         self.move_stock(&lines, to_available);
     }
 
-    /// Writes every change: one statement for the stock, one per chunk of
-    /// reservations.
-    pub async fn write(self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        let deltas: Vec<(&str, i64)> =
-            self.deltas.iter().filter(|(_, d)| **d != 0).map(|(s, d)| (s.as_str(), *d)).collect();
-        if !deltas.is_empty() {
-            // The CHECK (available >= 0) is the last line of defence.
-            sqlx::query(
-                "UPDATE products SET available = products.available + d.delta, reserved = products.reserved - d.delta
-                 FROM (SELECT value ->> 0 AS sku, value ->> 1 AS delta FROM json_each(?1)) AS d
-                 WHERE products.sku = d.sku",
-            )
-            .bind(serde_json::to_string(&deltas).unwrap_or_else(|_| "[]".to_owned()))
-            .execute(&mut *conn)
-            .await?;
+    /// Writes every change: one update per product whose stock moved, one
+    /// upsert per changed reservation.
+    pub fn write(self, conn: &Connection) -> rusqlite::Result<()> {
+        // The CHECK (available >= 0) is the last line of defence.
+        let mut stock = conn.prepare_cached(
+            "UPDATE products SET available = available + ?1, reserved = reserved - ?1 WHERE sku = ?2",
+        )?;
+        for (sku, delta) in self.deltas.iter().filter(|(_, d)| **d != 0) {
+            stock.execute(params![delta, sku.as_str()])?;
         }
-        // One row per changed reservation: (order_id, state, lines,
-        // fingerprint, reason, decided_at, released_at).
-        type Row = (String, &'static str, String, Option<String>, Option<String>, Option<i64>, Option<i64>);
-        let rows: Vec<Row> = self
-            .reservations
-            .into_iter()
-            .filter(|(_, h)| h.changed)
-            .filter_map(|(id, h)| {
-                let (state, lines, fingerprint, reason) = match h.reservation? {
-                    Reservation::Reserved { lines, fingerprint } => ("reserved", lines, Some(fingerprint), None),
-                    Reservation::Rejected { fingerprint, reason } => {
-                        ("rejected", Vec::new(), Some(fingerprint), Some(reason))
-                    }
-                    Reservation::Released { lines, fingerprint } => ("released", lines, fingerprint, None),
-                };
-                let lines = serde_json::to_string(&lines).unwrap_or_else(|_| "[]".to_owned());
-                Some((id.to_string(), state, lines, fingerprint, reason, h.decided_at, h.released_at))
-            })
-            .collect();
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let sql = values_sql(
-                "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at, released_at)",
-                7,
-                chunk.len(),
-                "ON CONFLICT (order_id) DO UPDATE SET
-                     state = excluded.state, lines = excluded.lines,
-                     released_at = COALESCE(excluded.released_at, released_at)",
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, state, lines, fingerprint, reason, decided_at, released_at) in chunk {
-                q = q
-                    .bind(id)
-                    .bind(*state)
-                    .bind(lines)
-                    .bind(fingerprint)
-                    .bind(reason)
-                    .bind(decided_at)
-                    .bind(released_at);
-            }
-            q.execute(&mut *conn).await?;
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at, released_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (order_id) DO UPDATE SET
+                 state = excluded.state, lines = excluded.lines,
+                 released_at = COALESCE(excluded.released_at, released_at)",
+        )?;
+        for (id, h) in self.reservations.into_iter().filter(|(_, h)| h.changed) {
+            let Some(reservation) = h.reservation else { continue };
+            let (state, lines, fingerprint, reason) = match reservation {
+                Reservation::Reserved { lines, fingerprint } => ("reserved", lines, Some(fingerprint), None),
+                Reservation::Rejected { fingerprint, reason } => {
+                    ("rejected", Vec::new(), Some(fingerprint), Some(reason))
+                }
+                Reservation::Released { lines, fingerprint } => ("released", lines, fingerprint, None),
+            };
+            let lines = serde_json::to_string(&lines).unwrap_or_else(|_| "[]".to_owned());
+            upsert.execute(params![id.to_string(), state, lines, fingerprint, reason, h.decided_at, h.released_at])?;
         }
         Ok(())
     }
@@ -454,61 +389,55 @@ pub enum AdminError {
     #[error("no product with SKU {0}")]
     Unknown(String),
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Read(#[from] sqlx::Error),
 }
 
-/// Adds a product with its initial stock.
-pub async fn add_product(pool: &SqlitePool, p: &SeedProduct) -> Result<(), AdminError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE sku = ?")
-        .bind(p.sku.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-    if exists > 0 {
-        return Err(AdminError::Exists(p.sku.to_string()));
-    }
-    insert_product(&mut tx, p).await?;
-    tx.commit().await?;
-    Ok(())
+/// Adds a product with its initial stock; returns it as the catalog shows it.
+pub async fn add_product(db: &Db, p: &SeedProduct) -> Result<Product, AdminError> {
+    let row = p.clone();
+    db.write(move |tx| -> Result<(), AdminError> {
+        let exists: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM products WHERE sku = ?)", [row.sku.as_str()], |r| r.get(0))?;
+        if exists {
+            return Err(AdminError::Exists(row.sku.to_string()));
+        }
+        insert_product(tx, &row)?;
+        Ok(())
+    })
+    .await?;
+    get_product(&db.reader, &p.sku).await?.ok_or_else(|| AdminError::Unknown(p.sku.to_string()))
 }
 
 /// Sets a product's price and/or its available stock. A stock change is
 /// booked as a restock (`restocked += new - old`, possibly negative for a
 /// write-off), so `initial + restocked == available + reserved` holds.
 pub async fn update_product(
-    pool: &SqlitePool,
+    db: &Db,
     sku: &Sku,
     price_cents: Option<i64>,
     available: Option<i64>,
 ) -> Result<Product, AdminError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let found = sqlx::query("SELECT available FROM products WHERE sku = ?")
-        .bind(sku.as_str())
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| AdminError::Unknown(sku.to_string()))?;
-    let old: i64 = found.get(0);
-    if let Some(price) = price_cents {
-        sqlx::query("UPDATE products SET price_cents = ? WHERE sku = ?")
-            .bind(price)
-            .bind(sku.as_str())
-            .execute(&mut *tx)
-            .await?;
-    }
-    if let Some(new) = available {
-        sqlx::query("UPDATE products SET available = ?1, restocked = restocked + (?1 - ?2) WHERE sku = ?3")
-            .bind(new)
-            .bind(old)
-            .bind(sku.as_str())
-            .execute(&mut *tx)
-            .await?;
-    }
-    let row = sqlx::query(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ?"))
-        .bind(sku.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(product(&row))
+    let key = sku.clone();
+    db.write(move |tx| -> Result<(), AdminError> {
+        let old: i64 = tx
+            .query_row("SELECT available FROM products WHERE sku = ?", [key.as_str()], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| AdminError::Unknown(key.to_string()))?;
+        if let Some(price) = price_cents {
+            tx.execute("UPDATE products SET price_cents = ? WHERE sku = ?", params![price, key.as_str()])?;
+        }
+        if let Some(new) = available {
+            tx.execute(
+                "UPDATE products SET available = ?1, restocked = restocked + (?1 - ?2) WHERE sku = ?3",
+                params![new, old, key.as_str()],
+            )?;
+        }
+        Ok(())
+    })
+    .await?;
+    get_product(&db.reader, sku).await?.ok_or_else(|| AdminError::Unknown(sku.to_string()))
 }
 
 /// Stock gauges for `/metrics`.

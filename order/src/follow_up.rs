@@ -34,24 +34,25 @@ pub async fn run(db: Db, wakeup: Wakeup, follow_up_ms: i64, shutdown: Cancellati
 }
 
 /// One round: chase every order whose follow-up is due; returns how many.
-pub async fn pass(db: &Db, follow_up_ms: i64) -> sqlx::Result<usize> {
-    let mut tx = db.begin().await?;
-    let due = store::due_follow_ups(&mut tx, 200).await?;
-    for (order, attempts) in &due {
-        let id = order.order_id;
-        if order.status == OrderStatus::Pending {
-            if let Some(body) = store::send_body(order) {
-                tracing::info!(order_id = %id, attempts, "no stock decision yet; asking inventory again");
-                outbox::enqueue(&mut tx, Topic::OrdersSend, id, body).await?;
+pub async fn pass(db: &Db, follow_up_ms: i64) -> rusqlite::Result<usize> {
+    db.write(move |tx| {
+        let due = store::due_follow_ups(tx, 200)?;
+        for (order, attempts) in &due {
+            let id = order.order_id;
+            if order.status == OrderStatus::Pending {
+                if let Some(body) = store::send_body(order) {
+                    tracing::info!(order_id = %id, attempts, "no stock decision yet; asking inventory again");
+                    outbox::enqueue(tx, Topic::OrdersSend, id, body);
+                }
             }
+            if order.release_pending {
+                tracing::info!(order_id = %id, attempts, "release not confirmed yet; asking inventory again");
+                outbox::enqueue(tx, Topic::OrdersCancelled, id, ReleaseRequested {});
+            }
+            let delay = (follow_up_ms << (*attempts).clamp(0, 4)).min(60_000);
+            store::reschedule(tx, id, now_ms() + delay)?;
         }
-        if order.release_pending {
-            tracing::info!(order_id = %id, attempts, "release not confirmed yet; asking inventory again");
-            outbox::enqueue(&mut tx, Topic::OrdersCancelled, id, ReleaseRequested {}).await?;
-        }
-        let delay = (follow_up_ms << (*attempts).clamp(0, 4)).min(60_000);
-        store::reschedule(&mut tx, id, now_ms() + delay).await?;
-    }
-    tx.commit().await?;
-    Ok(due.len())
+        Ok(due.len())
+    })
+    .await
 }

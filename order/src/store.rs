@@ -1,11 +1,12 @@
 //! The order service's tables and every SQL statement that touches them.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
-use shared::db::{now_ms, values_sql, INSERT_CHUNK};
+use shared::db::now_ms;
 use shared::ids::OrderId;
 use shared::message::{OrderStatus, SendOrder};
 
@@ -31,7 +32,9 @@ CREATE TABLE IF NOT EXISTS orders (
     follow_ups      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID; -- one b-tree keyed by order_id, not a rowid table plus an index on it
 CREATE INDEX IF NOT EXISTS orders_follow_up ON orders(follow_up_at) WHERE follow_up_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS orders_status ON orders(status);
+-- No index on status: only the operators' counts read it (a scan), and
+-- every status change would rewrite an entry at a random place.
+DROP INDEX IF EXISTS orders_status;
 CREATE TABLE IF NOT EXISTS cancel_tombstones (
     order_id TEXT PRIMARY KEY,
     at       INTEGER NOT NULL
@@ -40,39 +43,45 @@ CREATE TABLE IF NOT EXISTS cancel_tombstones (
 
 const COLUMNS: &str = "order_id, status, version, customer_email, items, currency, total_cents, fingerprint, reason, release_pending, created_at, updated_at";
 
-fn order(r: &sqlx::sqlite::SqliteRow) -> Order {
-    let id: String = r.get(0);
-    let status: String = r.get(1);
-    let items: String = r.get(4);
+/// `COLUMNS` as read by either driver (sqlx on the read pool, rusqlite on
+/// the writer).
+type OrderRow = (String, String, i64, String, String, String, i64, String, Option<String>, i64, i64, i64);
+
+fn order(r: OrderRow) -> Order {
+    let (
+        id,
+        status,
+        version,
+        customer_email,
+        items,
+        currency,
+        total_cents,
+        fingerprint,
+        reason,
+        release,
+        created,
+        updated,
+    ) = r;
     Order {
         // Written only by `save`, from parsed values.
         order_id: OrderId::parse(&id).unwrap_or(OrderId(uuid::Uuid::nil())),
         status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
-        version: r.get(2),
-        customer_email: r.get(3),
+        version,
+        customer_email,
         items: serde_json::from_str(&items).unwrap_or_default(),
-        currency: r.get(5),
-        total_cents: r.get(6),
-        fingerprint: r.get(7),
-        reason: r.get(8),
-        release_pending: r.get::<i64, _>(9) != 0,
-        created_at_ms: r.get(10),
-        updated_at_ms: r.get(11),
+        currency,
+        total_cents,
+        fingerprint,
+        reason,
+        release_pending: release != 0,
+        created_at_ms: created,
+        updated_at_ms: updated,
     }
 }
 
-pub async fn get(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<Option<Order>> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.as_ref().map(order))
-}
-
-/// The orders one consumer transaction touches: read once, changed in
-/// memory by the handlers, written back once (see
-/// `shared::consumer::Handler`). Orders it didn't read ahead are read on
-/// first use.
+/// The orders one consumer transaction touches: read on first use, changed
+/// in memory by the handlers, written back once (see
+/// `shared::consumer::Handler`).
 #[derive(Default)]
 pub struct Orders {
     slots: HashMap<OrderId, Slot>,
@@ -89,41 +98,27 @@ struct Slot {
 }
 
 impl Orders {
-    /// Reads the given orders and their tombstones, one statement per chunk.
-    pub async fn load(conn: &mut SqliteConnection, ids: impl IntoIterator<Item = OrderId>) -> sqlx::Result<Orders> {
-        let mut ids: Vec<String> = ids.into_iter().map(|id| id.to_string()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut orders = Orders::default();
-        let cols = COLUMNS.split(", ").map(|c| format!("o.{c}")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT {cols}, EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = k.value), k.value
-             FROM json_each(?1) k LEFT JOIN orders o ON o.order_id = k.value"
-        );
-        for chunk in ids.chunks(500) {
-            let list = serde_json::to_string(chunk).unwrap_or_else(|_| "[]".to_owned());
-            for row in sqlx::query(&sql).bind(list).fetch_all(&mut *conn).await? {
-                // Written by us from a parsed OrderId just above.
-                let Ok(id) = OrderId::parse(row.get::<&str, _>(13)) else { continue };
-                let order = row.get::<Option<String>, _>(0).is_some().then(|| order(&row));
-                let tombstoned = row.get::<i64, _>(12) != 0;
-                orders.slots.insert(id, Slot { order, tombstoned, ..Slot::default() });
+    fn slot(&mut self, conn: &Connection, id: OrderId) -> rusqlite::Result<&mut Slot> {
+        match self.slots.entry(id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let key = id.to_string();
+                let order = conn
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ?"))?
+                    .query_row([&key], |r| OrderRow::try_from(r))
+                    .optional()?
+                    .map(order);
+                let tombstoned = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM cancel_tombstones WHERE order_id = ?)")?
+                    .query_row([&key], |r| r.get(0))?;
+                Ok(e.insert(Slot { order, tombstoned, ..Slot::default() }))
             }
         }
-        Ok(orders)
-    }
-
-    async fn slot(&mut self, conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<&mut Slot> {
-        if !self.slots.contains_key(&id) {
-            let loaded = Orders::load(conn, [id]).await?;
-            self.slots.extend(loaded.slots);
-        }
-        Ok(self.slots.get_mut(&id).expect("loaded just above"))
     }
 
     /// The order, and whether a cancel for it came first.
-    pub async fn get(&mut self, conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<(Option<Order>, bool)> {
-        let slot = self.slot(conn, id).await?;
+    pub fn get(&mut self, conn: &Connection, id: OrderId) -> rusqlite::Result<(Option<Order>, bool)> {
+        let slot = self.slot(conn, id)?;
         Ok((slot.order.clone(), slot.tombstoned))
     }
 
@@ -145,88 +140,85 @@ impl Orders {
         }
     }
 
-    /// Writes every change, one statement per chunk of orders.
-    pub async fn write(self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        let mut saves = Vec::new();
-        let mut tombstones = Vec::new();
+    /// Writes every change.
+    pub fn write(self, conn: &Connection) -> rusqlite::Result<()> {
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
+                                 fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (order_id) DO UPDATE SET
+                 status = excluded.status, version = excluded.version, reason = excluded.reason,
+                 release_pending = excluded.release_pending, updated_at = excluded.updated_at,
+                 follow_up_at = excluded.follow_up_at,
+                 follow_ups = CASE WHEN excluded.follow_up_at IS NULL THEN follow_ups ELSE 0 END",
+        )?;
         for (id, slot) in self.slots {
             if slot.new_tombstone {
-                tombstones.push(id);
+                conn.prepare_cached(
+                    "INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![id.to_string(), now_ms()])?;
             }
-            if let (Some(follow_up_at), Some(order)) = (slot.save, slot.order) {
-                saves.push((order, follow_up_at));
+            if let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) {
+                upsert.execute(params![
+                    o.order_id.to_string(),
+                    o.status.as_str(),
+                    o.version,
+                    o.customer_email,
+                    serde_json::to_string(&o.items).unwrap_or_default(),
+                    o.currency,
+                    o.total_cents,
+                    o.fingerprint,
+                    o.reason,
+                    o.release_pending as i64,
+                    o.created_at_ms,
+                    o.updated_at_ms,
+                    follow_up_at
+                ])?;
             }
-        }
-        for chunk in saves.chunks(INSERT_CHUNK) {
-            let sql = values_sql(
-                "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
-                                     fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)",
-                13,
-                chunk.len(),
-                "ON CONFLICT (order_id) DO UPDATE SET
-                     status = excluded.status, version = excluded.version, reason = excluded.reason,
-                     release_pending = excluded.release_pending, updated_at = excluded.updated_at,
-                     follow_up_at = excluded.follow_up_at,
-                     follow_ups = CASE WHEN excluded.follow_up_at IS NULL THEN follow_ups ELSE 0 END",
-            );
-            let mut q = sqlx::query(&sql);
-            for (o, follow_up_at) in chunk {
-                q = q
-                    .bind(o.order_id.to_string())
-                    .bind(o.status.as_str())
-                    .bind(o.version)
-                    .bind(&o.customer_email)
-                    .bind(serde_json::to_string(&o.items).unwrap_or_default())
-                    .bind(&o.currency)
-                    .bind(o.total_cents)
-                    .bind(&o.fingerprint)
-                    .bind(&o.reason)
-                    .bind(o.release_pending as i64)
-                    .bind(o.created_at_ms)
-                    .bind(o.updated_at_ms)
-                    .bind(*follow_up_at);
-            }
-            q.execute(&mut *conn).await?;
-        }
-        for id in tombstones {
-            tombstone(conn, id).await?;
         }
         Ok(())
     }
 }
 
+/// One order, on the read pool.
 pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>> {
-    let mut conn = pool.acquire().await?;
-    get(&mut conn, id).await
-}
-
-pub async fn tombstone(conn: &mut SqliteConnection, id: OrderId) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+    let row = sqlx::query_as::<_, OrderRow>(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ?"))
         .bind(id.to_string())
-        .bind(now_ms())
-        .execute(conn)
+        .fetch_optional(pool)
         .await?;
-    Ok(())
+    Ok(row.map(order))
 }
 
 /// Orders whose follow-up is due, with how many follow-ups they had.
-pub async fn due_follow_ups(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<(Order, i64)>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
-    ))
-    .bind(now_ms())
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.iter().map(|r| (order(r), r.get(12))).collect())
+pub fn due_follow_ups(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<(Order, i64)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT follow_ups, {COLUMNS} FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
+    ))?;
+    let rows = stmt.query_map([now_ms(), limit], |r| {
+        let follow_ups: i64 = r.get(0)?;
+        let cols = (
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+        );
+        Ok((order(cols), follow_ups))
+    })?;
+    rows.collect()
 }
 
-pub async fn reschedule(conn: &mut SqliteConnection, id: OrderId, at_ms: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")
-        .bind(at_ms)
-        .bind(id.to_string())
-        .execute(conn)
-        .await?;
+pub fn reschedule(conn: &Connection, id: OrderId, at_ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")?
+        .execute(params![at_ms, id.to_string()])?;
     Ok(())
 }
 
@@ -269,14 +261,14 @@ pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Counts> {
 
 /// Every order (paged by id), for the audit.
 pub async fn list(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::Result<Vec<Order>> {
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query_as::<_, OrderRow>(&format!(
         "SELECT {COLUMNS} FROM orders WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2"
     ))
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    Ok(rows.iter().map(order).collect())
+    Ok(rows.into_iter().map(order).collect())
 }
 
 /// Order gauges for `/metrics`.
@@ -293,9 +285,9 @@ pub async fn update_gauges(db: shared::db::Db) {
 
 /// The most recently changed orders, newest first.
 pub async fn recent(pool: &SqlitePool, limit: i64) -> sqlx::Result<Vec<Order>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT ?"))
+    let rows = sqlx::query_as::<_, OrderRow>(&format!("SELECT {COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT ?"))
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    Ok(rows.iter().map(order).collect())
+    Ok(rows.into_iter().map(order).collect())
 }

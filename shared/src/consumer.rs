@@ -5,26 +5,24 @@
 //! nothing is held unacked: a message that can't be applied yet is parked,
 //! one that can never be applied is dead-lettered.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rusqlite::Connection;
 use serde::Serialize;
-use sqlx::SqliteConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::bus::{Bus, Delivery};
-use crate::db::{now_ms, Db};
+use crate::db::{now_ms, Db, Tx};
 use crate::ids::OrderId;
 use crate::message::{Inbound, Poison};
 use crate::outbox::Wakeup;
 use crate::parking::{self, Parked};
 use crate::topics::Topic;
-use crate::{dead_letter, inbox, outbox, timeline, trace};
+use crate::{dead_letter, inbox, timeline, trace};
 
 /// Most deliveries applied in one transaction (group commit).
 const MAX_BATCH: usize = 100;
@@ -47,54 +45,40 @@ pub enum HandleError {
     Poison(#[from] Poison),
     /// The database failed; the whole batch is retried, nothing is acked.
     #[error(transparent)]
-    Db(#[from] sqlx::Error),
+    Db(#[from] rusqlite::Error),
 }
 
 /// A service's message handling: pure decisions wrapped in SQL.
 ///
 /// A transaction's messages share a [`Handler::Batch`], a unit of work:
-/// [`Handler::load`] reads what the messages will need in a few statements,
-/// [`Handler::handle`] decides and changes it in memory (reading what it
-/// lacks), and [`Handler::store`] writes the changes back before the commit.
-/// Every statement is a round trip to sqlx's database thread, and the
-/// writer connection is the node's one serial resource, so one read and one
-/// write per batch instead of per message is what lets a node keep up.
+/// [`Handler::load`] reads what the messages will need, [`Handler::handle`]
+/// decides and changes it in memory (reading what it lacks), and
+/// [`Handler::store`] writes the changes back before the commit. All of it
+/// runs on the writer thread inside one transaction ([`Db::write`]);
+/// events go to the outbox with [`crate::outbox::enqueue`].
 pub trait Handler: Send + Sync + 'static {
-    type Batch: Send;
+    type Batch;
 
     /// Reads ahead what `msgs` will need (may be empty: the parking timer).
-    fn load(
-        &self,
-        conn: &mut SqliteConnection,
-        msgs: &[Inbound],
-    ) -> impl Future<Output = sqlx::Result<Self::Batch>> + Send;
+    fn load(&self, conn: &Connection, msgs: &[Inbound]) -> rusqlite::Result<Self::Batch>;
 
-    /// Applies `msg` to `batch` (and, for what isn't batched, on `conn`),
+    /// Applies `msg` to `batch` (and, for what isn't batched, on `tx`),
     /// inside the batch transaction. A handler decides before it changes
     /// anything: it returns `Park` or a `Poison` error only before its first
-    /// change, because the consumer does not roll a message back (a
-    /// savepoint per message cost two statements on the hot path). Debug
-    /// builds check that no row was written and fail the batch otherwise.
-    fn handle(
-        &self,
-        conn: &mut SqliteConnection,
-        batch: &mut Self::Batch,
-        msg: &Inbound,
-    ) -> impl Future<Output = Result<Outcome, HandleError>> + Send;
+    /// change (including enqueued events), because the consumer does not
+    /// roll a message back (a savepoint per message would cost two
+    /// statements on the hot path). Debug builds check that no row was
+    /// written and no event enqueued, and fail the batch otherwise.
+    fn handle(&self, tx: &mut Tx<'_>, batch: &mut Self::Batch, msg: &Inbound) -> Result<Outcome, HandleError>;
 
     /// Writes back what the batch changed, in the same transaction.
-    fn store(&self, conn: &mut SqliteConnection, batch: Self::Batch) -> impl Future<Output = sqlx::Result<()>> + Send;
+    fn store(&self, conn: &Connection, batch: Self::Batch) -> rusqlite::Result<()>;
 
     /// Called in the transaction that dead-letters a parked message whose
     /// dependency never arrived, for any compensation it calls for (the same
     /// rule: a `Poison` error only before any change).
-    fn expired(
-        &self,
-        _conn: &mut SqliteConnection,
-        _batch: &mut Self::Batch,
-        _msg: &Inbound,
-    ) -> impl Future<Output = Result<(), HandleError>> + Send {
-        async { Ok(()) }
+    fn expired(&self, _tx: &mut Tx<'_>, _batch: &mut Self::Batch, _msg: &Inbound) -> Result<(), HandleError> {
+        Ok(())
     }
 }
 
@@ -254,11 +238,8 @@ impl<H: Handler> Consumer<H> {
             let mut backoff = Duration::from_millis(100);
             let started = std::time::Instant::now();
             loop {
-                let mut msgs = Vec::with_capacity(batch.len());
-                for d in &batch {
-                    msgs.push((d.topic.as_str(), &d.payload));
-                }
-                match self.apply(&msgs).await {
+                let msgs = batch.iter().map(|d: &Delivery| (d.topic.clone(), d.payload.clone())).collect();
+                match self.apply(msgs).await {
                     Ok(_) => break,
                     Err(e) => {
                         // Nothing was acked: retrying the batch is safe.
@@ -281,19 +262,21 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Applies `(topic, payload)` messages in one transaction, exactly as
-    /// deliveries from the bus are (the consumer loop acks after this
-    /// returns). Public so tests can drive the real handlers with a fake bus.
-    ///
-    /// The batch's inbox rows, outbox events and timeline notes are each
-    /// written with a few multi-row statements rather than one per message:
-    /// every statement is a round trip to sqlx's database thread, and the
-    /// writer connection is the node's one serial resource.
-    pub async fn apply(&self, batch: &[(&str, &Bytes)]) -> Result<StatsSnapshot, sqlx::Error> {
+    /// Applies `(topic, payload)` messages in one transaction on the writer
+    /// thread, exactly as deliveries from the bus are (the consumer loop
+    /// acks after this returns). Public so tests can drive the real
+    /// handlers with a fake bus.
+    pub async fn apply(&self, batch: Vec<(String, Bytes)>) -> rusqlite::Result<StatsSnapshot> {
+        let this = self.clone();
+        let tally = self.db.write(move |tx| this.apply_batch(tx, &batch)).await?;
+        self.stats.add(&tally);
+        Ok(tally)
+    }
+
+    fn apply_batch(&self, tx: &mut Tx<'_>, batch: &[(String, Bytes)]) -> rusqlite::Result<StatsSnapshot> {
         let mut pass = Pass::default();
-        let mut tx = self.db.begin().await?;
         let mut msgs = Vec::with_capacity(batch.len());
-        for &(topic, payload) in batch {
+        for (topic, payload) in batch {
             pass.tally.received += 1;
             self.count(topic, "received");
             let decoded = match Topic::from_path(&self.prefix, topic) {
@@ -304,74 +287,64 @@ impl<H: Handler> Consumer<H> {
                 Ok(msg) => msgs.push(msg),
                 Err(poison) => {
                     tracing::warn!(%topic, bytes = payload.len(), reason = %poison, "dead-lettering a malformed message");
-                    dead_letter::record(&mut tx, topic, None, None, payload, &poison.0).await?;
+                    dead_letter::record(tx, topic, None, None, payload, &poison.0)?;
                     self.count(topic, "dead_lettered");
                     pass.tally.dead_lettered += 1;
                 }
             }
         }
-        let mut fresh = inbox::record_all(&mut tx, &msgs).await?;
-        let mut work_set = self.handler.load(&mut tx, &msgs).await?;
-        let (applied, events) = outbox::collect(async {
-            for msg in &msgs {
-                let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
-                let span = tracing::info_span!(
-                    "message",
-                    node = self.node,
-                    topic = msg.topic.suffix(),
-                    message_id = %msg.message_id(),
-                    order_id = %msg.order_id(),
-                    trace_id = trace::trace_id(traceparent.as_deref()),
-                    otel.name = tracing::field::Empty,
-                );
-                if crate::telemetry::exporting() {
-                    span.record("otel.name", format!("{} {}", self.node, msg.topic.suffix()));
-                }
-                // What the handler enqueues carries this (with export: this
-                // span as the parent of the next hop).
-                let traceparent = trace::link(&span, traceparent);
-                let work = async {
-                    // The first copy of a new id takes it out of `fresh`.
-                    if !fresh.remove(&msg.message_id()) {
-                        tracing::debug!("duplicate message dropped");
-                        self.note(&mut pass, msg, "deduplicated");
-                        pass.tally.deduplicated += 1;
-                        return Ok(());
-                    }
-                    match self.apply_one(&mut tx, &mut work_set, msg, &mut pass).await? {
-                        Applied::Yes => self.unpark(&mut tx, &mut work_set, msg.order_id(), &mut pass).await,
-                        Applied::No => Ok(()),
-                    }
-                };
-                trace::scope(traceparent, work.instrument(span)).await?;
+        let mut work_set = self.handler.load(tx, &msgs)?;
+        for msg in &msgs {
+            let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
+            let span = tracing::info_span!(
+                "message",
+                node = self.node,
+                topic = msg.topic.suffix(),
+                message_id = %msg.message_id(),
+                order_id = %msg.order_id(),
+                trace_id = trace::trace_id(traceparent.as_deref()),
+                otel.name = tracing::field::Empty,
+            );
+            if crate::telemetry::exporting() {
+                span.record("otel.name", format!("{} {}", self.node, msg.topic.suffix()));
             }
-            Ok::<(), sqlx::Error>(())
-        })
-        .await;
-        applied?;
-        self.handler.store(&mut tx, work_set).await?;
-        outbox::write_all(&mut tx, events).await?;
-        timeline::record_all(&mut tx, &pass.notes).await?;
+            // What the handler enqueues carries this (with export: this
+            // span as the parent of the next hop). Linked before the span
+            // is entered: its parent can't change once it has started.
+            tx.traceparent = trace::link(&span, traceparent);
+            let _entered = span.enter();
+            if !inbox::record(tx, msg)? {
+                tracing::debug!("duplicate message dropped");
+                self.note(&mut pass, msg, "deduplicated");
+                pass.tally.deduplicated += 1;
+                continue;
+            }
+            if let Applied::Yes = self.apply_one(tx, &mut work_set, msg, &mut pass)? {
+                self.unpark(tx, &mut work_set, msg.order_id(), &mut pass)?;
+            }
+        }
+        tx.traceparent = None;
+        self.handler.store(tx, work_set)?;
+        timeline::record_all(tx, &pass.notes)?;
         crate::crash_point!("consumer::before_commit");
-        tx.commit().await?;
-        self.stats.add(&pass.tally);
         Ok(pass.tally)
     }
 
     /// Runs the handler; parks or dead-letters per outcome.
-    async fn apply_one(
+    fn apply_one(
         &self,
-        conn: &mut SqliteConnection,
+        tx: &mut Tx<'_>,
         batch: &mut H::Batch,
         msg: &Inbound,
         pass: &mut Pass,
-    ) -> Result<Applied, sqlx::Error> {
-        let before = if cfg!(debug_assertions) { Some(total_changes(conn).await?) } else { None };
-        let outcome = self.handler.handle(conn, batch, msg).await;
+    ) -> rusqlite::Result<Applied> {
+        let before = cfg!(debug_assertions).then(|| (tx.total_changes(), tx.events.len()));
+        let outcome = self.handler.handle(tx, batch, msg);
         if let (Some(before), Ok(Outcome::Park(_)) | Err(HandleError::Poison(_))) = (before, &outcome) {
-            if total_changes(conn).await? != before {
+            // The inbox row just written is the one change allowed.
+            if (tx.total_changes(), tx.events.len()) != before {
                 tracing::error!(topic = msg.topic.suffix(), "a handler wrote before parking or refusing a message");
-                return Err(sqlx::Error::Protocol("a handler wrote before parking or refusing a message".into()));
+                return Err(crate::db::misuse("a handler wrote before parking or refusing a message"));
             }
         }
         match outcome {
@@ -389,23 +362,22 @@ impl<H: Handler> Consumer<H> {
             Ok(Outcome::Park(reason)) => {
                 tracing::info!(%reason, "message parked");
                 self.maybe_parked.store(true, Ordering::SeqCst);
-                parking::park(conn, msg, &reason, self.policy.retry_ms).await?;
+                parking::park(tx, msg, &reason, self.policy.retry_ms)?;
                 self.note(pass, msg, "parked");
                 pass.tally.parked += 1;
                 Ok(Applied::No)
             }
             Err(HandleError::Poison(p)) => {
                 tracing::warn!(reason = %p, "dead-lettering a message that can't be applied");
-                inbox::forget(conn, &msg.message_id().to_string()).await?;
+                inbox::forget(tx, &msg.message_id().to_string())?;
                 dead_letter::record(
-                    conn,
+                    tx,
                     &msg.topic.path(&self.prefix),
                     Some(msg.message_id().to_string()),
                     Some(msg.order_id().to_string()),
                     &msg.payload,
                     &p.0,
-                )
-                .await?;
+                )?;
                 self.note(pass, msg, "dead_lettered");
                 pass.tally.dead_lettered += 1;
                 Ok(Applied::No)
@@ -416,29 +388,29 @@ impl<H: Handler> Consumer<H> {
 
     /// After a message for `order_id` was applied, retries what was parked
     /// waiting for it.
-    async fn unpark(
+    fn unpark(
         &self,
-        conn: &mut SqliteConnection,
+        tx: &mut Tx<'_>,
         batch: &mut H::Batch,
         order_id: OrderId,
         pass: &mut Pass,
-    ) -> sqlx::Result<()> {
+    ) -> rusqlite::Result<()> {
         if !self.maybe_parked.load(Ordering::SeqCst) {
             return Ok(());
         }
-        for p in parking::for_order(conn, &order_id.to_string()).await? {
-            self.retry_parked(conn, batch, p, pass).await?;
+        for p in parking::for_order(tx, &order_id.to_string())? {
+            self.retry_parked(tx, batch, p, pass)?;
         }
         Ok(())
     }
 
-    async fn retry_parked(
+    fn retry_parked(
         &self,
-        conn: &mut SqliteConnection,
+        tx: &mut Tx<'_>,
         batch: &mut H::Batch,
         mut p: Parked,
         pass: &mut Pass,
-    ) -> sqlx::Result<()> {
+    ) -> rusqlite::Result<()> {
         let msg = Topic::ALL
             .into_iter()
             .find(|t| t.suffix() == p.topic)
@@ -449,27 +421,12 @@ impl<H: Handler> Consumer<H> {
         let msg = match msg {
             Ok(msg) => msg,
             Err(poison) => {
-                parking::remove(conn, &p.message_id).await?;
-                dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
-                    .await?;
+                parking::remove(tx, &p.message_id)?;
+                dead_letter::record(tx, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)?;
                 pass.tally.dead_lettered += 1;
                 return Ok(());
             }
         };
-        if now_ms() - p.parked_at_ms > self.policy.horizon_ms {
-            match self.handler.expired(conn, batch, &msg).await {
-                Ok(()) | Err(HandleError::Poison(_)) => {}
-                Err(HandleError::Db(e)) => return Err(e),
-            }
-            parking::remove(conn, &p.message_id).await?;
-            inbox::forget(conn, &p.message_id).await?;
-            let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
-            tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
-            dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason).await?;
-            self.note(pass, &msg, "dead_lettered");
-            pass.tally.dead_lettered += 1;
-            return Ok(());
-        }
         // With export, a span of its own, continuing the parked message's
         // trace; without, none (the log lines below name the message).
         let (span, traceparent) = if crate::telemetry::exporting() {
@@ -486,22 +443,50 @@ impl<H: Handler> Consumer<H> {
         } else {
             (tracing::Span::none(), msg.envelope.traceparent.clone())
         };
-        let outcome = trace::scope(traceparent, self.handler.handle(conn, batch, &msg).instrument(span)).await;
-        match outcome {
+        let _entered = span.enter();
+        // The message that unparked this one gets its context back after.
+        let outer = std::mem::replace(&mut tx.traceparent, traceparent);
+        let result = self.settle_parked(tx, batch, &msg, p, pass);
+        tx.traceparent = outer;
+        result
+    }
+
+    fn settle_parked(
+        &self,
+        tx: &mut Tx<'_>,
+        batch: &mut H::Batch,
+        msg: &Inbound,
+        p: Parked,
+        pass: &mut Pass,
+    ) -> rusqlite::Result<()> {
+        if now_ms() - p.parked_at_ms > self.policy.horizon_ms {
+            match self.handler.expired(tx, batch, msg) {
+                Ok(()) | Err(HandleError::Poison(_)) => {}
+                Err(HandleError::Db(e)) => return Err(e),
+            }
+            parking::remove(tx, &p.message_id)?;
+            inbox::forget(tx, &p.message_id)?;
+            let reason = format!("parked for {} s and what it waits for never came", self.policy.horizon_ms / 1000);
+            tracing::warn!(message_id = %p.message_id, order_id = %p.order_id, %reason, "dead-lettering a parked message");
+            dead_letter::record(tx, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &reason)?;
+            self.note(pass, msg, "dead_lettered");
+            pass.tally.dead_lettered += 1;
+            return Ok(());
+        }
+        match self.handler.handle(tx, batch, msg) {
             Ok(Outcome::Park(_)) => {
-                parking::postpone(conn, &p.message_id, p.attempts).await?;
+                parking::postpone(tx, &p.message_id, p.attempts)?;
             }
             Ok(_) => {
-                parking::remove(conn, &p.message_id).await?;
+                parking::remove(tx, &p.message_id)?;
                 tracing::info!(message_id = %p.message_id, order_id = %p.order_id, "parked message applied");
-                self.note(pass, &msg, "unparked");
+                self.note(pass, msg, "unparked");
                 pass.tally.unparked += 1;
             }
             Err(HandleError::Poison(poison)) => {
-                parking::remove(conn, &p.message_id).await?;
-                inbox::forget(conn, &p.message_id).await?;
-                dead_letter::record(conn, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)
-                    .await?;
+                parking::remove(tx, &p.message_id)?;
+                inbox::forget(tx, &p.message_id)?;
+                dead_letter::record(tx, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)?;
                 pass.tally.dead_lettered += 1;
             }
             Err(HandleError::Db(e)) => return Err(e),
@@ -527,32 +512,36 @@ impl<H: Handler> Consumer<H> {
 
 impl<H: Handler> Consumer<H> {
     /// One pass of the parking timer.
-    pub async fn retry_due_parked(&self) -> sqlx::Result<()> {
-        let mut pass = Pass::default();
-        let mut tx = self.db.begin().await?;
-        let due = parking::due(&mut tx, 100).await?;
-        if due.is_empty() {
-            if self.maybe_parked.load(Ordering::SeqCst) && parking::count(&mut *tx).await? == 0 {
-                self.maybe_parked.store(false, Ordering::SeqCst);
-            }
-            return Ok(());
+    pub async fn retry_due_parked(&self) -> rusqlite::Result<()> {
+        let this = self.clone();
+        let (tally, retried) = self
+            .db
+            .write(move |tx| -> rusqlite::Result<(StatsSnapshot, bool)> {
+                let mut pass = Pass::default();
+                let due = parking::due(tx, 100)?;
+                if due.is_empty() {
+                    // Every write goes through this one thread: no park can
+                    // slip in between this check and the clear.
+                    if this.maybe_parked.load(Ordering::SeqCst) && !parking::any(tx)? {
+                        this.maybe_parked.store(false, Ordering::SeqCst);
+                    }
+                    return Ok((pass.tally, false));
+                }
+                let mut batch = this.handler.load(tx, &[])?;
+                for p in due {
+                    this.retry_parked(tx, &mut batch, p, &mut pass)?;
+                }
+                this.handler.store(tx, batch)?;
+                timeline::record_all(tx, &pass.notes)?;
+                Ok((pass.tally, true))
+            })
+            .await?;
+        if retried {
+            self.stats.add(&tally);
+            self.wakeup.wake();
         }
-        let mut batch = self.handler.load(&mut tx, &[]).await?;
-        for p in due {
-            self.retry_parked(&mut tx, &mut batch, p, &mut pass).await?;
-        }
-        self.handler.store(&mut tx, batch).await?;
-        timeline::record_all(&mut tx, &pass.notes).await?;
-        tx.commit().await?;
-        self.stats.add(&pass.tally);
-        self.wakeup.wake();
         Ok(())
     }
-}
-
-/// Rows changed on this connection so far (SQLite's `total_changes()`).
-async fn total_changes(conn: &mut SqliteConnection) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT total_changes()").fetch_one(conn).await
 }
 
 /// What one transaction did: counts, and timeline notes to write before

@@ -1,15 +1,26 @@
-//! Opening a service's SQLite database: one writer connection (all writes
-//! go through it, each transaction `BEGIN IMMEDIATE`), a pool of readers.
-//! WAL lets readers run beside the writer.
+//! A service's SQLite database: one writer, a pool of readers.
+//!
+//! Every write runs on the service's writer thread, which owns the one
+//! writer connection: [`Db::write`] sends it a closure, the thread runs it
+//! inside `BEGIN IMMEDIATE` with cached prepared statements, writes the
+//! events the closure enqueued to the outbox, and commits. A consumer batch
+//! is therefore one hand-off to that thread, not one per statement (sqlx
+//! runs each statement on its connection's own thread and wakes the caller
+//! for every row). Reads go through the sqlx pool `reader`; WAL lets them
+//! run beside the writer.
 
+use std::ops::Deref;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use rusqlite::{Connection, TransactionBehavior};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::DbConfig;
+use crate::outbox::Pending;
 
 /// Tables of the shared machinery: inbox, outbox, parked events, dead letters.
 pub const SHARED_SCHEMA: &str = r#"
@@ -55,18 +66,55 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 "#;
 
-/// A service's database handles.
+/// Prepared statements kept per writer connection (every statement of the
+/// hot path, with room to spare).
+const STATEMENT_CACHE: usize = 64;
+
+/// A write transaction on the writer thread: the SQL connection (as
+/// `Deref`), plus what the transaction enqueued for the outbox and the
+/// trace context those events carry.
+pub struct Tx<'c> {
+    sql: rusqlite::Transaction<'c>,
+    pub(crate) events: Vec<Pending>,
+    /// The `traceparent` stamped on enqueued events (the message being
+    /// handled, set by the consumer).
+    pub(crate) traceparent: Option<String>,
+}
+
+impl Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.sql
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Command {
+    Run(Job),
+    /// Checkpoint the WAL into the main file and stop the thread.
+    Close(oneshot::Sender<()>),
+}
+
+/// A service's database handles. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
-    /// Exactly one connection: SQLite has one writer anyway, and a single
-    /// connection means no SQLITE_BUSY between our own writers.
-    pub writer: SqlitePool,
+    writer: mpsc::UnboundedSender<Command>,
     pub reader: SqlitePool,
 }
 
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Run(_) => "Run",
+            Command::Close(_) => "Close",
+        })
+    }
+}
+
 impl Db {
-    /// Opens (creating if needed) the database and applies `SHARED_SCHEMA`
-    /// and the service's own idempotent `schema`.
+    /// Opens (creating if needed) the database, applies `SHARED_SCHEMA` and
+    /// the service's own idempotent `schema`, and starts the writer thread.
     pub async fn open(cfg: &DbConfig, schema: &str) -> anyhow::Result<Db> {
         if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating database directory {}", dir.display()))?;
@@ -74,65 +122,136 @@ impl Db {
         let synchronous = SqliteSynchronous::from_str(&cfg.synchronous).map_err(|_| {
             anyhow::anyhow!("db.synchronous must be FULL, NORMAL, OFF or EXTRA, not `{}`", cfg.synchronous)
         })?;
-        let options = SqliteConnectOptions::new()
-            .filename(&cfg.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(synchronous)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        // No ping before each acquire (sqlx's default): it is one more round
-        // trip to the connection's thread per transaction, and a broken
-        // SQLite connection fails its next statement anyway.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+        let (opened_tx, opened) = oneshot::channel();
+        let (writer, jobs) = mpsc::unbounded_channel();
+        let path = cfg.path.clone();
+        let schema = format!("{SHARED_SCHEMA}{}{schema}", crate::timeline::SCHEMA);
+        let level = cfg.synchronous.to_ascii_uppercase();
+        std::thread::Builder::new()
+            .name("db-writer".into())
+            .spawn(move || match open_writer(&path, &level, &schema) {
+                Ok(conn) => {
+                    let _ = opened_tx.send(Ok(()));
+                    serve(conn, jobs);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            })
+            .context("starting the database writer thread")?;
+        opened
             .await
+            .context("the database writer thread stopped")?
             .with_context(|| format!("opening database {}", cfg.path.display()))?;
-        sqlx::raw_sql(SHARED_SCHEMA).execute(&writer).await.context("creating shared tables")?;
-        sqlx::raw_sql(crate::timeline::SCHEMA).execute(&writer).await.context("creating the timeline table")?;
-        sqlx::raw_sql(schema).execute(&writer).await.context("creating service tables")?;
+        // No ping before each acquire (sqlx's default): it is one more round
+        // trip to the connection's thread, and a broken SQLite connection
+        // fails its next statement anyway.
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.read_only(true))
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&cfg.path)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(synchronous)
+                    .busy_timeout(Duration::from_secs(5))
+                    .read_only(true),
+            )
             .await
             .with_context(|| format!("opening read pool on {}", cfg.path.display()))?;
         Ok(Db { writer, reader })
     }
 
-    /// A write transaction. `IMMEDIATE` takes the write lock up front, so a
-    /// transaction that reads then writes can't fail with SQLITE_BUSY midway.
-    pub async fn begin(&self) -> sqlx::Result<Transaction<'static, Sqlite>> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) on the writer
+    /// thread, then writes the events it enqueued to the outbox and
+    /// commits. An error from `f` rolls everything back. The transaction
+    /// runs to its end even if the caller stops waiting.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<rusqlite::Error> + Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = done.send(transaction(conn, f));
+        });
+        if self.writer.send(Command::Run(job)).is_err() {
+            return Err(stopped().into());
+        }
+        // A closed channel: the job panicked (logged by the thread).
+        result.await.unwrap_or_else(|_| Err(stopped().into()))
     }
-}
 
-impl Db {
-    /// Folds the WAL into the main file and closes both pools, so the
-    /// `.db` file alone is a complete copy after a clean stop.
+    /// Folds the WAL into the main file, closes the writer and the read
+    /// pool, so the `.db` file alone is a complete copy after a clean stop.
     pub async fn close(&self) {
         self.reader.close().await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await {
-            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        let (done, closed) = oneshot::channel();
+        if self.writer.send(Command::Close(done)).is_ok() {
+            let _ = closed.await;
         }
-        self.writer.close().await;
     }
 }
 
-/// Most rows one multi-row `INSERT` writes. Batches are written in chunks
-/// of this many rows (and one shorter remainder), so sqlx's statement cache
-/// holds at most this many variants of each statement.
-pub const INSERT_CHUNK: usize = 16;
+fn stopped() -> rusqlite::Error {
+    misuse("the database writer is closed")
+}
 
-/// `{head} VALUES (?, …), … {tail}`: `rows` rows of `cols` placeholders.
-pub fn values_sql(head: &str, cols: usize, rows: usize, tail: &str) -> String {
-    let row = format!("({})", vec!["?"; cols].join(", "));
-    format!("{head} VALUES {} {tail}", vec![row; rows].join(", "))
+/// An error of ours (not SQLite's) that fails a write transaction.
+pub fn misuse(why: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE), Some(why.to_owned()))
+}
+
+fn transaction<T, E, F>(conn: &mut Connection, f: F) -> Result<T, E>
+where
+    E: From<rusqlite::Error>,
+    F: FnOnce(&mut Tx<'_>) -> Result<T, E>,
+{
+    let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut tx = Tx { sql, events: Vec::new(), traceparent: None };
+    let out = f(&mut tx)?;
+    crate::outbox::write_all(&tx, &tx.events)?;
+    tx.sql.commit()?;
+    Ok(out)
+}
+
+fn open_writer(path: &std::path::Path, synchronous: &str, schema: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "SQLite did not switch to WAL; readers will wait for the writer");
+    }
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
+/// The writer thread: runs jobs in order until closed.
+fn serve(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Command>) {
+    while let Some(cmd) = jobs.blocking_recv() {
+        match cmd {
+            Command::Run(job) => {
+                // A panicking job rolls its transaction back (the
+                // `Transaction` drops) and fails only its own caller.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                    tracing::error!("a database write panicked; it was rolled back");
+                }
+            }
+            Command::Close(done) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+                }
+                drop(conn);
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.

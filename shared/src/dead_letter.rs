@@ -2,36 +2,36 @@
 //! so an operator can inspect them. Recording one lets the consumer ack the
 //! message, so poison never blocks what comes behind it.
 
+use rusqlite::{params, Connection};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
 
 use crate::db::now_ms;
 
 /// At most this much of a payload is kept; the full size is recorded.
 const KEEP_BYTES: usize = 16 * 1024;
 
-#[allow(clippy::too_many_arguments)]
-pub async fn record(
-    conn: &mut SqliteConnection,
+pub fn record(
+    conn: &Connection,
     topic: &str,
     message_id: Option<String>,
     order_id: Option<String>,
     payload: &[u8],
     reason: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
         "INSERT INTO dead_letters (topic, message_id, order_id, payload, payload_bytes, reason, at)
          VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(topic)
-    .bind(message_id)
-    .bind(order_id)
-    .bind(&payload[..payload.len().min(KEEP_BYTES)])
-    .bind(payload.len() as i64)
-    .bind(reason)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![
+        topic,
+        message_id,
+        order_id,
+        &payload[..payload.len().min(KEEP_BYTES)],
+        payload.len() as i64,
+        reason,
+        now_ms()
+    ])?;
     Ok(())
 }
 
@@ -87,7 +87,7 @@ pub async fn get(pool: &sqlx::SqlitePool, id: i64) -> sqlx::Result<Option<Stored
     Ok(row.map(|r| Stored { topic: r.get(0), payload: r.get(1), payload_bytes: r.get(2) }))
 }
 
-pub async fn remove(pool: &sqlx::SqlitePool, id: i64) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM dead_letters WHERE id = ?").bind(id).execute(pool).await?;
+pub fn remove(conn: &Connection, id: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM dead_letters WHERE id = ?", [id])?;
     Ok(())
 }

@@ -106,14 +106,12 @@ impl Node {
         if !self.bus.is_ready() {
             return Some("not connected and subscribed to the MQTT broker".into());
         }
-        let writable = async {
-            let tx = self.db.begin().await?;
-            tx.rollback().await
-        };
+        // An empty write transaction: takes the write lock, writes nothing.
+        let writable = self.db.write(|_| Ok::<_, rusqlite::Error>(()));
         match tokio::time::timeout(Duration::from_secs(2), writable).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("database not writable: {e}")),
-            Err(_) => Some("database write lock not available within 2 s".into()),
+            Err(_) => Some("the database writer did not take the write lock within 2 s".into()),
         }
     }
 
@@ -283,7 +281,7 @@ pub fn routes(node: Node) -> axum::Router {
         node.bus.publish(&letter.topic, letter.payload).await.map_err(|e| {
             ApiError::unavailable("bus_unavailable", format!("could not publish the dead letter again: {e}"))
         })?;
-        dead_letter::remove(&node.db.writer, id).await?;
+        node.db.write(move |tx| dead_letter::remove(tx, id)).await?;
         Ok(Json(serde_json::json!({"replayed": id, "topic": letter.topic})))
     }
     let name = node.name;

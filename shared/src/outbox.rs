@@ -3,19 +3,18 @@
 //! publishes it after commit, marking it sent only on the broker's PUBACK.
 //! Unsent events are republished after every reconnect and on start.
 
-use std::cell::RefCell;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use rusqlite::{params, Connection};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
+use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
-use crate::db::{now_ms, values_sql, Db, INSERT_CHUNK};
+use crate::db::{now_ms, Db, Tx};
 use crate::ids::OrderId;
 use crate::message::Envelope;
 use crate::topics::Topic;
@@ -28,12 +27,6 @@ const BATCH: i64 = 50;
 /// Sent events are kept this long (for operators), then deleted.
 const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
 
-tokio::task_local! {
-    /// Events enqueued inside [`collect`], written by [`write_all`] later in
-    /// the same transaction.
-    static PENDING: RefCell<Vec<Pending>>;
-}
-
 /// An event enqueued but not yet inserted.
 #[derive(Debug)]
 pub struct Pending {
@@ -44,48 +37,30 @@ pub struct Pending {
     created_at: i64,
 }
 
-/// Writes `body` as a new message on `topic` in the caller's transaction.
-/// Inside [`collect`] (the consumer's batch) the row is held and written
-/// with the batch's other events in one statement before the commit;
-/// elsewhere it is inserted at once.
-pub async fn enqueue<B: Serialize>(
-    conn: &mut SqliteConnection,
-    topic: Topic,
-    order_id: OrderId,
-    body: B,
-) -> sqlx::Result<()> {
-    let envelope = Envelope::new(topic, order_id, body).with_traceparent(crate::trace::current());
-    let mut row = Some(Pending {
+/// Queues `body` as a new message on `topic` in the caller's transaction,
+/// stamped with the transaction's trace context. [`Db::write`] inserts the
+/// transaction's events, in order, just before it commits.
+pub fn enqueue<B: Serialize>(tx: &mut Tx<'_>, topic: Topic, order_id: OrderId, body: B) {
+    let envelope = Envelope::new(topic, order_id, body).with_traceparent(tx.traceparent.clone());
+    tx.events.push(Pending {
         message_id: envelope.message_id.to_string(),
         topic: topic.suffix(),
         order_id: order_id.to_string(),
         payload: envelope.to_json(),
         created_at: now_ms(),
     });
-    let _ = PENDING.try_with(|p| p.borrow_mut().extend(row.take()));
-    match row {
-        Some(row) => write_all(conn, vec![row]).await,
-        None => Ok(()),
+}
+
+/// Inserts events, in order (called by [`Db::write`]).
+pub(crate) fn write_all(conn: &Connection, rows: &[Pending]) -> rusqlite::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
     }
-}
-
-/// Runs `fut`, holding back the events it enqueues; returns its output and
-/// those events, for [`write_all`] in the same transaction. A caller that
-/// drops them loses events: the consumer writes them before it commits.
-pub async fn collect<F: Future>(fut: F) -> (F::Output, Vec<Pending>) {
-    PENDING.scope(RefCell::new(Vec::new()), async { (fut.await, PENDING.with(|p| p.take())) }).await
-}
-
-/// Inserts events, in order, one statement per chunk.
-pub async fn write_all(conn: &mut SqliteConnection, rows: Vec<Pending>) -> sqlx::Result<()> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let sql =
-            values_sql("INSERT INTO outbox (message_id, topic, order_id, payload, created_at)", 5, chunk.len(), "");
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q.bind(&r.message_id).bind(r.topic).bind(&r.order_id).bind(&r.payload).bind(r.created_at);
-        }
-        q.execute(&mut *conn).await?;
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    for r in rows {
+        stmt.execute(params![r.message_id, r.topic, r.order_id, r.payload, r.created_at])?;
     }
     Ok(())
 }
@@ -171,16 +146,16 @@ pub async fn unsent(db: &Db, limit: i64) -> sqlx::Result<Vec<Unsent>> {
 }
 
 /// Marks events sent (the broker acknowledged them).
-pub async fn mark_sent(db: &Db, seqs: &[i64]) -> sqlx::Result<()> {
-    // One statement for the whole round: the seqs travel as a JSON array.
-    let list = serde_json::to_string(seqs).unwrap_or_else(|_| "[]".to_owned());
-    let mut tx = db.begin().await?;
-    sqlx::query("UPDATE outbox SET sent_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))")
-        .bind(now_ms())
-        .bind(list)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> rusqlite::Result<()> {
+    db.write(move |tx| {
+        let mut stmt = tx.prepare_cached("UPDATE outbox SET sent_at = ? WHERE seq = ?")?;
+        let now = now_ms();
+        for seq in seqs {
+            stmt.execute([now, seq])?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Publishes one batch, marks the PUBACKed ones sent; returns how many
@@ -197,23 +172,23 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
     });
     let results = join_all(publishes).await;
     let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    let attempted = rows.len();
+    let unacked = attempted - sent.len();
     if !sent.is_empty() {
         crate::crash_point!("outbox::before_mark_sent");
-        mark_sent(db, &sent).await?;
+        mark_sent(db, sent).await?;
     }
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        anyhow::bail!("{} of {} events not acknowledged by the broker: {e}", rows.len() - sent.len(), rows.len());
+        anyhow::bail!("{unacked} of {attempted} events not acknowledged by the broker: {e}");
     }
-    Ok(rows.len())
+    Ok(attempted)
 }
 
-async fn prune(db: &Db) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?")
-        .bind(now_ms() - KEEP_SENT_MS)
-        .execute(&mut *tx)
-        .await?;
-    crate::inbox::prune(&mut tx, 7 * KEEP_SENT_MS).await?;
-    crate::timeline::prune(&mut tx, 7 * KEEP_SENT_MS).await?;
-    tx.commit().await
+async fn prune(db: &Db) -> rusqlite::Result<()> {
+    db.write(|tx| {
+        tx.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [now_ms() - KEEP_SENT_MS])?;
+        crate::inbox::prune(tx, 7 * KEEP_SENT_MS)?;
+        crate::timeline::prune(tx, 7 * KEEP_SENT_MS)
+    })
+    .await
 }

@@ -3,7 +3,8 @@
 //! The consumer retries an order's parked messages right after any message
 //! for that order is applied, and [`due`] feeds a timer for the rest.
 
-use sqlx::{Row, SqliteConnection};
+use rusqlite::{params, Connection};
+use sqlx::Row;
 
 use crate::db::now_ms;
 use crate::message::Inbound;
@@ -19,76 +20,75 @@ pub struct Parked {
     pub attempts: i64,
 }
 
-pub async fn park(conn: &mut SqliteConnection, msg: &Inbound, reason: &str, retry_in_ms: i64) -> sqlx::Result<()> {
+pub fn park(conn: &Connection, msg: &Inbound, reason: &str, retry_in_ms: i64) -> rusqlite::Result<()> {
     let now = now_ms();
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO parked (message_id, topic, order_id, payload, reason, parked_at, next_attempt_at)
          VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
-    )
-    .bind(msg.message_id().to_string())
-    .bind(msg.topic.suffix())
-    .bind(msg.order_id().to_string())
-    .bind(msg.payload.as_ref())
-    .bind(reason)
-    .bind(now)
-    .bind(now + retry_in_ms)
-    .execute(conn)
-    .await?;
+    )?
+    .execute(params![
+        msg.message_id().to_string(),
+        msg.topic.suffix(),
+        msg.order_id().to_string(),
+        msg.payload.as_ref(),
+        reason,
+        now,
+        now + retry_in_ms
+    ])?;
     Ok(())
 }
 
-fn from_row(r: sqlx::sqlite::SqliteRow) -> Parked {
-    Parked {
-        message_id: r.get(0),
-        topic: r.get(1),
-        order_id: r.get(2),
-        payload: r.get(3),
-        parked_at_ms: r.get(4),
-        attempts: r.get(5),
-    }
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Parked> {
+    Ok(Parked {
+        message_id: r.get(0)?,
+        topic: r.get(1)?,
+        order_id: r.get(2)?,
+        payload: r.get(3)?,
+        parked_at_ms: r.get(4)?,
+        attempts: r.get(5)?,
+    })
 }
 
 const COLUMNS: &str = "message_id, topic, order_id, payload, parked_at, attempts";
 
 /// The messages parked for `order_id`, oldest first.
-pub async fn for_order(conn: &mut SqliteConnection, order_id: &str) -> sqlx::Result<Vec<Parked>> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM parked WHERE order_id = ? ORDER BY parked_at, message_id"))
-        .bind(order_id)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+pub fn for_order(conn: &Connection, order_id: &str) -> rusqlite::Result<Vec<Parked>> {
+    let mut stmt = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM parked WHERE order_id = ? ORDER BY parked_at, message_id"))?;
+    let rows = stmt.query_map([order_id], from_row)?;
+    rows.collect()
 }
 
 /// Parked messages whose retry time has come.
-pub async fn due(conn: &mut SqliteConnection, limit: i64) -> sqlx::Result<Vec<Parked>> {
-    let rows = sqlx::query(&format!(
+pub fn due(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<Parked>> {
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM parked WHERE next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
-    ))
-    .bind(now_ms())
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(from_row).collect())
+    ))?;
+    let rows = stmt.query_map([now_ms(), limit], from_row)?;
+    rows.collect()
 }
 
-pub async fn remove(conn: &mut SqliteConnection, message_id: &str) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM parked WHERE message_id = ?").bind(message_id).execute(conn).await?;
+pub fn remove(conn: &Connection, message_id: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM parked WHERE message_id = ?")?.execute([message_id])?;
     Ok(())
 }
 
 /// Pushes the next attempt back (exponential, capped at a minute).
-pub async fn postpone(conn: &mut SqliteConnection, message_id: &str, attempts: i64) -> sqlx::Result<()> {
+pub fn postpone(conn: &Connection, message_id: &str, attempts: i64) -> rusqlite::Result<()> {
     let delay = (1000i64 << attempts.clamp(0, 6)).min(60_000);
-    sqlx::query("UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?")
-        .bind(now_ms() + delay)
-        .bind(message_id)
-        .execute(conn)
-        .await?;
+    conn.prepare_cached("UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?")?
+        .execute(params![now_ms() + delay, message_id])?;
     Ok(())
 }
 
-pub async fn count<'e, E: sqlx::SqliteExecutor<'e>>(conn: E) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(conn).await
+/// Whether anything is parked, on the writer.
+pub fn any(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM parked)")?.query_row([], |r| r.get(0))
+}
+
+/// How many messages are parked, for operators.
+pub async fn count(pool: &sqlx::SqlitePool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(pool).await
 }
 
 /// A parked message as operators see it.

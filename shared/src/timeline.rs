@@ -3,10 +3,11 @@
 //! ignored, dead-lettered), written in the same transaction, plus the
 //! events the node queued and published (from the outbox).
 
+use rusqlite::{params, Connection};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
-use crate::db::{now_ms, values_sql, INSERT_CHUNK};
+use crate::db::now_ms;
 use crate::ids::{MessageId, OrderId};
 
 pub const SCHEMA: &str = r#"
@@ -31,15 +32,12 @@ pub struct Note {
     pub message_id: MessageId,
 }
 
-/// Writes a batch's notes, one statement per chunk.
-pub async fn record_all(conn: &mut SqliteConnection, notes: &[Note]) -> sqlx::Result<()> {
-    for chunk in notes.chunks(INSERT_CHUNK) {
-        let sql = values_sql("INSERT INTO timeline (order_id, at, event, topic, message_id)", 5, chunk.len(), "");
-        let mut q = sqlx::query(&sql);
-        for n in chunk {
-            q = q.bind(n.order_id.to_string()).bind(n.at_ms).bind(n.event).bind(n.topic).bind(n.message_id.to_string());
-        }
-        q.execute(&mut *conn).await?;
+/// Writes a batch's notes.
+pub fn record_all(conn: &Connection, notes: &[Note]) -> rusqlite::Result<()> {
+    let mut stmt =
+        conn.prepare_cached("INSERT INTO timeline (order_id, at, event, topic, message_id) VALUES (?, ?, ?, ?, ?)")?;
+    for n in notes {
+        stmt.execute(params![n.order_id.to_string(), n.at_ms, n.event, n.topic, n.message_id.to_string()])?;
     }
     Ok(())
 }
@@ -70,7 +68,7 @@ pub async fn for_order(pool: &SqlitePool, order_id: &str) -> sqlx::Result<Vec<En
 }
 
 /// Forgets entries older than `keep_ms`.
-pub async fn prune(conn: &mut SqliteConnection, keep_ms: i64) -> sqlx::Result<()> {
-    sqlx::query("DELETE FROM timeline WHERE at < ?").bind(now_ms() - keep_ms).execute(conn).await?;
+pub fn prune(conn: &Connection, keep_ms: i64) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM timeline WHERE at < ?", [now_ms() - keep_ms])?;
     Ok(())
 }

@@ -89,7 +89,7 @@ async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handl
         Db::open(&DbConfig { path: dir.join("inventory.db"), synchronous: "OFF".into() }, inventory::store::SCHEMA)
             .await
             .unwrap();
-    inventory::store::seed_if_empty(&db.writer, &serde_json::from_str::<Vec<_>>(CATALOG).unwrap()).await.unwrap();
+    inventory::store::seed_if_empty(&db, &serde_json::from_str::<Vec<_>>(CATALOG).unwrap()).await.unwrap();
     let consumer = Consumer::new(
         "inventory",
         db.clone(),
@@ -175,10 +175,10 @@ impl Model {
                 }
                 let i = pick % queue.len();
                 let (topic, payload) = if again { queue[i].clone() } else { queue.remove(i) };
-                let msgs = [(topic.as_str(), &payload)];
+                let msgs = vec![(topic, payload)];
                 match to {
-                    Node::Inventory => self.inventory.1.apply(&msgs).await.unwrap(),
-                    Node::Order => self.order.1.apply(&msgs).await.unwrap(),
+                    Node::Inventory => self.inventory.1.apply(msgs).await.unwrap(),
+                    Node::Order => self.order.1.apply(msgs).await.unwrap(),
                 };
             }
             Op::Relay { from } => {
@@ -189,15 +189,15 @@ impl Model {
                     self.route(topic, u.payload.clone().into());
                 }
                 let seqs: Vec<i64> = unsent.iter().map(|u| u.seq).collect();
-                shared::outbox::mark_sent(&db, &seqs).await.unwrap();
+                shared::outbox::mark_sent(&db, seqs).await.unwrap();
             }
             Op::Restart { node } => match node {
                 Node::Inventory => {
-                    self.inventory.0.writer.close().await;
+                    self.inventory.0.close().await;
                     self.inventory = open_inventory(self.dir.path()).await;
                 }
                 Node::Order => {
-                    self.order.0.writer.close().await;
+                    self.order.0.close().await;
                     self.order = open_order(self.dir.path()).await;
                 }
             },

@@ -5,12 +5,11 @@
 mod orders_cancelled;
 mod orders_send;
 
+use rusqlite::Connection;
 use shared::consumer::{HandleError, Handler, Outcome};
-use std::collections::BTreeSet;
-
-use shared::message::{Inbound, SendOrder};
+use shared::db::Tx;
+use shared::message::Inbound;
 use shared::topics::Topic;
-use sqlx::SqliteConnection;
 
 use crate::store::Stock;
 
@@ -23,35 +22,20 @@ pub struct InventoryHandler;
 impl Handler for InventoryHandler {
     type Batch = Stock;
 
-    /// Every message names its order; sends name the SKUs whose stock they
-    /// need. Read both for the whole batch at once.
-    async fn load(&self, conn: &mut SqliteConnection, msgs: &[Inbound]) -> sqlx::Result<Stock> {
-        let orders = msgs.iter().map(Inbound::order_id).collect();
-        let skus = msgs
-            .iter()
-            .filter(|m| m.topic == Topic::OrdersSend)
-            .filter_map(|m| m.body::<SendOrder>().ok())
-            .flat_map(|o| o.items.into_iter().map(|l| l.sku))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        Stock::load(conn, orders, skus).await
+    /// Reservations and stock levels are read on first use.
+    fn load(&self, _conn: &Connection, _msgs: &[Inbound]) -> rusqlite::Result<Stock> {
+        Ok(Stock::default())
     }
 
-    async fn handle(
-        &self,
-        conn: &mut SqliteConnection,
-        stock: &mut Stock,
-        msg: &Inbound,
-    ) -> Result<Outcome, HandleError> {
+    fn handle(&self, tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
-            Topic::OrdersSend => orders_send::handle(conn, stock, msg).await,
-            Topic::OrdersCancelled => orders_cancelled::handle(conn, stock, msg).await,
+            Topic::OrdersSend => orders_send::handle(tx, stock, msg),
+            Topic::OrdersCancelled => orders_cancelled::handle(tx, stock, msg),
             other => Ok(Outcome::Ignored(other.suffix())),
         }
     }
 
-    async fn store(&self, conn: &mut SqliteConnection, stock: Stock) -> sqlx::Result<()> {
-        stock.write(conn).await
+    fn store(&self, conn: &Connection, stock: Stock) -> rusqlite::Result<()> {
+        stock.write(conn)
     }
 }

@@ -3,19 +3,14 @@
 //! release is already on its way).
 
 use shared::consumer::{HandleError, Outcome};
+use shared::db::Tx;
 use shared::message::{InStock, Inbound};
-use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
 use crate::store::Orders;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    orders: &mut Orders,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub fn handle(h: &OrderHandler, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
     let body: InStock = msg.body()?;
-    h.apply(conn, orders, msg, Input::InStock { fingerprint: &body.fingerprint }).await
+    h.apply(tx, orders, msg, Input::InStock { fingerprint: &body.fingerprint })
 }

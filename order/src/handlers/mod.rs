@@ -15,12 +15,12 @@ mod orders_send;
 mod out_of_stock;
 mod released;
 
+use rusqlite::Connection;
 use shared::consumer::{HandleError, Handler, Outcome};
-use shared::db::now_ms;
+use shared::db::{now_ms, Tx};
 use shared::message::{Inbound, ReleaseRequested, StatusChanged};
 use shared::outbox;
 use shared::topics::Topic;
-use sqlx::SqliteConnection;
 
 use crate::domain::{self, Input, Order, Step};
 use crate::store::Orders;
@@ -38,43 +38,33 @@ pub struct OrderHandler {
 impl Handler for OrderHandler {
     type Batch = Orders;
 
-    /// Every message names its order: read them all at once.
-    async fn load(&self, conn: &mut SqliteConnection, msgs: &[Inbound]) -> sqlx::Result<Orders> {
-        Orders::load(conn, msgs.iter().map(Inbound::order_id)).await
+    /// Orders are read on first use (each message names one).
+    fn load(&self, _conn: &Connection, _msgs: &[Inbound]) -> rusqlite::Result<Orders> {
+        Ok(Orders::default())
     }
 
-    async fn handle(
-        &self,
-        conn: &mut SqliteConnection,
-        orders: &mut Orders,
-        msg: &Inbound,
-    ) -> Result<Outcome, HandleError> {
+    fn handle(&self, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
-            Topic::OrdersSend => orders_send::handle(self, conn, orders, msg).await,
-            Topic::OrdersCancel => orders_cancel::handle(self, conn, orders, msg).await,
-            Topic::InStock => in_stock::handle(self, conn, orders, msg).await,
-            Topic::OutOfStock => out_of_stock::handle(self, conn, orders, msg).await,
-            Topic::Released => released::handle(self, conn, orders, msg).await,
+            Topic::OrdersSend => orders_send::handle(self, tx, orders, msg),
+            Topic::OrdersCancel => orders_cancel::handle(self, tx, orders, msg),
+            Topic::InStock => in_stock::handle(self, tx, orders, msg),
+            Topic::OutOfStock => out_of_stock::handle(self, tx, orders, msg),
+            Topic::Released => released::handle(self, tx, orders, msg),
             other => Ok(Outcome::Ignored(other.suffix())),
         }
     }
 
-    async fn store(&self, conn: &mut SqliteConnection, orders: Orders) -> sqlx::Result<()> {
-        orders.write(conn).await
+    fn store(&self, conn: &Connection, orders: Orders) -> rusqlite::Result<()> {
+        orders.write(conn)
     }
 
     /// An `in-stock` whose order never arrived holds stock nobody will
     /// cancel: remember the order as cancelled and release it.
-    async fn expired(
-        &self,
-        conn: &mut SqliteConnection,
-        orders: &mut Orders,
-        msg: &Inbound,
-    ) -> Result<(), HandleError> {
-        if msg.topic == Topic::InStock && orders.get(conn, msg.order_id()).await?.0.is_none() {
+    fn expired(&self, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<(), HandleError> {
+        if msg.topic == Topic::InStock && orders.get(tx, msg.order_id())?.0.is_none() {
             tracing::warn!(order_id = %msg.order_id(), "releasing stock reserved for an order that never arrived");
             orders.tombstone(msg.order_id());
-            outbox::enqueue(conn, Topic::OrdersCancelled, msg.order_id(), ReleaseRequested {}).await?;
+            outbox::enqueue(tx, Topic::OrdersCancelled, msg.order_id(), ReleaseRequested {});
         }
         Ok(())
     }
@@ -82,24 +72,24 @@ impl Handler for OrderHandler {
 
 impl OrderHandler {
     /// Runs the lifecycle on `input` and persists what it decides.
-    async fn apply(
+    fn apply(
         &self,
-        conn: &mut SqliteConnection,
+        tx: &mut Tx<'_>,
         orders: &mut Orders,
         msg: &Inbound,
         input: Input<'_>,
     ) -> Result<Outcome, HandleError> {
         let id = msg.order_id();
-        let (existing, tombstoned) = orders.get(conn, id).await?;
+        let (existing, tombstoned) = orders.get(tx, id)?;
         match domain::decide(existing.as_ref(), tombstoned, id, input, now_ms()) {
             Step::Save { order, emit_status, request_release } => {
                 if emit_status {
                     tracing::info!(status = order.status.as_str(), version = order.version, "order status changed");
-                    publish_status(conn, &order).await?;
+                    publish_status(tx, &order);
                 }
                 orders.save(order, self.follow_up_ms);
                 if request_release {
-                    outbox::enqueue(conn, Topic::OrdersCancelled, id, ReleaseRequested {}).await?;
+                    outbox::enqueue(tx, Topic::OrdersCancelled, id, ReleaseRequested {});
                 }
                 Ok(Outcome::Applied)
             }
@@ -110,7 +100,7 @@ impl OrderHandler {
             }
             Step::RepeatStatus => {
                 if let Some(order) = &existing {
-                    publish_status(conn, order).await?;
+                    publish_status(tx, order);
                 }
                 Ok(Outcome::Applied)
             }
@@ -120,12 +110,12 @@ impl OrderHandler {
     }
 }
 
-pub(crate) async fn publish_status(conn: &mut SqliteConnection, order: &Order) -> sqlx::Result<()> {
+pub(crate) fn publish_status(tx: &mut Tx<'_>, order: &Order) {
     let body = StatusChanged {
         status: order.status,
         version: order.version,
         fingerprint: order.fingerprint.clone(),
         reason: order.reason.clone(),
     };
-    outbox::enqueue(conn, Topic::OrdersStatus, order.order_id, body).await
+    outbox::enqueue(tx, Topic::OrdersStatus, order.order_id, body);
 }

@@ -2,19 +2,14 @@
 //! to release; remember a cancel for an order not seen yet (tombstone).
 
 use shared::consumer::{HandleError, Outcome};
+use shared::db::Tx;
 use shared::message::{CancelOrder, Inbound};
-use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
 use crate::store::Orders;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    orders: &mut Orders,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub fn handle(h: &OrderHandler, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
     let _: CancelOrder = msg.body()?;
-    h.apply(conn, orders, msg, Input::Cancel).await
+    h.apply(tx, orders, msg, Input::Cancel)
 }

@@ -3,20 +3,15 @@
 //! retrying with the same idempotency key gets its answer.
 
 use shared::consumer::{HandleError, Outcome};
+use shared::db::Tx;
 use shared::message::{Inbound, SendOrder};
-use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
 use crate::store::Orders;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    orders: &mut Orders,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub fn handle(h: &OrderHandler, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
     let send: SendOrder = msg.body()?;
     send.validate()?;
-    h.apply(conn, orders, msg, Input::Send(&send)).await
+    h.apply(tx, orders, msg, Input::Send(&send))
 }

@@ -2,19 +2,14 @@
 //! stop re-sending `orders/cancelled`.
 
 use shared::consumer::{HandleError, Outcome};
+use shared::db::Tx;
 use shared::message::{Inbound, Released};
-use sqlx::SqliteConnection;
 
 use super::OrderHandler;
 use crate::domain::Input;
 use crate::store::Orders;
 
-pub async fn handle(
-    h: &OrderHandler,
-    conn: &mut SqliteConnection,
-    orders: &mut Orders,
-    msg: &Inbound,
-) -> Result<Outcome, HandleError> {
+pub fn handle(h: &OrderHandler, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
     let _: Released = msg.body()?;
-    h.apply(conn, orders, msg, Input::Released).await
+    h.apply(tx, orders, msg, Input::Released)
 }

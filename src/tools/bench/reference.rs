@@ -45,9 +45,9 @@ pub struct Rate {
 }
 
 /// Rows committed per second, `batch` rows per `BEGIN IMMEDIATE … COMMIT`,
-/// inserted one statement per row or (`one_statement`) all in one. The
-/// difference between the two is the cost of a statement round trip
-/// through sqlx, which every handler pays per query.
+/// inserted one statement per row or (`one_statement`) all in one, through
+/// [`Db::write`] exactly as the services write (one hand-off to the writer
+/// thread per transaction, cached prepared statements).
 pub async fn sqlite(synchronous: &str, batch: usize, one_statement: bool, secs: f64) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
     let cfg = DbConfig { path: dir.path().join("reference.db"), synchronous: synchronous.to_owned() };
@@ -59,28 +59,27 @@ pub async fn sqlite(synchronous: &str, batch: usize, one_statement: bool, secs: 
     let (start, mut rows) = (Instant::now(), 0u64);
     while start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
-        let mut tx = db.begin().await?;
-        if one_statement {
-            let mut q = sqlx::query(&multi);
-            for _ in 0..batch {
-                q = q.bind(uuid::Uuid::new_v4().to_string()).bind(&payload);
+        let (multi, payload) = (multi.clone(), payload.clone());
+        db.write(move |tx| -> rusqlite::Result<()> {
+            let ids: Vec<String> = (0..batch).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+            if one_statement {
+                let values: Vec<&dyn rusqlite::ToSql> =
+                    ids.iter().flat_map(|id| [id as &dyn rusqlite::ToSql, &payload as &dyn rusqlite::ToSql]).collect();
+                tx.prepare_cached(&multi)?.execute(values.as_slice())?;
+            } else {
+                let mut stmt = tx.prepare_cached("INSERT INTO bench (id, payload) VALUES (?, ?)")?;
+                for id in &ids {
+                    stmt.execute(rusqlite::params![id, payload])?;
+                }
             }
-            q.execute(&mut *tx).await?;
-        } else {
-            for _ in 0..batch {
-                sqlx::query("INSERT INTO bench (id, payload) VALUES (?, ?)")
-                    .bind(uuid::Uuid::new_v4().to_string())
-                    .bind(&payload)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
+            Ok(())
+        })
+        .await?;
         record::record(&mut commits, t.elapsed());
         rows += batch as u64;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    db.writer.close().await;
+    db.close().await;
     let how = match (batch, one_statement) {
         (1, _) => "1 row per commit".to_owned(),
         (n, false) => format!("{n} rows per commit, one INSERT each"),
@@ -181,7 +180,7 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
     let db = |name: &str| DbConfig { path: dir.path().join(name), synchronous: synchronous.to_owned() };
     let inv_db = Db::open(&db("inventory.db"), inventory::store::SCHEMA).await?;
     let products = super::shop::bench_products()?;
-    inventory::store::seed_if_empty(&inv_db.writer, &products).await?;
+    inventory::store::seed_if_empty(&inv_db, &products).await?;
     let ord_db = Db::open(&db("order.db"), order::store::SCHEMA).await?;
     // Parking never happens here: every order is sent to both first.
     let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
@@ -227,13 +226,11 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
                 Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::new_v4()), body).to_json().into()
             })
             .collect();
-        let msgs: Vec<(&str, &Bytes)> = sends.iter().map(|p| (send_topic.as_str(), p)).collect();
-        ord.apply(&msgs).await?;
-        inv.apply(&msgs).await?;
+        let msgs: Vec<(String, Bytes)> = sends.into_iter().map(|p| (send_topic.clone(), p)).collect();
+        ord.apply(msgs.clone()).await?;
+        inv.apply(msgs).await?;
         // Inventory's relay: its decisions go to the order service.
-        let decisions = relay(&inv_db).await?;
-        let msgs: Vec<(&str, &Bytes)> = decisions.iter().map(|(t, p)| (t.as_str(), p)).collect();
-        ord.apply(&msgs).await?;
+        ord.apply(relay(&inv_db).await?).await?;
         // The order relay's status events go to the front: no database work.
         relay(&ord_db).await?;
         orders += BATCH as u64;
@@ -245,8 +242,8 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
     if open > 0 {
         bail!("the baseline left {open} order(s) unconfirmed: it does not do the shop's work");
     }
-    inv_db.writer.close().await;
-    ord_db.writer.close().await;
+    inv_db.close().await;
+    ord_db.close().await;
     Ok(Rate {
         what: format!("single-process baseline: real handlers and databases, no messaging, synchronous={synchronous}"),
         per_s: orders as f64 / elapsed,
@@ -261,6 +258,6 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
 async fn relay(db: &Db) -> anyhow::Result<Vec<(String, Bytes)>> {
     let unsent = shared::outbox::unsent(db, 10_000).await?;
     let seqs: Vec<i64> = unsent.iter().map(|u| u.seq).collect();
-    shared::outbox::mark_sent(db, &seqs).await.context("marking the outbox sent")?;
+    shared::outbox::mark_sent(db, seqs).await.context("marking the outbox sent")?;
     Ok(unsent.into_iter().map(|u| (format!("{DEFAULT_PREFIX}{}", u.topic), Bytes::from(u.payload))).collect())
 }
