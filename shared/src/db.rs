@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::DbConfig;
-use crate::outbox::Pending;
+use crate::outbox::{Pending, Sent};
 
 /// Tables of the shared machinery: inbox, outbox, parked events, dead letters.
 pub const SHARED_SCHEMA: &str = r#"
@@ -101,6 +101,8 @@ enum Command {
 pub struct Db {
     writer: mpsc::UnboundedSender<Command>,
     pub reader: SqlitePool,
+    /// Published events the next write transaction marks sent.
+    pub(crate) sent: Sent,
 }
 
 impl std::fmt::Debug for Command {
@@ -160,13 +162,15 @@ impl Db {
             )
             .await
             .with_context(|| format!("opening read pool on {}", cfg.path.display()))?;
-        Ok(Db { writer, reader })
+        Ok(Db { writer, reader, sent: Sent::default() })
     }
 
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) on the writer
     /// thread, then writes the events it enqueued to the outbox and
-    /// commits. An error from `f` rolls everything back. The transaction
-    /// runs to its end even if the caller stops waiting.
+    /// commits. The transaction also marks sent the events the relay got
+    /// acknowledged since the last one. An error from `f` rolls everything
+    /// back. The transaction runs to its end even if the caller stops
+    /// waiting.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -174,8 +178,9 @@ impl Db {
         F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
+        let sent = self.sent.clone();
         let job: Job = Box::new(move |conn| {
-            let _ = done.send(transaction(conn, f));
+            let _ = done.send(transaction(conn, &sent, f));
         });
         if self.writer.send(Command::Run(job)).is_err() {
             return Err(stopped().into());
@@ -204,17 +209,23 @@ pub fn misuse(why: &str) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE), Some(why.to_owned()))
 }
 
-fn transaction<T, E, F>(conn: &mut Connection, f: F) -> Result<T, E>
+fn transaction<T, E, F>(conn: &mut Connection, sent: &Sent, f: F) -> Result<T, E>
 where
     E: From<rusqlite::Error>,
     F: FnOnce(&mut Tx<'_>) -> Result<T, E>,
 {
     let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let marks = sent.apply(&sql)?;
     let mut tx = Tx { sql, events: Vec::new(), traceparent: None };
-    let out = f(&mut tx)?;
-    crate::outbox::write_all(&tx, &tx.events)?;
-    tx.sql.commit()?;
-    Ok(out)
+    let result = f(&mut tx).and_then(|out| {
+        crate::outbox::write_all(&tx, &tx.events)?;
+        tx.sql.commit()?;
+        Ok(out)
+    });
+    if result.is_err() {
+        sent.restore(marks);
+    }
+    result
 }
 
 fn open_writer(path: &std::path::Path, synchronous: &str, schema: &str) -> rusqlite::Result<Connection> {

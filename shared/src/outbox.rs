@@ -90,24 +90,50 @@ impl Wakeup {
 
 /// Publishes unsent events in order until `shutdown`; on shutdown it makes
 /// one last pass so committed events leave before the process exits.
+///
+/// Events the broker acknowledged are marked sent by the next write
+/// transaction of the node (usually the consumer's next batch, see
+/// [`Sent`]) rather than by a commit of their own: one commit and fsync
+/// less per round. Until then the relay's cursor keeps it from publishing
+/// them again; a crash in between republishes them, which consumers
+/// deduplicate like any redelivery.
 pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken) {
     let mut ready = bus.ready_watch();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_prune = 0i64;
+    // Highest seq published and acknowledged; everything unsent above it
+    // is next. 0: read from the oldest unsent event.
+    let mut cursor = 0i64;
     loop {
-        tokio::select! {
+        let flush = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = wakeup.0.notified() => {}
-            _ = tick.tick() => {}
+            _ = wakeup.0.notified() => false,
+            _ = tick.tick() => true,
             // A fresh connection: republish what is still unsent.
-            _ = ready.changed() => {}
+            _ = ready.changed() => {
+                cursor = 0;
+                true
+            }
+        };
+        // Marks left waiting (the node wrote nothing for a second), or
+        // about to read from the oldest unsent event again: write them.
+        if (flush || cursor == 0) && db.sent.has_pending() {
+            if let Err(e) = db.write(|_| Ok::<_, rusqlite::Error>(())).await {
+                tracing::warn!(error = %e, "marking published events sent failed; retrying");
+            }
         }
         while bus.is_ready() {
-            match relay_batch(&db, &bus).await {
-                Ok(n) if n as i64 == BATCH => continue,
-                Ok(_) => break,
+            match relay_batch(&db, &bus, cursor).await {
+                Ok(Some((last, n))) => {
+                    cursor = last;
+                    if n < BATCH as usize {
+                        break;
+                    }
+                }
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox relay pass failed; retrying");
+                    cursor = 0;
                     break;
                 }
             }
@@ -121,7 +147,47 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
     }
     // Flush: one bounded pass for events committed just before shutdown.
     if bus.is_ready() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), relay_batch(&db, &bus)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), relay_batch(&db, &bus, cursor)).await;
+    }
+    if let Err(e) = db.write(|_| Ok::<_, rusqlite::Error>(())).await {
+        tracing::warn!(error = %e, "marking the last published events sent failed");
+    }
+}
+
+/// Events the broker acknowledged, waiting to be marked sent by the node's
+/// next write transaction ([`Db::write`] applies them before its closure
+/// runs, and puts them back if the transaction fails).
+#[derive(Debug, Default, Clone)]
+pub struct Sent(Arc<std::sync::Mutex<Vec<(i64, i64)>>>);
+
+impl Sent {
+    fn push(&self, seqs: impl IntoIterator<Item = i64>) {
+        let now = now_ms();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(seqs.into_iter().map(|s| (s, now)));
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// Marks the pending events sent in `conn`'s transaction; returns them
+    /// so a failed transaction can [`Sent::restore`] them.
+    pub(crate) fn apply(&self, conn: &Connection) -> rusqlite::Result<Vec<(i64, i64)>> {
+        let marks = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        if !marks.is_empty() {
+            let mut stmt = conn.prepare_cached("UPDATE outbox SET sent_at = ? WHERE seq = ?")?;
+            for (seq, at) in &marks {
+                if let Err(e) = stmt.execute([*at, *seq]) {
+                    self.restore(marks);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(marks)
+    }
+
+    pub(crate) fn restore(&self, marks: Vec<(i64, i64)>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(marks);
     }
 }
 
@@ -134,37 +200,31 @@ pub struct Unsent {
     pub payload: Vec<u8>,
 }
 
-/// The oldest unsent events, in the order they were written. Read on the
-/// read pool: only committed rows matter, and the writer stays free for
-/// the consumer.
-pub async fn unsent(db: &Db, limit: i64) -> sqlx::Result<Vec<Unsent>> {
-    let rows = sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?")
-        .bind(limit)
-        .fetch_all(&db.reader)
-        .await?;
+/// The oldest unsent events after `after`, in the order they were written.
+/// Read on the read pool: only committed rows matter, and the writer stays
+/// free for the consumer.
+pub async fn unsent(db: &Db, after: i64, limit: i64) -> sqlx::Result<Vec<Unsent>> {
+    let rows =
+        sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&db.reader)
+            .await?;
     Ok(rows.into_iter().map(|r| Unsent { seq: r.get(0), topic: r.get(1), payload: r.get(2) }).collect())
 }
 
-/// Marks events sent (the broker acknowledged them).
+/// Marks events sent now (the broker acknowledged them), in a transaction
+/// of its own: for tools and tests that publish outside the relay.
 pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> rusqlite::Result<()> {
-    db.write(move |tx| {
-        let mut stmt = tx.prepare_cached("UPDATE outbox SET sent_at = ? WHERE seq = ?")?;
-        let now = now_ms();
-        for seq in seqs {
-            stmt.execute([now, seq])?;
-        }
-        Ok(())
-    })
-    .await
+    db.sent.push(seqs);
+    db.write(|_| Ok(())).await
 }
 
-/// Publishes one batch, marks the PUBACKed ones sent; returns how many
-/// were attempted.
-async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
-    let rows = unsent(db, BATCH).await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
+/// Publishes one batch after `after`; returns the last seq and the size of
+/// a batch the broker acknowledged in full (`None`: nothing to publish).
+async fn relay_batch(db: &Db, bus: &Bus, after: i64) -> anyhow::Result<Option<(i64, usize)>> {
+    let rows = unsent(db, after, BATCH).await?;
+    let Some(last) = rows.last().map(|r| r.seq) else { return Ok(None) };
     crate::crash_point!("outbox::before_publish");
     let publishes = rows.iter().map(|row| {
         let path = format!("{}{}", bus.prefix(), row.topic);
@@ -172,16 +232,15 @@ async fn relay_batch(db: &Db, bus: &Bus) -> anyhow::Result<usize> {
     });
     let results = join_all(publishes).await;
     let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    let attempted = rows.len();
-    let unacked = attempted - sent.len();
+    let (attempted, unacked) = (rows.len(), rows.len() - sent.len());
     if !sent.is_empty() {
         crate::crash_point!("outbox::before_mark_sent");
-        mark_sent(db, sent).await?;
+        db.sent.push(sent);
     }
     if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
         anyhow::bail!("{unacked} of {attempted} events not acknowledged by the broker: {e}");
     }
-    Ok(attempted)
+    Ok(Some((last, attempted)))
 }
 
 async fn prune(db: &Db) -> rusqlite::Result<()> {

@@ -183,7 +183,7 @@ impl Model {
             }
             Op::Relay { from } => {
                 let db = if from == Node::Inventory { self.inventory.0.clone() } else { self.order.0.clone() };
-                let unsent = shared::outbox::unsent(&db, 10_000).await.unwrap();
+                let unsent = shared::outbox::unsent(&db, 0, 10_000).await.unwrap();
                 for u in &unsent {
                     let topic = Topic::ALL.into_iter().find(|t| t.suffix() == u.topic).unwrap();
                     self.route(topic, u.payload.clone().into());

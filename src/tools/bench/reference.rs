@@ -256,7 +256,7 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
 /// Takes every unsent outbox event and marks it sent, as the relay does
 /// after the broker's PUBACK; returns the events as (full topic, payload).
 async fn relay(db: &Db) -> anyhow::Result<Vec<(String, Bytes)>> {
-    let unsent = shared::outbox::unsent(db, 10_000).await?;
+    let unsent = shared::outbox::unsent(db, 0, 10_000).await?;
     let seqs: Vec<i64> = unsent.iter().map(|u| u.seq).collect();
     shared::outbox::mark_sent(db, seqs).await.context("marking the outbox sent")?;
     Ok(unsent.into_iter().map(|u| (format!("{DEFAULT_PREFIX}{}", u.topic), Bytes::from(u.payload))).collect())
