@@ -9,7 +9,8 @@
 //! - [`consumer`]: batch apply with [`inbox`] dedup, [`parking`] and
 //!   [`dead_letter`], ack after commit.
 //! - [`outbox`]: events written with the state change, relayed after commit.
-//! - [`db`], [`config`], [`telemetry`], [`shutdown`], [`tls`]: process plumbing.
+//! - [`db`]: the writer thread (every write transaction) and the read pool.
+//! - [`config`], [`telemetry`], [`shutdown`], [`tls`]: process plumbing.
 
 pub mod bus;
 pub mod config;
@@ -33,3 +34,10 @@ pub mod timeline;
 pub mod tls;
 pub mod topics;
 pub mod trace;
+
+/// Every binary that links `shared` (the `webshop` command, each node's
+/// own binary, the tests) allocates with jemalloc: glibc's malloc and free
+/// were a fifth of the front's CPU at full load (`webshop bench`), and
+/// jemalloc costs a few MB per process, not mimalloc's ~24 MB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
