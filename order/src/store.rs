@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 use sqlx::{Row, SqlitePool};
 
@@ -46,6 +46,24 @@ const COLUMNS: &str = "order_id, status, version, customer_email, items, currenc
 /// `COLUMNS` as read by either driver (sqlx on the read pool, rusqlite on
 /// the writer).
 type OrderRow = (String, String, i64, String, String, String, i64, String, Option<String>, i64, i64, i64);
+
+/// The first 12 columns of a writer row, as `COLUMNS`.
+fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+    ))
+}
 
 fn order(r: OrderRow) -> Order {
     let (
@@ -102,15 +120,18 @@ impl Orders {
         match self.slots.entry(id) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let key = id.to_string();
-                let order = conn
-                    .prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ?"))?
-                    .query_row([&key], |r| OrderRow::try_from(r))
-                    .optional()?
-                    .map(order);
-                let tombstoned = conn
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM cancel_tombstones WHERE order_id = ?)")?
-                    .query_row([&key], |r| r.get(0))?;
+                // One row whether or not the order exists: its columns
+                // (NULL if it doesn't) and whether a tombstone does.
+                let (order, tombstoned) = conn
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS}, EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = ?1)
+                         FROM (SELECT ?1 AS id) k LEFT JOIN orders o ON o.order_id = k.id"
+                    ))?
+                    .query_row([id.to_string()], |r| {
+                        let found = r.get::<_, Option<String>>(0)?.is_some();
+                        let order = if found { Some(order(order_row(r)?)) } else { None };
+                        Ok((order, r.get::<_, bool>(12)?))
+                    })?;
                 Ok(e.insert(Slot { order, tombstoned, ..Slot::default() }))
             }
         }
@@ -193,26 +214,9 @@ pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>>
 /// Orders whose follow-up is due, with how many follow-ups they had.
 pub fn due_follow_ups(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<(Order, i64)>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT follow_ups, {COLUMNS} FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
+        "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
     ))?;
-    let rows = stmt.query_map([now_ms(), limit], |r| {
-        let follow_ups: i64 = r.get(0)?;
-        let cols = (
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get(5)?,
-            r.get(6)?,
-            r.get(7)?,
-            r.get(8)?,
-            r.get(9)?,
-            r.get(10)?,
-            r.get(11)?,
-            r.get(12)?,
-        );
-        Ok((order(cols), follow_ups))
-    })?;
+    let rows = stmt.query_map([now_ms(), limit], |r| Ok((order(order_row(r)?), r.get(12)?)))?;
     rows.collect()
 }
 

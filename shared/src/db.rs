@@ -69,9 +69,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// Prepared statements kept per writer connection (every statement of the
 /// hot path, with room to spare).
 const STATEMENT_CACHE: usize = 64;
-/// How often the checkpointer copies committed WAL frames into the main
-/// database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// A write transaction on the writer thread: the SQL connection (as
 /// `Deref`), plus what the transaction enqueued for the outbox and the
@@ -134,17 +131,13 @@ impl Db {
         let level = cfg.synchronous.to_ascii_uppercase();
         std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || {
-                let opened = open_writer(&path, &level, &schema)
-                    .and_then(|conn| Ok((conn, Checkpointer::start(&path, &level)?)));
-                match opened {
-                    Ok((conn, checkpointer)) => {
-                        let _ = opened_tx.send(Ok(()));
-                        serve(conn, checkpointer, jobs);
-                    }
-                    Err(e) => {
-                        let _ = opened_tx.send(Err(e));
-                    }
+            .spawn(move || match open_writer(&path, &level, &schema) {
+                Ok(conn) => {
+                    let _ = opened_tx.send(Ok(()));
+                    serve(conn, jobs);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
                 }
             })
             .context("starting the database writer thread")?;
@@ -244,56 +237,13 @@ fn open_writer(path: &std::path::Path, synchronous: &str, schema: &str) -> rusql
     }
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Checkpoints run on the checkpointer's thread, not inside our commits.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.execute_batch(schema)?;
     Ok(conn)
 }
 
-/// Copies committed WAL frames into the database file from a thread and
-/// connection of its own (`PRAGMA wal_checkpoint(PASSIVE)`, which never
-/// blocks the writer or readers), so the writer's commits don't: SQLite's
-/// automatic checkpoint runs inside the commit that crosses 1000 WAL pages,
-/// and took a fifth of the order writer's time at full load. Once a pass
-/// has copied every frame, the writer's next transaction starts the WAL
-/// over from its beginning.
-struct Checkpointer {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    fn start(path: &std::path::Path, synchronous: &str) -> rusqlite::Result<Checkpointer> {
-        let conn = Connection::open(path)?;
-        // The checkpoint's fsync of the database file follows this setting.
-        conn.pragma_update(None, "synchronous", synchronous)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("db-checkpoint".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
-                    }
-                }
-            })
-            .map_err(|e| misuse(&format!("starting the checkpoint thread: {e}")))?;
-        Ok(Checkpointer { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// The writer thread: runs jobs in order until closed.
-fn serve(mut conn: Connection, checkpointer: Checkpointer, mut jobs: mpsc::UnboundedReceiver<Command>) {
+fn serve(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Command>) {
     while let Some(cmd) = jobs.blocking_recv() {
         match cmd {
             Command::Run(job) => {
@@ -304,7 +254,6 @@ fn serve(mut conn: Connection, checkpointer: Checkpointer, mut jobs: mpsc::Unbou
                 }
             }
             Command::Close(done) => {
-                drop(checkpointer);
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
                 }
