@@ -120,11 +120,17 @@ pub struct DbConfig {
     /// survives power loss) or `NORMAL` (WAL default; survives a process
     /// crash, may lose the last commits on power loss).
     pub synchronous: String,
+    /// WAL pages (4 KiB each) after which a commit checkpoints: copies the
+    /// WAL into the database file, and the next transaction starts the WAL
+    /// over. A page changed many times in that window is copied once, so a
+    /// larger window writes less per order; the commit that checkpoints
+    /// takes longer, and the WAL file stays about this long.
+    pub checkpoint_pages: u32,
 }
 
 impl Default for DbConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("data/service.db"), synchronous: "FULL".into() }
+        Self { path: PathBuf::from("data/service.db"), synchronous: "FULL".into(), checkpoint_pages: 10_000 }
     }
 }
 

@@ -129,9 +129,10 @@ impl Db {
         let path = cfg.path.clone();
         let schema = format!("{SHARED_SCHEMA}{}{schema}", crate::timeline::SCHEMA);
         let level = cfg.synchronous.to_ascii_uppercase();
+        let checkpoint_pages = cfg.checkpoint_pages;
         std::thread::Builder::new()
             .name("db-writer".into())
-            .spawn(move || match open_writer(&path, &level, &schema) {
+            .spawn(move || match open_writer(&path, &level, checkpoint_pages, &schema) {
                 Ok(conn) => {
                     let _ = opened_tx.send(Ok(()));
                     serve(conn, jobs);
@@ -228,7 +229,12 @@ where
     result
 }
 
-fn open_writer(path: &std::path::Path, synchronous: &str, schema: &str) -> rusqlite::Result<Connection> {
+fn open_writer(
+    path: &std::path::Path,
+    synchronous: &str,
+    checkpoint_pages: u32,
+    schema: &str,
+) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -237,6 +243,7 @@ fn open_writer(path: &std::path::Path, synchronous: &str, schema: &str) -> rusql
     }
     conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "wal_autocheckpoint", checkpoint_pages)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.execute_batch(schema)?;
     Ok(conn)

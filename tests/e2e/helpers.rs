@@ -176,7 +176,11 @@ pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::C
         admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-inventory"),
-        db: shared::config::DbConfig { path: dir.join("inventory.db"), synchronous: "NORMAL".into() },
+        db: shared::config::DbConfig {
+            path: dir.join("inventory.db"),
+            synchronous: "NORMAL".into(),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -186,7 +190,7 @@ pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
         admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-order"),
-        db: shared::config::DbConfig { path: dir.join("order.db"), synchronous: "NORMAL".into() },
+        db: shared::config::DbConfig { path: dir.join("order.db"), synchronous: "NORMAL".into(), ..Default::default() },
         follow_up_secs: 1.0,
         ..Default::default()
     }

@@ -85,10 +85,12 @@ struct Model {
 }
 
 async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handlers::InventoryHandler>) {
-    let db =
-        Db::open(&DbConfig { path: dir.join("inventory.db"), synchronous: "OFF".into() }, inventory::store::SCHEMA)
-            .await
-            .unwrap();
+    let db = Db::open(
+        &DbConfig { path: dir.join("inventory.db"), synchronous: "OFF".into(), ..Default::default() },
+        inventory::store::SCHEMA,
+    )
+    .await
+    .unwrap();
     inventory::store::seed_if_empty(&db, &serde_json::from_str::<Vec<_>>(CATALOG).unwrap()).await.unwrap();
     let consumer = Consumer::new(
         "inventory",
@@ -103,9 +105,12 @@ async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handl
 }
 
 async fn open_order(dir: &std::path::Path) -> (Db, Consumer<order::handlers::OrderHandler>) {
-    let db = Db::open(&DbConfig { path: dir.join("order.db"), synchronous: "OFF".into() }, order::store::SCHEMA)
-        .await
-        .unwrap();
+    let db = Db::open(
+        &DbConfig { path: dir.join("order.db"), synchronous: "OFF".into(), ..Default::default() },
+        order::store::SCHEMA,
+    )
+    .await
+    .unwrap();
     let consumer = Consumer::new(
         "order",
         db.clone(),

@@ -50,7 +50,8 @@ pub struct Rate {
 /// thread per transaction, cached prepared statements).
 pub async fn sqlite(synchronous: &str, batch: usize, one_statement: bool, secs: f64) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
-    let cfg = DbConfig { path: dir.path().join("reference.db"), synchronous: synchronous.to_owned() };
+    let cfg =
+        DbConfig { path: dir.path().join("reference.db"), synchronous: synchronous.to_owned(), ..Default::default() };
     // A row about the size of an inbox row plus an outbox envelope.
     let db = Db::open(&cfg, "CREATE TABLE IF NOT EXISTS bench (id TEXT PRIMARY KEY, payload BLOB NOT NULL);").await?;
     let payload = vec![b'x'; 400];
@@ -177,7 +178,11 @@ async fn wait_for(eventloop: &mut rumqttc::EventLoop, want: impl Fn(&Event) -> b
 /// Orders/s through the real handlers and databases, with no messaging.
 pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
-    let db = |name: &str| DbConfig { path: dir.path().join(name), synchronous: synchronous.to_owned() };
+    let db = |name: &str| DbConfig {
+        path: dir.path().join(name),
+        synchronous: synchronous.to_owned(),
+        ..Default::default()
+    };
     let inv_db = Db::open(&db("inventory.db"), inventory::store::SCHEMA).await?;
     let products = super::shop::bench_products()?;
     inventory::store::seed_if_empty(&inv_db, &products).await?;
