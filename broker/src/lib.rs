@@ -91,7 +91,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
             max_payload_bytes: 4 * 1024 * 1024,
             max_inflight: 100,
-            topic_log_segment_bytes: 2 * 1024 * 1024,
+            topic_log_segment_bytes: 1024 * 1024,
             topic_log_segments: 4,
             max_connections: 1000,
             users: HashMap::new(),
