@@ -25,7 +25,7 @@ use crate::topics::Topic;
 use crate::{dead_letter, inbox, timeline, trace};
 
 /// Most deliveries applied in one transaction (group commit).
-const MAX_BATCH: usize = 100;
+pub const MAX_BATCH: usize = 100;
 
 /// What a handler did with a message.
 #[derive(Debug)]

@@ -23,7 +23,7 @@ use crate::topics::Topic;
 /// in-flight publishes: a larger round queued the consumer's acks behind
 /// publishes waiting for PUBACKs, and under overload the connection
 /// stalled until keep-alive failed (seen with `webshop bench`).
-const BATCH: i64 = 50;
+pub const BATCH: i64 = 50;
 /// Sent events are kept this long (for operators), then deleted.
 const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
 
