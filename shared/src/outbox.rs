@@ -143,6 +143,9 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
             if let Err(e) = prune(&db).await {
                 tracing::warn!(error = %e, "pruning sent outbox rows failed");
             }
+            // `seq` is a plain rowid: once pruning has emptied the table,
+            // new events number from 1 again, below the cursor.
+            cursor = 0;
         }
     }
     // Flush: one bounded pass for events committed just before shutdown.
