@@ -50,17 +50,14 @@ pub enum HandleError {
 
 /// A service's message handling: pure decisions wrapped in SQL.
 ///
-/// A transaction's messages share a [`Handler::Batch`], a unit of work:
-/// [`Handler::load`] reads what the messages will need, [`Handler::handle`]
-/// decides and changes it in memory (reading what it lacks), and
-/// [`Handler::store`] writes the changes back before the commit. All of it
+/// A transaction's messages share a [`Handler::Batch`], a unit of work that
+/// starts empty: [`Handler::handle`] reads what a message needs into it on
+/// first use and decides and changes it in memory, and [`Handler::store`]
+/// writes the changes back before the commit. All of it
 /// runs on the writer thread inside one transaction ([`Db::write`]);
 /// events go to the outbox with [`crate::outbox::enqueue`].
 pub trait Handler: Send + Sync + 'static {
-    type Batch;
-
-    /// Reads ahead what `msgs` will need (may be empty: the parking timer).
-    fn load(&self, conn: &Connection, msgs: &[Inbound]) -> rusqlite::Result<Self::Batch>;
+    type Batch: Default;
 
     /// Applies `msg` to `batch` (and, for what isn't batched, on `tx`),
     /// inside the batch transaction. A handler decides before it changes
@@ -293,7 +290,7 @@ impl<H: Handler> Consumer<H> {
                 }
             }
         }
-        let mut work_set = self.handler.load(tx, &msgs)?;
+        let mut work_set = H::Batch::default();
         for msg in &msgs {
             let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
             let span = tracing::info_span!(
@@ -527,7 +524,7 @@ impl<H: Handler> Consumer<H> {
                     }
                     return Ok((pass.tally, false));
                 }
-                let mut batch = this.handler.load(tx, &[])?;
+                let mut batch = H::Batch::default();
                 for p in due {
                     this.retry_parked(tx, &mut batch, p, &mut pass)?;
                 }

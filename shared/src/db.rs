@@ -216,17 +216,15 @@ where
     F: FnOnce(&mut Tx<'_>) -> Result<T, E>,
 {
     let sql = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let marks = sent.apply(&sql)?;
+    // Returned to `sent` on any way out but the commit.
+    let marks = sent.take();
+    marks.write(&sql)?;
     let mut tx = Tx { sql, events: Vec::new(), traceparent: None };
-    let result = f(&mut tx).and_then(|out| {
-        crate::outbox::write_all(&tx, &tx.events)?;
-        tx.sql.commit()?;
-        Ok(out)
-    });
-    if result.is_err() {
-        sent.restore(marks);
-    }
-    result
+    let out = f(&mut tx)?;
+    crate::outbox::write_all(&tx, &tx.events)?;
+    tx.sql.commit()?;
+    marks.committed();
+    Ok(out)
 }
 
 fn open_writer(

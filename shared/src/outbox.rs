@@ -118,7 +118,7 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
         // Marks left waiting (the node wrote nothing for a second), or
         // about to read from the oldest unsent event again: write them.
         if (flush || cursor == 0) && db.sent.has_pending() {
-            if let Err(e) = db.write(|_| Ok::<_, rusqlite::Error>(())).await {
+            if let Err(e) = write_marks(&db).await {
                 tracing::warn!(error = %e, "marking published events sent failed; retrying");
             }
         }
@@ -152,46 +152,75 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
     if bus.is_ready() {
         let _ = tokio::time::timeout(Duration::from_secs(2), relay_batch(&db, &bus, cursor)).await;
     }
-    if let Err(e) = db.write(|_| Ok::<_, rusqlite::Error>(())).await {
+    if let Err(e) = write_marks(&db).await {
         tracing::warn!(error = %e, "marking the last published events sent failed");
     }
 }
 
-/// Events the broker acknowledged, waiting to be marked sent by the node's
-/// next write transaction ([`Db::write`] applies them before its closure
-/// runs, and puts them back if the transaction fails).
+/// Events the broker acknowledged (seq, when), waiting to be marked sent
+/// by the node's next write transaction ([`Db::write`] takes them).
 #[derive(Debug, Default, Clone)]
 pub struct Sent(Arc<std::sync::Mutex<Vec<(i64, i64)>>>);
 
 impl Sent {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<(i64, i64)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, seqs: impl IntoIterator<Item = i64>) {
         let now = now_ms();
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(seqs.into_iter().map(|s| (s, now)));
+        self.pending().extend(seqs.into_iter().map(|s| (s, now)));
     }
 
     fn has_pending(&self) -> bool {
-        !self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        !self.pending().is_empty()
     }
 
-    /// Marks the pending events sent in `conn`'s transaction; returns them
-    /// so a failed transaction can [`Sent::restore`] them.
-    pub(crate) fn apply(&self, conn: &Connection) -> rusqlite::Result<Vec<(i64, i64)>> {
-        let marks = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        if !marks.is_empty() {
-            let mut stmt = conn.prepare_cached("UPDATE outbox SET sent_at = ? WHERE seq = ?")?;
-            for (seq, at) in &marks {
-                if let Err(e) = stmt.execute([*at, *seq]) {
-                    self.restore(marks);
-                    return Err(e);
-                }
-            }
+    /// Takes the pending marks for one transaction. Unless that transaction
+    /// commits ([`Taken::committed`]), they go back when the [`Taken`] is
+    /// dropped: on an error, a rollback or a panic alike.
+    pub(crate) fn take(&self) -> Taken<'_> {
+        Taken { sent: self, marks: std::mem::take(&mut *self.pending()) }
+    }
+}
+
+/// Marks taken by one write transaction.
+pub(crate) struct Taken<'a> {
+    sent: &'a Sent,
+    marks: Vec<(i64, i64)>,
+}
+
+impl Taken<'_> {
+    /// Sets `sent_at` of the taken events, in `conn`'s transaction.
+    pub(crate) fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
+        if self.marks.is_empty() {
+            return Ok(());
         }
-        Ok(marks)
+        let mut stmt = conn.prepare_cached("UPDATE outbox SET sent_at = ? WHERE seq = ?")?;
+        for (seq, at) in &self.marks {
+            stmt.execute([*at, *seq])?;
+        }
+        Ok(())
     }
 
-    pub(crate) fn restore(&self, marks: Vec<(i64, i64)>) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend(marks);
+    /// The transaction committed: the marks are written.
+    pub(crate) fn committed(mut self) {
+        self.marks.clear();
     }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.marks.is_empty() {
+            self.sent.pending().append(&mut self.marks);
+        }
+    }
+}
+
+/// A transaction of nothing but the pending marks (when no other write
+/// came to take them).
+async fn write_marks(db: &Db) -> rusqlite::Result<()> {
+    db.write(|_| Ok(())).await
 }
 
 /// An event waiting to be published.
@@ -220,7 +249,7 @@ pub async fn unsent(db: &Db, after: i64, limit: i64) -> sqlx::Result<Vec<Unsent>
 /// of its own: for tools and tests that publish outside the relay.
 pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> rusqlite::Result<()> {
     db.sent.push(seqs);
-    db.write(|_| Ok(())).await
+    write_marks(db).await
 }
 
 /// Publishes one batch after `after`; returns the last seq and the size of

@@ -22,11 +22,6 @@ pub struct InventoryHandler;
 impl Handler for InventoryHandler {
     type Batch = Stock;
 
-    /// Reservations and stock levels are read on first use.
-    fn load(&self, _conn: &Connection, _msgs: &[Inbound]) -> rusqlite::Result<Stock> {
-        Ok(Stock::default())
-    }
-
     fn handle(&self, tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
             Topic::OrdersSend => orders_send::handle(tx, stock, msg),

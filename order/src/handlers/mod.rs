@@ -38,11 +38,6 @@ pub struct OrderHandler {
 impl Handler for OrderHandler {
     type Batch = Orders;
 
-    /// Orders are read on first use (each message names one).
-    fn load(&self, _conn: &Connection, _msgs: &[Inbound]) -> rusqlite::Result<Orders> {
-        Ok(Orders::default())
-    }
-
     fn handle(&self, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
             Topic::OrdersSend => orders_send::handle(self, tx, orders, msg),
