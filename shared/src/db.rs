@@ -32,10 +32,11 @@ CREATE TABLE IF NOT EXISTS inbox (
 ) WITHOUT ROWID;
 -- `seq` is the rowid, not AUTOINCREMENT (which writes sqlite_sequence on
 -- every insert): a new row still gets max(seq) + 1, and the relay, the only
--- reader of seq, only needs unsent rows in write order.
+-- reader of seq, only needs unsent rows in write order. No index on
+-- message_id: nothing looks an event up by it, and ids are fresh UUIDv7s.
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY,
-    message_id TEXT NOT NULL UNIQUE,
+    message_id TEXT NOT NULL,
     topic      TEXT NOT NULL,
     order_id   TEXT,
     payload    BLOB NOT NULL,
