@@ -5,6 +5,8 @@
 //! nothing is held unacked: a message that can't be applied yet is parked,
 //! one that can never be applied is dead-lettered.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,17 +197,21 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Counts a message outcome per topic. Counted when it happens: a batch
-    /// that fails and is retried counts its messages again.
-    fn count(&self, topic: &str, outcome: &'static str) {
-        let topic = topic.strip_prefix(self.prefix.as_str()).unwrap_or(topic).to_owned();
-        metrics::counter!("messages_total", "node" => self.node, "topic" => topic, "outcome" => outcome).increment(1);
+    /// Adds a transaction's message outcomes to `messages_total`, once per
+    /// topic and outcome, after it committed.
+    fn count(&self, counts: Counts) {
+        for ((topic, outcome), n) in counts {
+            let topic =
+                topic.strip_prefix(self.prefix.as_str()).map(str::to_owned).unwrap_or_else(|| topic.into_owned());
+            metrics::counter!("messages_total", "node" => self.node, "topic" => topic, "outcome" => outcome)
+                .increment(n);
+        }
     }
 
     /// Records what happened to `msg` on its order's timeline (written
     /// with the batch), and counts it.
     fn note(&self, pass: &mut Pass, msg: &Inbound, event: &'static str) {
-        self.count(msg.topic.suffix(), event);
+        pass.count(msg.topic.suffix().into(), event);
         pass.notes.push(timeline::Note {
             order_id: msg.order_id(),
             at_ms: now_ms(),
@@ -264,34 +270,45 @@ impl<H: Handler> Consumer<H> {
     /// acks after this returns). Public so tests can drive the real
     /// handlers with a fake bus.
     pub async fn apply(&self, batch: Vec<(String, Bytes)>) -> rusqlite::Result<StatsSnapshot> {
+        // Decoded here, off the writer thread (the one serial stage).
+        let decoded = batch
+            .into_iter()
+            .map(|(topic, payload)| {
+                let msg = match Topic::from_path(&self.prefix, &topic) {
+                    Some(t) => Inbound::decode(t, payload.clone()),
+                    None => Err(Poison(format!("no handler for topic {topic}"))),
+                };
+                (topic, payload, msg)
+            })
+            .collect();
         let this = self.clone();
-        let tally = self.db.write(move |tx| this.apply_batch(tx, &batch)).await?;
-        self.stats.add(&tally);
-        Ok(tally)
+        let pass = self.db.write(move |tx| this.apply_batch(tx, decoded)).await?;
+        self.stats.add(&pass.tally);
+        self.count(pass.counts);
+        Ok(pass.tally)
     }
 
-    fn apply_batch(&self, tx: &mut Tx<'_>, batch: &[(String, Bytes)]) -> rusqlite::Result<StatsSnapshot> {
+    fn apply_batch(&self, tx: &mut Tx<'_>, batch: Vec<Decoded>) -> rusqlite::Result<Pass> {
         let mut pass = Pass::default();
         let mut msgs = Vec::with_capacity(batch.len());
-        for (topic, payload) in batch {
+        for (topic, payload, decoded) in batch {
             pass.tally.received += 1;
-            self.count(topic, "received");
-            let decoded = match Topic::from_path(&self.prefix, topic) {
-                Some(t) => Inbound::decode(t, payload.clone()),
-                None => Err(Poison(format!("no handler for topic {topic}"))),
-            };
             match decoded {
-                Ok(msg) => msgs.push(msg),
+                Ok(msg) => {
+                    pass.count(msg.topic.suffix().into(), "received");
+                    msgs.push(msg);
+                }
                 Err(poison) => {
                     tracing::warn!(%topic, bytes = payload.len(), reason = %poison, "dead-lettering a malformed message");
-                    dead_letter::record(tx, topic, None, None, payload, &poison.0)?;
-                    self.count(topic, "dead_lettered");
+                    dead_letter::record(tx, &topic, None, None, &payload, &poison.0)?;
+                    pass.count(topic.clone().into(), "received");
+                    pass.count(topic.into(), "dead_lettered");
                     pass.tally.dead_lettered += 1;
                 }
             }
         }
         let mut work_set = H::Batch::default();
-        for msg in &msgs {
+        for (i, msg) in msgs.iter().enumerate() {
             let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
             let span = tracing::info_span!(
                 "message",
@@ -316,15 +333,57 @@ impl<H: Handler> Consumer<H> {
                 pass.tally.deduplicated += 1;
                 continue;
             }
-            if let Applied::Yes = self.apply_one(tx, &mut work_set, msg, &mut pass)? {
-                self.unpark(tx, &mut work_set, msg.order_id(), &mut pass)?;
+            match self.apply_one(tx, &mut work_set, msg, &mut pass)? {
+                Applied::Yes => self.unpark(tx, &mut work_set, &msgs, msg.order_id(), &mut pass)?,
+                Applied::Held(reason) => pass.held.push((i, reason)),
+                Applied::No => {}
             }
         }
         tx.traceparent = None;
+        // What a later message of the batch did not let apply is parked
+        // for good (a message that arrives ahead of its order in the same
+        // batch, common under load, never touches the parked table).
+        for (i, reason) in std::mem::take(&mut pass.held) {
+            self.maybe_parked.store(true, Ordering::SeqCst);
+            parking::park(tx, &msgs[i], &reason, self.policy.retry_ms)?;
+        }
         self.handler.store(tx, work_set)?;
         timeline::record_all(tx, &pass.notes)?;
         crate::crash_point!("consumer::before_commit");
-        Ok(pass.tally)
+        Ok(pass)
+    }
+
+    /// Runs the handler. Debug builds check that a message it parks or
+    /// refuses left nothing written (see [`Handler::handle`]).
+    fn decide(&self, tx: &mut Tx<'_>, batch: &mut H::Batch, msg: &Inbound) -> Result<Outcome, HandleError> {
+        let before = cfg!(debug_assertions).then(|| (tx.total_changes(), tx.events.len()));
+        let outcome = self.handler.handle(tx, batch, msg);
+        if let (Some(before), Ok(Outcome::Park(_)) | Err(HandleError::Poison(_))) = (before, &outcome) {
+            // The inbox row just written is the one change allowed.
+            if (tx.total_changes(), tx.events.len()) != before {
+                tracing::error!(topic = msg.topic.suffix(), "a handler wrote before parking or refusing a message");
+                return Err(HandleError::Db(crate::db::misuse("a handler wrote before parking or refusing a message")));
+            }
+        }
+        outcome
+    }
+
+    /// Dead-letters `msg`, which was recorded in the inbox: forgotten
+    /// there, so a replay after a fix is applied.
+    fn refuse(&self, tx: &mut Tx<'_>, msg: &Inbound, poison: &Poison, pass: &mut Pass) -> rusqlite::Result<()> {
+        tracing::warn!(reason = %poison, "dead-lettering a message that can't be applied");
+        inbox::forget(tx, &msg.message_id().to_string())?;
+        dead_letter::record(
+            tx,
+            &msg.topic.path(&self.prefix),
+            Some(msg.message_id().to_string()),
+            Some(msg.order_id().to_string()),
+            &msg.payload,
+            &poison.0,
+        )?;
+        self.note(pass, msg, "dead_lettered");
+        pass.tally.dead_lettered += 1;
+        Ok(())
     }
 
     /// Runs the handler; parks or dead-letters per outcome.
@@ -335,16 +394,7 @@ impl<H: Handler> Consumer<H> {
         msg: &Inbound,
         pass: &mut Pass,
     ) -> rusqlite::Result<Applied> {
-        let before = cfg!(debug_assertions).then(|| (tx.total_changes(), tx.events.len()));
-        let outcome = self.handler.handle(tx, batch, msg);
-        if let (Some(before), Ok(Outcome::Park(_)) | Err(HandleError::Poison(_))) = (before, &outcome) {
-            // The inbox row just written is the one change allowed.
-            if (tx.total_changes(), tx.events.len()) != before {
-                tracing::error!(topic = msg.topic.suffix(), "a handler wrote before parking or refusing a message");
-                return Err(crate::db::misuse("a handler wrote before parking or refusing a message"));
-            }
-        }
-        match outcome {
+        match self.decide(tx, batch, msg) {
             Ok(Outcome::Applied) => {
                 self.note(pass, msg, "applied");
                 pass.tally.applied += 1;
@@ -358,25 +408,12 @@ impl<H: Handler> Consumer<H> {
             }
             Ok(Outcome::Park(reason)) => {
                 tracing::info!(%reason, "message parked");
-                self.maybe_parked.store(true, Ordering::SeqCst);
-                parking::park(tx, msg, &reason, self.policy.retry_ms)?;
                 self.note(pass, msg, "parked");
                 pass.tally.parked += 1;
-                Ok(Applied::No)
+                Ok(Applied::Held(reason))
             }
             Err(HandleError::Poison(p)) => {
-                tracing::warn!(reason = %p, "dead-lettering a message that can't be applied");
-                inbox::forget(tx, &msg.message_id().to_string())?;
-                dead_letter::record(
-                    tx,
-                    &msg.topic.path(&self.prefix),
-                    Some(msg.message_id().to_string()),
-                    Some(msg.order_id().to_string()),
-                    &msg.payload,
-                    &p.0,
-                )?;
-                self.note(pass, msg, "dead_lettered");
-                pass.tally.dead_lettered += 1;
+                self.refuse(tx, msg, &p, pass)?;
                 Ok(Applied::No)
             }
             Err(HandleError::Db(e)) => Err(e),
@@ -384,14 +421,42 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// After a message for `order_id` was applied, retries what was parked
-    /// waiting for it.
+    /// waiting for it: first what this batch holds (`msgs[pass.held]`),
+    /// then what earlier ones parked.
     fn unpark(
         &self,
         tx: &mut Tx<'_>,
         batch: &mut H::Batch,
+        msgs: &[Inbound],
         order_id: OrderId,
         pass: &mut Pass,
     ) -> rusqlite::Result<()> {
+        let mut k = 0;
+        while k < pass.held.len() {
+            let msg = &msgs[pass.held[k].0];
+            if msg.order_id() != order_id {
+                k += 1;
+                continue;
+            }
+            // Its events carry its own trace context, as a stored one's do.
+            let outer = std::mem::replace(&mut tx.traceparent, msg.envelope.traceparent.clone());
+            let outcome = self.decide(tx, batch, msg);
+            tx.traceparent = outer;
+            match outcome {
+                Ok(Outcome::Park(_)) => {
+                    k += 1;
+                    continue;
+                }
+                Ok(_) => {
+                    tracing::info!(message_id = %msg.message_id(), "parked message applied");
+                    self.note(pass, msg, "unparked");
+                    pass.tally.unparked += 1;
+                }
+                Err(HandleError::Poison(p)) => self.refuse(tx, msg, &p, pass)?,
+                Err(HandleError::Db(e)) => return Err(e),
+            }
+            pass.held.remove(k);
+        }
         if !self.maybe_parked.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -511,9 +576,9 @@ impl<H: Handler> Consumer<H> {
     /// One pass of the parking timer.
     pub async fn retry_due_parked(&self) -> rusqlite::Result<()> {
         let this = self.clone();
-        let (tally, retried) = self
+        let (pass, retried) = self
             .db
-            .write(move |tx| -> rusqlite::Result<(StatsSnapshot, bool)> {
+            .write(move |tx| -> rusqlite::Result<(Pass, bool)> {
                 let mut pass = Pass::default();
                 let due = parking::due(tx, 100)?;
                 if due.is_empty() {
@@ -522,7 +587,7 @@ impl<H: Handler> Consumer<H> {
                     if this.maybe_parked.load(Ordering::SeqCst) && !parking::any(tx)? {
                         this.maybe_parked.store(false, Ordering::SeqCst);
                     }
-                    return Ok((pass.tally, false));
+                    return Ok((pass, false));
                 }
                 let mut batch = H::Batch::default();
                 for p in due {
@@ -530,26 +595,45 @@ impl<H: Handler> Consumer<H> {
                 }
                 this.handler.store(tx, batch)?;
                 timeline::record_all(tx, &pass.notes)?;
-                Ok((pass.tally, true))
+                Ok((pass, true))
             })
             .await?;
         if retried {
-            self.stats.add(&tally);
+            self.stats.add(&pass.tally);
+            self.count(pass.counts);
             self.wakeup.wake();
         }
         Ok(())
     }
 }
 
-/// What one transaction did: counts, and timeline notes to write before
-/// its commit.
+/// A delivery's topic and payload, and its envelope if valid.
+type Decoded = (String, Bytes, Result<Inbound, Poison>);
+
+/// Messages per topic and outcome.
+type Counts = HashMap<(Cow<'static, str>, &'static str), u64>;
+
+/// What one transaction did: counts, timeline notes to write before its
+/// commit, and the messages it parked, until the end of the batch.
 #[derive(Default)]
 struct Pass {
     tally: StatsSnapshot,
+    counts: Counts,
     notes: Vec<timeline::Note>,
+    /// Indexes into the batch's messages, and why each waits.
+    held: Vec<(usize, String)>,
+}
+
+impl Pass {
+    fn count(&mut self, topic: Cow<'static, str>, outcome: &'static str) {
+        *self.counts.entry((topic, outcome)).or_default() += 1;
+    }
 }
 
 enum Applied {
     Yes,
     No,
+    /// Parked: written at the end of the batch unless a later message of
+    /// the batch lets it apply first.
+    Held(String),
 }

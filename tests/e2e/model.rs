@@ -42,13 +42,15 @@ enum Op {
     Cancel {
         order: u8,
     },
-    /// Deliver the `pick`-th in-flight message to `to` (any order). With
-    /// `again`, it stays in flight: a duplicate, or a crash after commit
-    /// and before ack (the broker redelivers).
+    /// Deliver `batch` in-flight messages to `to`, from the `pick`-th on
+    /// (any order), in one consumer transaction. With `again`, they stay
+    /// in flight: duplicates, or a crash after commit and before ack (the
+    /// broker redelivers).
     Deliver {
         to: Node,
         pick: usize,
         again: bool,
+        batch: usize,
     },
     /// The node's outbox relay publishes what is unsent.
     Relay {
@@ -67,8 +69,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u8..5, 0u8..2, 1u8..4).prop_map(|(order, sku, qty)| Op::Place { order, sku, qty }),
         2 => (0u8..5).prop_map(|order| Op::Cancel { order }),
-        8 => (node.clone(), any::<usize>(), prop::bool::weighted(0.2))
-            .prop_map(|(to, pick, again)| Op::Deliver { to, pick, again }),
+        8 => (node.clone(), any::<usize>(), prop::bool::weighted(0.2), prop_oneof![3 => Just(1usize), 1 => 2usize..5])
+            .prop_map(|(to, pick, again, batch)| Op::Deliver { to, pick, again, batch }),
         3 => node.clone().prop_map(|from| Op::Relay { from }),
         1 => node.prop_map(|node| Op::Restart { node }),
         1 => Just(Op::Timers),
@@ -173,14 +175,19 @@ impl Model {
                 let env = Envelope::new(Topic::OrdersCancel, order_id(order), CancelOrder::default());
                 self.route(Topic::OrdersCancel, env.to_json().into());
             }
-            Op::Deliver { to, pick, again } => {
+            Op::Deliver { to, pick, again, batch } => {
                 let queue = if to == Node::Inventory { &mut self.to_inventory } else { &mut self.to_order };
-                if queue.is_empty() {
+                let mut msgs = Vec::new();
+                for k in 0..batch {
+                    if queue.is_empty() {
+                        break;
+                    }
+                    let i = pick.wrapping_add(k) % queue.len();
+                    msgs.push(if again { queue[i].clone() } else { queue.remove(i) });
+                }
+                if msgs.is_empty() {
                     return;
                 }
-                let i = pick % queue.len();
-                let (topic, payload) = if again { queue[i].clone() } else { queue.remove(i) };
-                let msgs = vec![(topic, payload)];
                 match to {
                     Node::Inventory => self.inventory.1.apply(msgs).await.unwrap(),
                     Node::Order => self.order.1.apply(msgs).await.unwrap(),
@@ -251,7 +258,7 @@ impl Model {
             }
             while !self.to_inventory.is_empty() || !self.to_order.is_empty() {
                 for to in [Node::Inventory, Node::Order] {
-                    self.step(&Op::Deliver { to, pick: 0, again: false }).await;
+                    self.step(&Op::Deliver { to, pick: 0, again: false, batch: 1 }).await;
                 }
                 for from in [Node::Inventory, Node::Order] {
                     self.step(&Op::Relay { from }).await;
@@ -265,6 +272,35 @@ impl Model {
         }
         panic!("did not converge:\n{}", self.check("at the end").await);
     }
+}
+
+/// An `in-stock` ahead of its order in the same batch (the broker reorders
+/// across topics under load) applies once the order is in, within the
+/// batch: counted as parked and unparked, nothing left in the parked table.
+#[tokio::test]
+async fn in_stock_ahead_of_its_order_in_one_batch_applies_without_parking() {
+    let mut model = Model::new().await;
+    model.step(&Op::Place { order: 1, sku: 0, qty: 1 }).await;
+    let send = model.to_order.remove(0);
+    model.step(&Op::Deliver { to: Node::Inventory, pick: 0, again: false, batch: 1 }).await;
+    model.step(&Op::Relay { from: Node::Inventory }).await;
+    let in_stock = model.to_order.remove(0);
+    assert!(in_stock.0.ends_with("inventory/in-stock"), "{}", in_stock.0);
+
+    let tally = model.order.1.apply(vec![in_stock, send]).await.unwrap();
+    assert_eq!((tally.applied, tally.parked, tally.unparked), (1, 1, 1), "{tally:?}");
+    assert_eq!(shared::parking::count(&model.order.0.reader).await.unwrap(), 0);
+    let order = order::store::read(&model.order.0.reader, order_id(1)).await.unwrap().unwrap();
+    assert_eq!(order.status.as_str(), "confirmed");
+    let events: Vec<String> = shared::timeline::for_order(&model.order.0.reader, &order_id(1).to_string())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.topic == "inventory/in-stock")
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(events, ["parked", "unparked"]);
+    model.check("after the batch").await;
 }
 
 proptest! {
