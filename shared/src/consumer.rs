@@ -6,9 +6,9 @@
 //! one that can never be applied is dead-lettered.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,13 +149,15 @@ pub struct Consumer<H> {
     wakeup: Wakeup,
     stats: Arc<Stats>,
     policy: ParkingPolicy,
-    /// `false` only when the parked table is known to be empty, so applying
-    /// a message can skip looking for what was parked for its order (one
-    /// query per message, almost always empty). Set before a park's commit;
-    /// cleared only by the parking timer inside a write transaction that saw
-    /// the table empty. Every write goes through the one writer connection,
-    /// so no park can slip in between that check and the clear.
-    maybe_parked: Arc<AtomicBool>,
+    /// The orders that may have messages in the parked table (`None`: not
+    /// known yet, look for every order), so applying a message can skip
+    /// looking for what was parked for its order (one query per message,
+    /// almost always empty). Never smaller than the truth: a park adds its
+    /// order before its commit, and only the parking timer replaces the
+    /// set, with what the table holds, inside a write transaction. Every
+    /// write goes through the one writer connection, so no park can slip in
+    /// between. (A std mutex: only the writer thread takes it.)
+    maybe_parked: Arc<Mutex<Option<HashSet<OrderId>>>>,
 }
 
 impl<H> Clone for Consumer<H> {
@@ -193,7 +195,7 @@ impl<H: Handler> Consumer<H> {
             stats,
             policy,
             // Unknown until the parking timer's first pass looks.
-            maybe_parked: Arc::new(AtomicBool::new(true)),
+            maybe_parked: Arc::default(),
         }
     }
 
@@ -344,7 +346,9 @@ impl<H: Handler> Consumer<H> {
         // for good (a message that arrives ahead of its order in the same
         // batch, common under load, never touches the parked table).
         for (i, reason) in std::mem::take(&mut pass.held) {
-            self.maybe_parked.store(true, Ordering::SeqCst);
+            if let Some(orders) = self.maybe_parked.lock().expect("parked orders lock").as_mut() {
+                orders.insert(msgs[i].order_id());
+            }
             parking::park(tx, &msgs[i], &reason, self.policy.retry_ms)?;
         }
         self.handler.store(tx, work_set)?;
@@ -457,7 +461,7 @@ impl<H: Handler> Consumer<H> {
             }
             pass.held.remove(k);
         }
-        if !self.maybe_parked.load(Ordering::SeqCst) {
+        if self.maybe_parked.lock().expect("parked orders lock").as_ref().is_some_and(|o| !o.contains(&order_id)) {
             return Ok(());
         }
         for p in parking::for_order(tx, &order_id.to_string())? {
@@ -580,13 +584,11 @@ impl<H: Handler> Consumer<H> {
             .db
             .write(move |tx| -> rusqlite::Result<(Pass, bool)> {
                 let mut pass = Pass::default();
+                // Every write goes through this one thread: no park can slip
+                // in between this read and the replacement.
+                *this.maybe_parked.lock().expect("parked orders lock") = Some(parking::orders(tx)?);
                 let due = parking::due(tx, 100)?;
                 if due.is_empty() {
-                    // Every write goes through this one thread: no park can
-                    // slip in between this check and the clear.
-                    if this.maybe_parked.load(Ordering::SeqCst) && !parking::any(tx)? {
-                        this.maybe_parked.store(false, Ordering::SeqCst);
-                    }
                     return Ok((pass, false));
                 }
                 let mut batch = H::Batch::default();

@@ -6,7 +6,10 @@
 use rusqlite::{params, Connection};
 use sqlx::Row;
 
+use std::collections::HashSet;
+
 use crate::db::now_ms;
+use crate::ids::OrderId;
 use crate::message::Inbound;
 
 /// A parked message waiting for its turn.
@@ -81,9 +84,12 @@ pub fn postpone(conn: &Connection, message_id: &str, attempts: i64) -> rusqlite:
     Ok(())
 }
 
-/// Whether anything is parked, on the writer.
-pub fn any(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM parked)")?.query_row([], |r| r.get(0))
+/// The orders something is parked for, on the writer.
+pub fn orders(conn: &Connection) -> rusqlite::Result<HashSet<OrderId>> {
+    let mut stmt = conn.prepare_cached("SELECT DISTINCT order_id FROM parked")?;
+    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    // Parked messages passed envelope validation: their order ids parse.
+    ids.filter_map(|id| id.map(|id| OrderId::parse(&id).ok()).transpose()).collect()
 }
 
 /// How many messages are parked, for operators.
