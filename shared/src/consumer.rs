@@ -425,8 +425,8 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// After a message for `order_id` was applied, retries what was parked
-    /// waiting for it: first what this batch holds (`msgs[pass.held]`),
-    /// then what earlier ones parked.
+    /// waiting for it: first what earlier batches parked, then what this
+    /// batch holds (`msgs[pass.held]`).
     fn unpark(
         &self,
         tx: &mut Tx<'_>,
@@ -435,6 +435,13 @@ impl<H: Handler> Consumer<H> {
         order_id: OrderId,
         pass: &mut Pass,
     ) -> rusqlite::Result<()> {
+        let stored =
+            self.maybe_parked.lock().expect("parked orders lock").as_ref().is_none_or(|o| o.contains(&order_id));
+        if stored {
+            for p in parking::for_order(tx, &order_id.to_string())? {
+                self.retry_parked(tx, batch, p, pass)?;
+            }
+        }
         let mut k = 0;
         while k < pass.held.len() {
             let msg = &msgs[pass.held[k].0];
@@ -460,12 +467,6 @@ impl<H: Handler> Consumer<H> {
                 Err(HandleError::Db(e)) => return Err(e),
             }
             pass.held.remove(k);
-        }
-        if self.maybe_parked.lock().expect("parked orders lock").as_ref().is_some_and(|o| !o.contains(&order_id)) {
-            return Ok(());
-        }
-        for p in parking::for_order(tx, &order_id.to_string())? {
-            self.retry_parked(tx, batch, p, pass)?;
         }
         Ok(())
     }
