@@ -30,6 +30,9 @@ CREATE TABLE IF NOT EXISTS inbox (
     order_id    TEXT,
     received_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- For the prune: ids come from many producers, so the table's order is not
+-- arrival order. Entries append at the index's end.
+CREATE INDEX IF NOT EXISTS inbox_by_time ON inbox(received_at);
 -- `seq` is the rowid, not AUTOINCREMENT (which writes sqlite_sequence on
 -- every insert): a new row still gets max(seq) + 1, and the relay, the only
 -- reader of seq, only needs unsent rows in write order. No index on

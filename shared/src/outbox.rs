@@ -275,11 +275,61 @@ async fn relay_batch(db: &Db, bus: &Bus, after: i64) -> anyhow::Result<Option<(i
     Ok(Some((last, attempted)))
 }
 
+/// Deletes events sent more than `keep_ms` ago. Events are sent in `seq`
+/// order, so those are the lowest seqs: this visits only the rows it
+/// deletes (and the first one it keeps), not the whole table; it stops at
+/// the oldest event still unsent.
+fn prune_sent(conn: &Connection, keep_ms: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM outbox WHERE seq < coalesce(
+             (SELECT seq FROM outbox WHERE sent_at IS NULL OR sent_at >= ?1 ORDER BY seq LIMIT 1),
+             (SELECT max(seq) + 1 FROM outbox))",
+        [now_ms() - keep_ms],
+    )
+}
+
 async fn prune(db: &Db) -> rusqlite::Result<()> {
     db.write(|tx| {
-        tx.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [now_ms() - KEEP_SENT_MS])?;
+        prune_sent(tx, KEEP_SENT_MS)?;
         crate::inbox::prune(tx, 7 * KEEP_SENT_MS)?;
         crate::timeline::prune(tx, 7 * KEEP_SENT_MS)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(conn: &Connection, sent_at: &[Option<i64>]) {
+        for (i, at) in sent_at.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO outbox (message_id, topic, order_id, payload, created_at, sent_at) VALUES (?, 'orders/status', 'o', x'', 0, ?)",
+                params![format!("m{i}"), at],
+            )
+            .unwrap();
+        }
+    }
+
+    fn left(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT message_id FROM outbox ORDER BY seq").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn prune_deletes_old_sent_events_up_to_the_oldest_unsent() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::db::SHARED_SCHEMA).unwrap();
+        let (old, now) = (now_ms() - 90_000, now_ms());
+        events(&conn, &[Some(old), Some(old), None, Some(old), Some(now)]);
+        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 2);
+        assert_eq!(left(&conn), ["m2", "m3", "m4"], "never past an unsent event");
+        conn.execute("UPDATE outbox SET sent_at = ? WHERE message_id = 'm2'", [old]).unwrap();
+        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 2);
+        assert_eq!(left(&conn), ["m4"], "a recent event stays");
+        conn.execute("UPDATE outbox SET sent_at = ?", [old]).unwrap();
+        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 1);
+        assert!(left(&conn).is_empty());
+        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 0);
+    }
 }
