@@ -108,6 +108,8 @@ pub struct Orders {
 #[derive(Default)]
 struct Slot {
     order: Option<Order>,
+    /// The order has a row (read from the table).
+    stored: bool,
     /// A cancel came before the order (a row in `cancel_tombstones`).
     tombstoned: bool,
     /// Changed in this batch: its `follow_up_at` to write.
@@ -132,7 +134,7 @@ impl Orders {
                         let order = if found { Some(order(order_row(r)?)) } else { None };
                         Ok((order, r.get::<_, bool>(12)?))
                     })?;
-                Ok(e.insert(Slot { order, tombstoned, ..Slot::default() }))
+                Ok(e.insert(Slot { stored: order.is_some(), order, tombstoned, ..Slot::default() }))
             }
         }
     }
@@ -161,17 +163,18 @@ impl Orders {
         }
     }
 
-    /// Writes every change.
+    /// Writes every change: a new order whole, a stored one's lifecycle
+    /// columns only (what an order is for never changes after it is made).
     pub fn write(self, conn: &Connection) -> rusqlite::Result<()> {
-        let mut upsert = conn.prepare_cached(
+        let mut insert = conn.prepare_cached(
             "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
                                  fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (order_id) DO UPDATE SET
-                 status = excluded.status, version = excluded.version, reason = excluded.reason,
-                 release_pending = excluded.release_pending, updated_at = excluded.updated_at,
-                 follow_up_at = excluded.follow_up_at,
-                 follow_ups = CASE WHEN excluded.follow_up_at IS NULL THEN follow_ups ELSE 0 END",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )?;
+        let mut update = conn.prepare_cached(
+            "UPDATE orders SET status = ?1, version = ?2, reason = ?3, release_pending = ?4, updated_at = ?5,
+                 follow_up_at = ?6, follow_ups = CASE WHEN ?6 IS NULL THEN follow_ups ELSE 0 END
+             WHERE order_id = ?7",
         )?;
         for (id, slot) in self.slots {
             if slot.new_tombstone {
@@ -180,8 +183,19 @@ impl Orders {
                 )?
                 .execute(params![id.to_string(), now_ms()])?;
             }
-            if let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) {
-                upsert.execute(params![
+            let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) else { continue };
+            if slot.stored {
+                update.execute(params![
+                    o.status.as_str(),
+                    o.version,
+                    o.reason,
+                    o.release_pending as i64,
+                    o.updated_at_ms,
+                    follow_up_at,
+                    o.order_id.to_string()
+                ])?;
+            } else {
+                insert.execute(params![
                     o.order_id.to_string(),
                     o.status.as_str(),
                     o.version,
