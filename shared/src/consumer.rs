@@ -449,8 +449,9 @@ impl<H: Handler> Consumer<H> {
                 k += 1;
                 continue;
             }
-            // Its events carry its own trace context, as a stored one's do.
-            let outer = std::mem::replace(&mut tx.traceparent, msg.envelope.traceparent.clone());
+            let (span, traceparent) = self.parked_context(msg);
+            let _entered = span.enter();
+            let outer = std::mem::replace(&mut tx.traceparent, traceparent);
             let outcome = self.decide(tx, batch, msg);
             tx.traceparent = outer;
             match outcome {
@@ -458,11 +459,7 @@ impl<H: Handler> Consumer<H> {
                     k += 1;
                     continue;
                 }
-                Ok(_) => {
-                    tracing::info!(message_id = %msg.message_id(), "parked message applied");
-                    self.note(pass, msg, "unparked");
-                    pass.tally.unparked += 1;
-                }
+                Ok(_) => self.unparked(pass, msg),
                 Err(HandleError::Poison(p)) => self.refuse(tx, msg, &p, pass)?,
                 Err(HandleError::Db(e)) => return Err(e),
             }
@@ -494,9 +491,20 @@ impl<H: Handler> Consumer<H> {
                 return Ok(());
             }
         };
-        // With export, a span of its own, continuing the parked message's
-        // trace; without, none (the log lines below name the message).
-        let (span, traceparent) = if crate::telemetry::exporting() {
+        let (span, traceparent) = self.parked_context(&msg);
+        let _entered = span.enter();
+        // The message that unparked this one gets its context back after.
+        let outer = std::mem::replace(&mut tx.traceparent, traceparent);
+        let result = self.settle_parked(tx, batch, &msg, p, pass);
+        tx.traceparent = outer;
+        result
+    }
+
+    /// The span and trace context a parked message is retried under. With
+    /// export, a span of its own, continuing the message's trace; without,
+    /// none (the log lines name the message) and the message's own context.
+    fn parked_context(&self, msg: &Inbound) -> (tracing::Span, Option<String>) {
+        if crate::telemetry::exporting() {
             let span = tracing::info_span!(
                 "parked message",
                 node = self.node,
@@ -509,13 +517,14 @@ impl<H: Handler> Consumer<H> {
             (span, traceparent)
         } else {
             (tracing::Span::none(), msg.envelope.traceparent.clone())
-        };
-        let _entered = span.enter();
-        // The message that unparked this one gets its context back after.
-        let outer = std::mem::replace(&mut tx.traceparent, traceparent);
-        let result = self.settle_parked(tx, batch, &msg, p, pass);
-        tx.traceparent = outer;
-        result
+        }
+    }
+
+    /// A parked message was applied.
+    fn unparked(&self, pass: &mut Pass, msg: &Inbound) {
+        tracing::info!(message_id = %msg.message_id(), order_id = %msg.order_id(), "parked message applied");
+        self.note(pass, msg, "unparked");
+        pass.tally.unparked += 1;
     }
 
     fn settle_parked(
@@ -540,21 +549,17 @@ impl<H: Handler> Consumer<H> {
             pass.tally.dead_lettered += 1;
             return Ok(());
         }
-        match self.handler.handle(tx, batch, msg) {
+        match self.decide(tx, batch, msg) {
             Ok(Outcome::Park(_)) => {
                 parking::postpone(tx, &p.message_id, p.attempts)?;
             }
             Ok(_) => {
                 parking::remove(tx, &p.message_id)?;
-                tracing::info!(message_id = %p.message_id, order_id = %p.order_id, "parked message applied");
-                self.note(pass, msg, "unparked");
-                pass.tally.unparked += 1;
+                self.unparked(pass, msg);
             }
             Err(HandleError::Poison(poison)) => {
                 parking::remove(tx, &p.message_id)?;
-                inbox::forget(tx, &p.message_id)?;
-                dead_letter::record(tx, &p.topic, Some(p.message_id), Some(p.order_id), &p.payload, &poison.0)?;
-                pass.tally.dead_lettered += 1;
+                self.refuse(tx, msg, &poison, pass)?;
             }
             Err(HandleError::Db(e)) => return Err(e),
         }

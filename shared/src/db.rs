@@ -274,6 +274,22 @@ fn serve(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Command>) {
     }
 }
 
+/// Deletes the oldest rows of `table`, an append-only log ordered by its
+/// rowid `key`, up to the first row for which `keep` (an SQL condition on
+/// `?1`, here a time) holds. It visits only the rows it deletes (and the
+/// first one it keeps), not the whole table: the prunes of the outbox and
+/// the timeline.
+pub fn prune_log(conn: &Connection, table: &str, key: &str, keep: &str, at: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "DELETE FROM {table} WHERE {key} < coalesce(
+                 (SELECT {key} FROM {table} WHERE {keep} ORDER BY {key} LIMIT 1),
+                 (SELECT max({key}) + 1 FROM {table}))"
+        ),
+        [at],
+    )
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64

@@ -276,16 +276,10 @@ async fn relay_batch(db: &Db, bus: &Bus, after: i64) -> anyhow::Result<Option<(i
 }
 
 /// Deletes events sent more than `keep_ms` ago. Events are sent in `seq`
-/// order, so those are the lowest seqs: this visits only the rows it
-/// deletes (and the first one it keeps), not the whole table; it stops at
-/// the oldest event still unsent.
+/// order, so those are the lowest seqs; it stops at the oldest event still
+/// unsent.
 fn prune_sent(conn: &Connection, keep_ms: i64) -> rusqlite::Result<usize> {
-    conn.execute(
-        "DELETE FROM outbox WHERE seq < coalesce(
-             (SELECT seq FROM outbox WHERE sent_at IS NULL OR sent_at >= ?1 ORDER BY seq LIMIT 1),
-             (SELECT max(seq) + 1 FROM outbox))",
-        [now_ms() - keep_ms],
-    )
+    crate::db::prune_log(conn, "outbox", "seq", "sent_at IS NULL OR sent_at >= ?1", now_ms() - keep_ms)
 }
 
 async fn prune(db: &Db) -> rusqlite::Result<()> {

@@ -76,15 +76,9 @@ pub async fn for_order(pool: &SqlitePool, order_id: &str) -> sqlx::Result<Vec<En
 }
 
 /// Forgets entries older than `keep_ms`. Notes are written in time order,
-/// so the old ones are the lowest ids: this visits only the rows it
-/// deletes (and the first one it keeps), not the whole table.
+/// so the old ones are the lowest ids.
 pub fn prune(conn: &Connection, keep_ms: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "DELETE FROM timeline WHERE id < coalesce(
-             (SELECT id FROM timeline WHERE at >= ?1 ORDER BY id LIMIT 1),
-             (SELECT max(id) + 1 FROM timeline))",
-        [now_ms() - keep_ms],
-    )?;
+    crate::db::prune_log(conn, "timeline", "id", "at >= ?1", now_ms() - keep_ms)?;
     Ok(())
 }
 
