@@ -61,6 +61,7 @@ impl App {
         let bus = BusOptions {
             config: cfg.bus.clone(),
             subscriptions: handlers::SUBSCRIPTIONS.to_vec(),
+            subscription_qos: shared::bus::QoS::AtLeastOnce,
             manual_acks: true,
             clean_session: false,
         };

@@ -14,7 +14,7 @@ use crate::domain::{needs_follow_up, Order};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS orders (
-    order_id        TEXT PRIMARY KEY,
+    order_id        TEXT NOT NULL UNIQUE,
     status          TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'rejected', 'cancelled')),
     version         INTEGER NOT NULL,
     customer_email  TEXT NOT NULL,
@@ -30,7 +30,12 @@ CREATE TABLE IF NOT EXISTS orders (
     -- nothing is outstanding.
     follow_up_at    INTEGER,
     follow_ups      INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID; -- one b-tree keyed by order_id, not a rowid table plus an index on it
+);
+-- A rowid table in arrival order plus a unique index on order_id, not a
+-- b-tree keyed by order_id: order ids are hashes, so in that b-tree every
+-- insert and every status change rewrote a random page. Here an order's
+-- row sits near the other recent ones, and only its index entry (small)
+-- lands at a random place, once. See `upgrade` for older databases.
 CREATE INDEX IF NOT EXISTS orders_follow_up ON orders(follow_up_at) WHERE follow_up_at IS NOT NULL;
 -- No index on status: only the operators' counts read it (a scan), and
 -- every status change would rewrite an entry at a random place.
@@ -40,6 +45,24 @@ CREATE TABLE IF NOT EXISTS cancel_tombstones (
     at       INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#;
+
+/// Rebuilds an `orders` table made before it became a rowid table (see
+/// `SCHEMA`), in one transaction, on start. Same columns, same order.
+pub fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
+    let sql: String =
+        conn.query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'orders'", [], |r| r.get(0))?;
+    if !sql.contains("WITHOUT ROWID") {
+        return Ok(());
+    }
+    tracing::info!("rebuilding the orders table as a rowid table (once)");
+    conn.execute_batch(&format!(
+        "ALTER TABLE orders RENAME TO orders_without_rowid;
+         DROP INDEX IF EXISTS orders_follow_up;
+         {SCHEMA}
+         INSERT INTO orders SELECT * FROM orders_without_rowid ORDER BY created_at;
+         DROP TABLE orders_without_rowid;"
+    ))
+}
 
 const COLUMNS: &str = "order_id, status, version, customer_email, items, currency, total_cents, fingerprint, reason, release_pending, created_at, updated_at";
 
@@ -308,4 +331,52 @@ pub async fn recent(pool: &SqlitePool, limit: i64) -> sqlx::Result<Vec<Order>> {
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(order).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrade_rebuilds_an_orders_table_without_rowid_keeping_its_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        let old =
+            SCHEMA.replace("order_id        TEXT NOT NULL UNIQUE,", "order_id        TEXT PRIMARY KEY,").replacen(
+                "follow_ups      INTEGER NOT NULL DEFAULT 0\n);",
+                "follow_ups      INTEGER NOT NULL DEFAULT 0\n) WITHOUT ROWID;",
+                1,
+            );
+        assert_ne!(old, SCHEMA, "the old layout must differ");
+        conn.execute_batch(&old).unwrap();
+        for (id, at, follow_up) in [("b", 2, None), ("a", 1, Some(5))] {
+            conn.execute(
+                "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
+                                     fingerprint, created_at, updated_at, follow_up_at)
+                 VALUES (?, 'pending', 1, 'x@example.com', '[]', 'EUR', 100, 'f', ?, ?, ?)",
+                params![id, at, at, follow_up],
+            )
+            .unwrap();
+        }
+        upgrade(&conn).unwrap();
+        let sql: String =
+            conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'orders'", [], |r| r.get(0)).unwrap();
+        assert!(!sql.contains("WITHOUT ROWID"));
+        let rows: Vec<(i64, String)> = conn
+            .prepare("SELECT rowid, order_id FROM orders ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [(1, "a".to_string()), (2, "b".to_string())], "rows kept, in arrival order");
+        let due: i64 = conn
+            .query_row("SELECT COUNT(*) FROM orders INDEXED BY orders_follow_up WHERE follow_up_at <= 5", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(due, 1, "the follow-up index is back");
+        let dup = conn.execute("INSERT INTO orders SELECT * FROM orders WHERE order_id = 'a'", []);
+        assert!(dup.is_err(), "order ids stay unique");
+        upgrade(&conn).unwrap();
+    }
 }

@@ -58,6 +58,7 @@ impl App {
             BusOptions {
                 config: bus_cfg,
                 subscriptions: vec![Topic::OrdersStatus],
+                subscription_qos: shared::bus::QoS::AtMostOnce,
                 manual_acks: false,
                 clean_session: true,
             },
@@ -69,7 +70,7 @@ impl App {
         tasks.spawn(async move {
             let _ = bus_task.await;
         });
-        let state = api::AppState {
+        let state = api::AppState::new(api::Shared {
             bus,
             downstream,
             waiters,
@@ -82,7 +83,7 @@ impl App {
                 .iter()
                 .map(|o| o.parse().with_context(|| format!("cors_origins: `{o}` is not a valid origin")))
                 .collect::<anyhow::Result<_>>()?,
-        };
+        });
         Ok(App { listener, tls, state, tasks, shutdown, bus_shutdown })
     }
 

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter};
+pub use rumqttc::QoS;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, SubscribeFilter};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,8 +50,13 @@ pub enum BusError {
 #[derive(Clone, Debug)]
 pub struct BusOptions {
     pub config: BusConfig,
-    /// Topics to subscribe to (at QoS 1) on every fresh session.
+    /// Topics to subscribe to on every fresh session.
     pub subscriptions: Vec<Topic>,
+    /// QoS of those subscriptions. Consumers take QoS 1 (acked after their
+    /// commit, redelivered otherwise). A clean session keeps nothing across
+    /// connections, so QoS 1 would only add a PUBACK per message: the front
+    /// takes QoS 0 and reads through to the order service when it misses one.
+    pub subscription_qos: QoS,
     /// Consumers ack manually after their commit; the front auto-acks.
     pub manual_acks: bool,
     /// A persistent session (`false`) lets the broker queue messages while
@@ -200,7 +206,7 @@ async fn run(
     let mut backoff = Duration::from_millis(50);
     let mut connected_at = tokio::time::Instant::now();
     let filters: Vec<SubscribeFilter> =
-        opts.subscriptions.iter().map(|t| SubscribeFilter::new(t.path(&inner.prefix), QoS::AtLeastOnce)).collect();
+        opts.subscriptions.iter().map(|t| SubscribeFilter::new(t.path(&inner.prefix), opts.subscription_qos)).collect();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -98,7 +98,7 @@ impl Observer {
             topics.extend([Topic::OrdersSend, Topic::OrdersCancel, Topic::InStock, Topic::Released]);
         }
         let filters: Vec<SubscribeFilter> =
-            topics.iter().map(|t| SubscribeFilter::new(t.path(prefix), QoS::AtLeastOnce)).collect();
+            topics.iter().map(|t| SubscribeFilter::new(t.path(prefix), QoS::AtMostOnce)).collect();
         client.subscribe_many(filters).await.context("subscribing the observer")?;
         loop {
             match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
