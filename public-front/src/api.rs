@@ -29,8 +29,25 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// What every request handler reads. axum clones the state for each
+/// extractor of each request, so it is one reference count to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub bus: Bus,
     pub downstream: Downstream,
     pub waiters: StatusWaiters,

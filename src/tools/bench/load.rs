@@ -50,6 +50,10 @@ pub enum Watch {
 pub struct Load {
     http: reqwest::Client,
     front: String,
+    /// Parsed once: reqwest parses a string URL on every request, and the
+    /// load generator shares the machine with the shop it measures.
+    catalog_url: reqwest::Url,
+    orders_url: reqwest::Url,
     watch: Watch,
     skus: Vec<String>,
     /// Confirmed orders, cancelled by the cancel phase.
@@ -70,7 +74,18 @@ impl Load {
             .timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(usize::MAX)
             .build()?;
-        Ok(Load { http, front: front.to_owned(), watch, skus, confirmed: Mutex::new(Vec::new()) })
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{front}{path}")).map_err(|e| anyhow::anyhow!("the front URL `{front}`: {e}"))
+        };
+        Ok(Load {
+            http,
+            front: front.to_owned(),
+            catalog_url: url("/api/catalog?limit=20")?,
+            orders_url: url("/api/orders")?,
+            watch,
+            skus,
+            confirmed: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn confirmed_count(&self) -> usize {
@@ -97,7 +112,7 @@ impl Load {
     }
 
     async fn catalog(&self, t0: Instant, phase: &Phase) -> Result<(), String> {
-        let r = self.http.get(format!("{}/api/catalog?limit=20", self.front)).send().await.map_err(transport)?;
+        let r = self.http.get(self.catalog_url.clone()).send().await.map_err(transport)?;
         let code = r.status();
         let body = r.bytes().await.map_err(transport)?;
         if code != reqwest::StatusCode::OK {
@@ -118,7 +133,7 @@ impl Load {
         let sent = Instant::now();
         let r = self
             .http
-            .post(format!("{}/api/orders", self.front))
+            .post(self.orders_url.clone())
             .header("Idempotency-Key", &key)
             .json(&json!({"customer_email": "b@example.com", "items": [{"sku": sku, "quantity": 1}]}))
             .send()
