@@ -400,7 +400,8 @@ impl<H: Handler> Consumer<H> {
     ) -> rusqlite::Result<Applied> {
         match self.decide(tx, batch, msg) {
             Ok(Outcome::Applied) => {
-                self.note(pass, msg, "applied");
+                // No note: its inbox row already says when it came, and
+                // the timeline reads it as applied (`timeline::for_order`).
                 pass.tally.applied += 1;
                 Ok(Applied::Yes)
             }

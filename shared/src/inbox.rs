@@ -1,5 +1,6 @@
 //! Inbox: remembers every applied `message_id` in the same transaction as
-//! its effect, so a second copy of a message is a no-op.
+//! its effect, so a second copy of a message is a no-op. Its rows are also
+//! the timeline's record of applied messages (`timeline::for_order`).
 
 use rusqlite::{params, Connection};
 
