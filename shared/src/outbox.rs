@@ -191,14 +191,16 @@ pub(crate) struct Taken<'a> {
 }
 
 impl Taken<'_> {
-    /// Sets `sent_at` of the taken events, in `conn`'s transaction.
+    /// Sets `sent_at` of the taken events, in `conn`'s transaction: one
+    /// statement per run of consecutive seqs acknowledged together (a relay
+    /// round is one run), not one per event.
     pub(crate) fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
         if self.marks.is_empty() {
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached("UPDATE outbox SET sent_at = ? WHERE seq = ?")?;
-        for (seq, at) in &self.marks {
-            stmt.execute([*at, *seq])?;
+        let mut stmt = conn.prepare_cached("UPDATE outbox SET sent_at = ?1 WHERE seq BETWEEN ?2 AND ?3")?;
+        for (first, last, at) in runs(&self.marks) {
+            stmt.execute([at, first, last])?;
         }
         Ok(())
     }
@@ -215,6 +217,21 @@ impl Drop for Taken<'_> {
             self.sent.pending().append(&mut self.marks);
         }
     }
+}
+
+/// `(seq, at)` marks as `(first, last, at)` runs of consecutive seqs with
+/// the same time.
+fn runs(marks: &[(i64, i64)]) -> Vec<(i64, i64, i64)> {
+    let mut marks = marks.to_vec();
+    marks.sort_unstable();
+    let mut runs: Vec<(i64, i64, i64)> = Vec::new();
+    for (seq, at) in marks {
+        match runs.last_mut() {
+            Some((_, last, t)) if *t == at && seq == *last + 1 => *last = seq,
+            _ => runs.push((seq, seq, at)),
+        }
+    }
+    runs
 }
 
 /// A transaction of nothing but the pending marks (when no other write
@@ -308,6 +325,26 @@ mod tests {
     fn left(conn: &Connection) -> Vec<String> {
         let mut stmt = conn.prepare("SELECT message_id FROM outbox ORDER BY seq").unwrap();
         stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn marks_are_written_as_runs_of_consecutive_seqs() {
+        assert_eq!(runs(&[(5, 1), (3, 1), (4, 1), (9, 1), (6, 2), (7, 2)]), [(3, 5, 1), (6, 7, 2), (9, 9, 1)]);
+        assert_eq!(runs(&[(2, 1), (2, 1), (3, 1)]), [(2, 2, 1), (2, 3, 1)], "a repeat starts a new run");
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::db::SHARED_SCHEMA).unwrap();
+        events(&conn, &[None; 6]);
+        let sent = Sent::default();
+        sent.pending().extend([(1, 10), (2, 10), (4, 11), (5, 11)]);
+        sent.take().write(&conn).unwrap();
+        let at: Vec<Option<i64>> = conn
+            .prepare("SELECT sent_at FROM outbox ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(at, [Some(10), Some(10), None, Some(11), Some(11), None], "exactly the acknowledged events");
     }
 
     #[test]
