@@ -32,22 +32,24 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What every request handler reads. axum clones the state for each
 /// extractor of each request, so it is one reference count to clone.
 #[derive(Clone)]
-pub struct AppState(std::sync::Arc<Shared>);
+pub struct AppState(std::sync::Arc<Front>);
 
 impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(std::sync::Arc::new(shared))
+    pub fn new(front: Front) -> Self {
+        Self(std::sync::Arc::new(front))
     }
 }
 
 impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
+    type Target = Front;
+    fn deref(&self) -> &Front {
         &self.0
     }
 }
 
-pub struct Shared {
+/// The front's connections and settings, behind [`AppState`] (not to be
+/// confused with the `shared` crate).
+pub struct Front {
     pub bus: Bus,
     pub downstream: Downstream,
     pub waiters: StatusWaiters,

@@ -70,7 +70,7 @@ impl App {
         tasks.spawn(async move {
             let _ = bus_task.await;
         });
-        let state = api::AppState::new(api::Shared {
+        let state = api::AppState::new(api::Front {
             bus,
             downstream,
             waiters,
