@@ -12,11 +12,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
 use shared::ids::{IdempotencyKey, OrderId};
 use shared::message::OrderStatus;
 use tokio::task::JoinSet;
 
+use super::http::{Failure, Http};
 use super::observe::{Observer, Want};
 use super::record::{Measured, Recorder};
 
@@ -48,12 +51,7 @@ pub enum Watch {
 
 /// Everything clients share.
 pub struct Load {
-    http: reqwest::Client,
-    front: String,
-    /// Parsed once: reqwest parses a string URL on every request, and the
-    /// load generator shares the machine with the shop it measures.
-    catalog_url: reqwest::Url,
-    orders_url: reqwest::Url,
+    http: Http,
     watch: Watch,
     skus: Vec<String>,
     /// Confirmed orders, cancelled by the cancel phase.
@@ -69,23 +67,7 @@ struct Phase {
 
 impl Load {
     pub fn new(front: &str, watch: Watch, skus: Vec<String>) -> anyhow::Result<Load> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(usize::MAX)
-            .build()?;
-        let url = |path: &str| {
-            reqwest::Url::parse(&format!("{front}{path}")).map_err(|e| anyhow::anyhow!("the front URL `{front}`: {e}"))
-        };
-        Ok(Load {
-            http,
-            front: front.to_owned(),
-            catalog_url: url("/api/catalog?limit=20")?,
-            orders_url: url("/api/orders")?,
-            watch,
-            skus,
-            confirmed: Mutex::new(Vec::new()),
-        })
+        Ok(Load { http: Http::new(front)?, watch, skus, confirmed: Mutex::new(Vec::new()) })
     }
 
     pub fn confirmed_count(&self) -> usize {
@@ -112,11 +94,9 @@ impl Load {
     }
 
     async fn catalog(&self, t0: Instant, phase: &Phase) -> Result<(), String> {
-        let r = self.http.get(self.catalog_url.clone()).send().await.map_err(transport)?;
-        let code = r.status();
-        let body = r.bytes().await.map_err(transport)?;
-        if code != reqwest::StatusCode::OK {
-            return Err(http_error(code, &body));
+        let r = self.http.send(Method::GET, "/api/catalog?limit=20", &[], Bytes::new()).await.map_err(Failure::kind)?;
+        if r.status != StatusCode::OK {
+            return Err(http_error(r.status, &r.body));
         }
         phase.rec.lock().expect("recorder lock").ok(t0, Instant::now());
         Ok(())
@@ -130,20 +110,19 @@ impl Load {
             Watch::Bus(o) => Some(o.wait(id, Want::Settled)),
             Watch::Poll(_) => None,
         };
+        let body =
+            serde_json::to_vec(&PlaceOrder { customer_email: "b@example.com", items: [Line { sku, quantity: 1 }] })
+                .expect("an order serializes");
+        let headers = [("idempotency-key", key.as_str()), ("content-type", "application/json")];
         let sent = Instant::now();
         let r = self
             .http
-            .post(self.orders_url.clone())
-            .header("Idempotency-Key", &key)
-            .json(&json!({"customer_email": "b@example.com", "items": [{"sku": sku, "quantity": 1}]}))
-            .send()
+            .send(Method::POST, "/api/orders", &headers, body.into())
             .await
-            .map_err(|e| self.forget(id, transport(e)))?;
-        let code = r.status();
-        let body = r.bytes().await.map_err(|e| self.forget(id, transport(e)))?;
+            .map_err(|e| self.forget(id, e.kind()))?;
         let accepted = Instant::now();
-        if code != reqwest::StatusCode::ACCEPTED {
-            return Err(self.forget(id, http_error(code, &body)));
+        if r.status != StatusCode::ACCEPTED {
+            return Err(self.forget(id, http_error(r.status, &r.body)));
         }
         let (done, status) = match settled {
             Some(rx) => match tokio::time::timeout(SETTLE_TIMEOUT, rx).await {
@@ -187,18 +166,12 @@ impl Load {
             Watch::Bus(o) => Some((o.wait(id, Want::Cancelled), o.wait(id, Want::Released))),
             Watch::Poll(_) => None,
         };
+        let path = format!("/api/orders/{id}/cancel");
         let sent = Instant::now();
-        let r = self
-            .http
-            .post(format!("{}/api/orders/{id}/cancel", self.front))
-            .send()
-            .await
-            .map_err(|e| self.forget(id, transport(e)))?;
-        let code = r.status();
-        let body = r.bytes().await.map_err(|e| self.forget(id, transport(e)))?;
+        let r = self.http.send(Method::POST, &path, &[], Bytes::new()).await.map_err(|e| self.forget(id, e.kind()))?;
         let accepted = Instant::now();
-        if code != reqwest::StatusCode::ACCEPTED {
-            return Err(self.forget(id, http_error(code, &body)));
+        if r.status != StatusCode::ACCEPTED {
+            return Err(self.forget(id, http_error(r.status, &r.body)));
         }
         let Some((cancelled, released)) = waits else {
             // The front answers 202 only once the cancellation is committed.
@@ -246,11 +219,12 @@ impl Load {
     async fn poll(&self, id: OrderId, until: &[OrderStatus]) -> Result<(Instant, Option<OrderStatus>), String> {
         let Watch::Poll(every) = self.watch else { unreachable!("poll without a poll interval") };
         let deadline = Instant::now() + SETTLE_TIMEOUT;
-        let url = format!("{}/api/orders/{id}", self.front);
+        let path = format!("/api/orders/{id}");
         loop {
-            let r = self.http.get(&url).send().await.map_err(transport)?;
-            if r.status().is_success() {
-                let v: serde_json::Value = r.json().await.map_err(transport)?;
+            let r = self.http.send(Method::GET, &path, &[], Bytes::new()).await.map_err(Failure::kind)?;
+            if r.status.is_success() {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&r.body).map_err(|_| "malformed order JSON".to_owned())?;
                 let status = v["status"].as_str().and_then(OrderStatus::parse);
                 if status.is_some_and(|s| until.contains(&s)) {
                     return Ok((Instant::now(), status));
@@ -264,18 +238,21 @@ impl Load {
     }
 }
 
-fn transport(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "client timeout".into()
-    } else if e.is_connect() {
-        "connect error".into()
-    } else {
-        "transport error".into()
-    }
+/// The body of `POST /api/orders`: one line, quantity 1.
+#[derive(Serialize)]
+struct PlaceOrder<'a> {
+    customer_email: &'static str,
+    items: [Line<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    sku: &'a str,
+    quantity: u32,
 }
 
 /// An error kind from a problem+json answer: `503 overloaded`.
-fn http_error(code: reqwest::StatusCode, body: &[u8]) -> String {
+fn http_error(code: StatusCode, body: &[u8]) -> String {
     let problem: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     match problem.as_ref().and_then(|p| p["code"].as_str()) {
         Some(c) => format!("{} {c}", code.as_u16()),

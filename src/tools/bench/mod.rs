@@ -11,6 +11,7 @@
 //! - `procfs.rs`: machine facts, CPU and memory per process;
 //! - `report.rs` and `svg.rs`: the table, `result.json` and `report.svg`.
 
+mod http;
 mod load;
 mod observe;
 mod procfs;
