@@ -20,7 +20,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::DbConfig;
-use crate::outbox::{Pending, Sent};
+use crate::outbox::{Committed, Pending, Sent};
 
 /// Tables of the shared machinery: inbox, outbox, parked events, dead letters.
 pub const SHARED_SCHEMA: &str = r#"
@@ -107,6 +107,8 @@ pub struct Db {
     pub reader: SqlitePool,
     /// Published events the next write transaction marks sent.
     pub(crate) sent: Sent,
+    /// Committed events, handed to the relay without a read.
+    pub(crate) committed: Committed,
 }
 
 impl std::fmt::Debug for Command {
@@ -167,7 +169,7 @@ impl Db {
             )
             .await
             .with_context(|| format!("opening read pool on {}", cfg.path.display()))?;
-        Ok(Db { writer, reader, sent: Sent::default() })
+        Ok(Db { writer, reader, sent: Sent::default(), committed: Committed::default() })
     }
 
     /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`) on the writer
@@ -183,9 +185,9 @@ impl Db {
         F: FnOnce(&mut Tx<'_>) -> Result<T, E> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
-        let sent = self.sent.clone();
+        let (sent, committed) = (self.sent.clone(), self.committed.clone());
         let job: Job = Box::new(move |conn| {
-            let _ = done.send(transaction(conn, &sent, f));
+            let _ = done.send(transaction(conn, &sent, &committed, f));
         });
         if self.writer.send(Command::Run(job)).is_err() {
             return Err(stopped().into());
@@ -214,7 +216,7 @@ pub fn misuse(why: &str) -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE), Some(why.to_owned()))
 }
 
-fn transaction<T, E, F>(conn: &mut Connection, sent: &Sent, f: F) -> Result<T, E>
+fn transaction<T, E, F>(conn: &mut Connection, sent: &Sent, committed: &Committed, f: F) -> Result<T, E>
 where
     E: From<rusqlite::Error>,
     F: FnOnce(&mut Tx<'_>) -> Result<T, E>,
@@ -225,9 +227,11 @@ where
     marks.write(&sql)?;
     let mut tx = Tx { sql, events: Vec::new(), traceparent: None };
     let out = f(&mut tx)?;
-    crate::outbox::write_all(&tx, &tx.events)?;
+    let events = std::mem::take(&mut tx.events);
+    let events = crate::outbox::write_all(&tx, events)?;
     tx.sql.commit()?;
     marks.committed();
+    committed.push(events);
     Ok(out)
 }
 

@@ -2,7 +2,14 @@
 //! event in the transaction that holds the state change, and the [`relay`]
 //! publishes it after commit, marking it sent only on the broker's PUBACK.
 //! Unsent events are republished after every reconnect and on start.
+//!
+//! The relay normally publishes what the node's writer just committed from
+//! memory ([`Committed`]) rather than reading it back; the database stays
+//! the record it falls back to whenever memory can't vouch for having
+//! every event (on start, after a reconnect or a failed round, after an
+//! overflow).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,18 +58,92 @@ pub fn enqueue<B: Serialize>(tx: &mut Tx<'_>, topic: Topic, order_id: OrderId, b
     });
 }
 
-/// Inserts events, in order (called by [`Db::write`]).
-pub(crate) fn write_all(conn: &Connection, rows: &[Pending]) -> rusqlite::Result<()> {
+/// Inserts events, in order (called by [`Db::write`]); returns them with
+/// the seqs they got, for [`Committed`] once the transaction commits.
+pub(crate) fn write_all(conn: &Connection, rows: Vec<Pending>) -> rusqlite::Result<Vec<Unsent>> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut stmt = conn.prepare_cached(
         "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
     )?;
+    let mut written = Vec::with_capacity(rows.len());
     for r in rows {
         stmt.execute(params![r.message_id, r.topic, r.order_id, r.payload, r.created_at])?;
+        written.push(Unsent { seq: conn.last_insert_rowid(), topic: r.topic.to_owned(), payload: r.payload });
     }
-    Ok(())
+    Ok(written)
+}
+
+/// Most committed events held for the relay; beyond that the relay reads
+/// the outbox table instead (a broker outage, a relay far behind).
+const COMMITTED_CAP: usize = 2048;
+
+/// Events the node's writer committed and the relay has not taken yet, in
+/// seq order: the relay publishes them from here instead of reading them
+/// back on the read pool (one read and its wakeups per round). Memory only
+/// vouches for what was committed since the relay last read the table and
+/// caught up; until then, and after anything was dropped for want of room,
+/// [`Committed::next`] sends the relay to the table, and starts over.
+#[derive(Debug, Default, Clone)]
+pub struct Committed(Arc<std::sync::Mutex<CommittedState>>);
+
+#[derive(Debug, Default)]
+struct CommittedState {
+    events: VecDeque<Unsent>,
+    /// The relay's last read of the table found every unsent event
+    /// (fewer than a round), so from then on memory holds all new ones.
+    synced: bool,
+    /// An event was dropped (no room): memory no longer holds them all.
+    lost: bool,
+}
+
+impl Committed {
+    fn state(&self) -> std::sync::MutexGuard<'_, CommittedState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One committed transaction's events (called by [`Db::write`] after
+    /// the commit, on the writer thread, before the caller hears of it).
+    pub(crate) fn push(&self, events: Vec<Unsent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut s = self.state();
+        if s.events.len() + events.len() > COMMITTED_CAP {
+            s.lost = true;
+            return;
+        }
+        s.events.extend(events);
+    }
+
+    /// Up to `limit` events right after seq `after`, if memory can vouch
+    /// for them (an empty list: nothing is unsent). `None`: read the table;
+    /// memory is emptied and collects from this moment, so whatever
+    /// committed before is in that read and whatever commits after is
+    /// here (an event in both is skipped by its seq).
+    fn next(&self, after: i64, limit: usize) -> Option<Vec<Unsent>> {
+        let mut s = self.state();
+        if after > 0 && s.synced && !s.lost {
+            while s.events.front().is_some_and(|e| e.seq <= after) {
+                s.events.pop_front();
+            }
+            // Seqs of one writer are consecutive (max + 1), so a gap means
+            // memory missed something: go to the table.
+            if s.events.front().is_none_or(|e| e.seq == after + 1) {
+                let n = s.events.iter().zip(after + 1..).take(limit).take_while(|(e, seq)| e.seq == *seq).count();
+                return Some(s.events.drain(..n).collect());
+            }
+        }
+        *s = CommittedState::default();
+        None
+    }
+
+    /// The relay read the table (after [`Committed::next`] sent it there)
+    /// and found fewer than a round: memory holds everything newer.
+    fn caught_up(&self) {
+        self.state().synced = true;
+    }
 }
 
 /// How far behind the relay is.
@@ -269,19 +350,30 @@ pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> rusqlite::Result<()> {
     write_marks(db).await
 }
 
-/// Publishes one batch after `after`; returns the last seq and the size of
-/// a batch the broker acknowledged in full (`None`: nothing to publish).
+/// Publishes one batch after `after` (from memory, else from the table);
+/// returns the last seq and the size of a batch the broker acknowledged in
+/// full (`None`: nothing to publish).
 async fn relay_batch(db: &Db, bus: &Bus, after: i64) -> anyhow::Result<Option<(i64, usize)>> {
-    let rows = unsent(db, after, BATCH).await?;
+    let rows = match db.committed.next(after, BATCH as usize) {
+        Some(rows) => rows,
+        None => {
+            let rows = unsent(db, after, BATCH).await?;
+            if rows.len() < BATCH as usize {
+                db.committed.caught_up();
+            }
+            rows
+        }
+    };
     let Some(last) = rows.last().map(|r| r.seq) else { return Ok(None) };
     crate::crash_point!("outbox::before_publish");
-    let publishes = rows.iter().map(|row| {
+    let attempted = rows.len();
+    let publishes = rows.into_iter().map(|row| {
         let path = format!("{}{}", bus.prefix(), row.topic);
-        async move { bus.publish(&path, row.payload.clone()).await.map(|()| row.seq) }
+        async move { bus.publish(&path, row.payload).await.map(|()| row.seq) }
     });
     let results = join_all(publishes).await;
     let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    let (attempted, unacked) = (rows.len(), rows.len() - sent.len());
+    let unacked = attempted - sent.len();
     if !sent.is_empty() {
         crate::crash_point!("outbox::before_mark_sent");
         db.sent.push(sent);
@@ -345,6 +437,35 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(at, [Some(10), Some(10), None, Some(11), Some(11), None], "exactly the acknowledged events");
+    }
+
+    fn committed(seqs: std::ops::RangeInclusive<i64>) -> Vec<Unsent> {
+        seqs.map(|seq| Unsent { seq, topic: "orders/status".into(), payload: Vec::new() }).collect()
+    }
+
+    fn seqs(rows: Option<Vec<Unsent>>) -> Option<Vec<i64>> {
+        rows.map(|r| r.into_iter().map(|u| u.seq).collect())
+    }
+
+    #[test]
+    fn committed_events_are_handed_over_only_while_memory_has_them_all() {
+        let c = Committed::default();
+        c.push(committed(1..=3));
+        assert_eq!(seqs(c.next(0, 50)), None, "a cursor of 0 reads the table");
+        assert!(c.state().events.is_empty(), "and memory starts over");
+        c.push(committed(4..=5));
+        assert_eq!(seqs(c.next(3, 50)), None, "not caught up yet: the table again");
+        c.push(committed(6..=7));
+        c.caught_up();
+        assert_eq!(seqs(c.next(5, 50)), Some(vec![6, 7]), "caught up: from memory");
+        assert_eq!(seqs(c.next(7, 50)), Some(vec![]), "nothing unsent, without a read");
+        c.push(committed(8..=10));
+        assert_eq!(seqs(c.next(8, 2)), Some(vec![9, 10]), "skips what the table read already gave");
+        c.push(committed(12..=12));
+        assert_eq!(seqs(c.next(10, 50)), None, "a gap: the table");
+        c.caught_up();
+        c.push(committed(13..=COMMITTED_CAP as i64 + 20));
+        assert_eq!(seqs(c.next(12, 50)), None, "an overflow: the table");
     }
 
     #[test]
