@@ -266,6 +266,11 @@ async fn run(
                     // the new one (see the module docs).
                     eventloop.clean();
                     eventloop.pending.clear();
+                    // Events of the old connection not yet handed out (the
+                    // `Outgoing::Publish` of packets written before the error,
+                    // publishes read in the same burst) would be matched
+                    // against the new connection's waiters and packet ids.
+                    eventloop.state.events.clear();
                     st.fail_all();
                 }
                 inner.ready.send_replace(false);

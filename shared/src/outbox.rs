@@ -461,8 +461,10 @@ mod tests {
         assert_eq!(seqs(c.next(7, 50)), Some(vec![]), "nothing unsent, without a read");
         c.push(committed(8..=10));
         assert_eq!(seqs(c.next(8, 2)), Some(vec![9, 10]), "skips what the table read already gave");
-        c.push(committed(12..=12));
-        assert_eq!(seqs(c.next(10, 50)), None, "a gap: the table");
+        c.push(committed(11..=12));
+        c.push(committed(14..=15));
+        assert_eq!(seqs(c.next(10, 50)), Some(vec![11, 12]), "up to a gap");
+        assert_eq!(seqs(c.next(12, 50)), None, "at a gap: the table");
         c.caught_up();
         c.push(committed(13..=COMMITTED_CAP as i64 + 20));
         assert_eq!(seqs(c.next(12, 50)), None, "an overflow: the table");

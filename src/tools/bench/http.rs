@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 /// Longest a request may take, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest a connection may take to be ready again after a response.
+/// Longest an idle connection may take to be ready for the next request.
 const READY: Duration = Duration::from_secs(1);
 
 /// Why a request got no response.
@@ -93,10 +93,9 @@ impl Http {
     }
 
     async fn exchange(&self, mut req: Request<Full<Bytes>>) -> Result<Response, Failure> {
-        // An idle connection the server closed meanwhile gives the request
-        // back unsent: it goes out again on a fresh connection.
-        let pooled = self.idle.lock().expect("idle connections lock").pop();
-        let (mut conn, resp) = match pooled {
+        let (conn, resp) = match self.pooled().await {
+            // A connection the server closed just now gives the request
+            // back unsent: it goes out again on a fresh connection.
             Some(mut conn) => match conn.try_send_request(req).await {
                 Ok(resp) => (conn, resp),
                 Err(mut e) => {
@@ -114,13 +113,24 @@ impl Http {
         };
         let status = resp.status();
         let body = resp.into_body().collect().await.map_err(|_| Failure::Transport)?.to_bytes();
-        // The response is read to its end: the connection takes the next
-        // request once its dispatcher has seen that, unless the server is
-        // closing it.
-        if let Ok(Ok(())) = tokio::time::timeout(READY, conn.ready()).await {
+        // Read to its end: the connection can take the next request once
+        // its dispatcher has seen that (`pooled` waits for it then, so this
+        // response is not charged for it).
+        if !conn.is_closed() {
             self.idle.lock().expect("idle connections lock").push(conn);
         }
         Ok(Response { status, body })
+    }
+
+    /// An idle connection ready for a request, if there is one; closed
+    /// ones are dropped.
+    async fn pooled(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let mut conn = self.idle.lock().expect("idle connections lock").pop()?;
+            if let Ok(Ok(())) = tokio::time::timeout(READY, conn.ready()).await {
+                return Some(conn);
+            }
+        }
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {

@@ -253,20 +253,25 @@ impl EventLoop {
                     // a write syscall (and a wakeup of the broker) per packet. Stops
                     // where the branch condition above would (in-flight window full,
                     // a packet id collision) and never goes ahead of packets pending
-                    // from the previous connection.
-                    for _ in 1..MAX_REQUEST_BATCH {
-                        if !self.pending.is_empty()
-                            || self.state.inflight >= self.mqtt_options.inflight
-                            || self.state.collision.is_some()
-                        {
-                            break;
+                    // from the previous connection. A full write buffer flushes inside
+                    // `write`, so the batch and the flush share upstream's flush
+                    // timeout: a broker that stops reading can't hang the loop.
+                    let state = &mut self.state;
+                    let (pending, requests_rx) = (&self.pending, &self.requests_rx);
+                    let max_inflight = self.mqtt_options.inflight;
+                    let batch = async {
+                        for _ in 1..MAX_REQUEST_BATCH {
+                            if !pending.is_empty() || state.inflight >= max_inflight || state.collision.is_some() {
+                                break;
+                            }
+                            let Ok(request) = requests_rx.try_recv() else { break };
+                            if let Some(outgoing) = state.handle_outgoing_packet(request)? {
+                                network.write(outgoing).await?;
+                            }
                         }
-                        let Ok(request) = self.requests_rx.try_recv() else { break };
-                        if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
-                            network.write(outgoing).await?;
-                        }
-                    }
-                    match time::timeout(network_timeout, network.flush()).await {
+                        network.flush().await
+                    };
+                    match time::timeout(network_timeout, batch).await {
                         Ok(inner) => inner?,
                         Err(_)=> return Err(ConnectionError::FlushTimeout),
                     };
