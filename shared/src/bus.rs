@@ -28,6 +28,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BusConfig;
 use crate::topics::Topic;
 
+/// Most QoS 1 publishes a client has out before their PUBACKs, the same as
+/// the embedded broker's window towards each client (`vendor/rumqttd`). At
+/// 100, the front's publishes queued behind the window at a few hundred
+/// concurrent orders, and the services' batches stayed small.
+pub const INFLIGHT: u16 = 500;
+
 /// How long a publish waits for its PUBACK before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -120,7 +126,7 @@ impl Bus {
             .set_clean_session(opts.clean_session)
             .set_manual_acks(opts.manual_acks)
             .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
-            .set_inflight(100);
+            .set_inflight(INFLIGHT);
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
             mqtt.set_credentials(user.clone(), pass.clone());
         }

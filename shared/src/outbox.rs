@@ -26,10 +26,11 @@ use crate::ids::OrderId;
 use crate::message::Envelope;
 use crate::topics::Topic;
 
-/// Most events published per relay round. Below the connection's 100
-/// in-flight publishes: a larger round queued the consumer's acks behind
-/// publishes waiting for PUBACKs, and under overload the connection
-/// stalled until keep-alive failed (seen with `webshop bench`).
+/// Most events published per relay round, well below the connection's
+/// in-flight window (`bus::INFLIGHT`). Rounds as large as the window (256
+/// events against 100) queued the consumer's acks behind publishes waiting
+/// for PUBACKs, and under overload the connection stalled until keep-alive
+/// failed (seen with `webshop bench`).
 pub const BATCH: i64 = 50;
 /// Sent events are kept this long (for operators), then deleted.
 const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;

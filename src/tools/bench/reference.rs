@@ -101,7 +101,7 @@ pub async fn broker(secs: f64) -> anyhow::Result<Rate> {
     broker::spawn(&broker::BrokerConfig { listen: SocketAddr::from(([127, 0, 0, 1], port)), ..Default::default() })?;
     let options = |name: &str, manual_acks: bool| {
         let mut o = MqttOptions::new(format!("bench-ref-{name}-{port}"), "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(10)).set_inflight(100).set_manual_acks(manual_acks);
+        o.set_keep_alive(Duration::from_secs(10)).set_inflight(shared::bus::INFLIGHT).set_manual_acks(manual_acks);
         o
     };
     let topic = "bench/reference";

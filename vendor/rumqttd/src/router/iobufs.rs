@@ -15,7 +15,11 @@ use crate::{
 
 use super::{Forward, IncomingMeter, OutgoingMeter};
 
-const MAX_INFLIGHT: usize = 100;
+// webshop patch: upstream is 100. The broker hands each connection at most
+// this many QoS 1 publishes before their acks; a service acks a batch only
+// after its commit, so 100 capped how much one commit could take under load
+// (see vendor/README.md).
+const MAX_INFLIGHT: usize = 500;
 const MAX_PKID: u16 = MAX_INFLIGHT as u16;
 
 #[derive(Debug)]
