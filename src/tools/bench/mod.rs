@@ -70,10 +70,11 @@ pub struct Args {
     /// Seconds each reference limit is measured.
     #[arg(long, default_value_t = 2.0)]
     pub reference_secs: f64,
-    /// Concurrent clients of the closed-loop order and cancel phases (128:
-    /// enough to keep the shop's slowest stage busy on 2 cores; 64 left it
-    /// waiting on round trips).
-    #[arg(long, default_value_t = 128)]
+    /// Concurrent clients of the closed-loop order and cancel phases (256:
+    /// with the MQTT window of 500, enough to keep both writers' batches
+    /// full on 2 cores; 128 left them waiting on round trips whenever the
+    /// disk's fsyncs slowed down).
+    #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
     /// Concurrent clients of the catalog phase.
     #[arg(long, default_value_t = 64)]
