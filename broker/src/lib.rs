@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub max_payload_bytes: usize,
     /// Most packets the broker reads from one connection in a batch before
     /// handing them to its router (rumqttd `max_inflight_count`). Default 100.
+    /// Not the window of unacked publishes towards a client: that is 500,
+    /// fixed in `vendor/rumqttd` (see vendor/README.md).
     pub max_inflight: usize,
     /// rumqttd keeps each topic's messages in memory, in segments of about
     /// this many bytes; when a topic has `topic_log_segments` full segments

@@ -5,7 +5,7 @@
 //!   theirs (`shared::db::Db::open`: WAL, the chosen `synchronous`, one
 //!   writer, `BEGIN IMMEDIATE`), one row per commit and 100 rows per commit;
 //! - the broker: QoS 1 messages/s through an embedded rumqttd from one
-//!   publisher (100 in flight, as the services) to one subscriber acking
+//!   publisher (`shared::bus::INFLIGHT` in flight, as the services) to one subscriber acking
 //!   manually in order, as the consumers do;
 //! - a single-process baseline: the services' real handlers applied to
 //!   their real databases through `Consumer::apply`, in batches of 100 as
@@ -146,7 +146,7 @@ pub async fn broker(secs: f64) -> anyhow::Result<Rate> {
     while Instant::now() < deadline {
         let stamp = origin.elapsed().as_micros() as u64;
         payload[..8].copy_from_slice(&stamp.to_le_bytes());
-        // Waits when 1024 requests are queued; rumqttc keeps 100 in flight.
+        // Waits when 1024 requests are queued; rumqttc keeps `INFLIGHT` out.
         let publish = publisher.publish(topic, QoS::AtLeastOnce, false, payload.clone());
         if tokio::time::timeout_at(deadline.into(), publish).await.is_err() {
             break;
