@@ -31,8 +31,31 @@ pub fn init_logs() {
     });
 }
 
+/// A port for a node or broker that a test starts as a process.
+///
+/// Not from `bind(0)`: a node that crashes and restarts must find its port
+/// free again, and while it was down a `bind(0)` of another test in this
+/// process (or an outgoing connection) could take it. The ports handed out
+/// here lie below the kernel's ephemeral range, where neither looks, and
+/// none is handed out twice by one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, span) = (ephemeral_low / 2, ephemeral_low - ephemeral_low / 2);
+    // Test processes started at once begin at different places.
+    let start = std::process::id() % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < span, "no free port left below the ephemeral range");
+        let port = (low + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after the deadline.
