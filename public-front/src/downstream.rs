@@ -191,7 +191,11 @@ impl Downstream {
             .send()
             .await
             .map_err(|e| unavailable("inventory", e))?;
-        Ok(decode("inventory", resp).await?.unwrap_or_default())
+        // The route always exists: a 404 means something else answers on
+        // inventory's address, not that the SKUs are unknown.
+        decode("inventory", resp)
+            .await?
+            .ok_or_else(|| ApiError::internal("inventory answered 404 for /products/lookup"))
     }
 
     /// GET `path` on a node, for operator tools (audit).
