@@ -113,6 +113,15 @@ impl MqttState {
             }
         }
 
+        // webshop patch: a publish stashed by a packet id collision goes with
+        // the others (its slot is free after the sweep above). Upstream kept
+        // it in `collision`, which blocks every new request; on a new session
+        // the ack that would clear it never comes, so the client stopped for
+        // good (upstream issue #1056, pull request #1058).
+        if let Some(publish) = self.collision.take() {
+            pending.push(Request::Publish(publish));
+        }
+
         // remove and collect pending releases
         for pkid in self.outgoing_rel.ones() {
             let request = Request::PubRel(PubRel::new(pkid as u16));
@@ -484,20 +493,27 @@ impl MqttState {
     /// Packet ids are incremented till maximum set inflight messages and reset to 1 after that.
     ///
     fn next_pkid(&mut self) -> u16 {
-        let next_pkid = self.last_pkid + 1;
-
-        // When next packet id is at the edge of inflight queue,
-        // set await flag. This instructs eventloop to stop
-        // processing requests until all the inflight publishes
-        // are acked
-        if next_pkid == self.max_inflight {
-            self.last_pkid = 0;
-            return next_pkid;
+        // webshop patch: skip ids whose publish still waits for its ack. Upstream
+        // hands out ids in a strict cycle, so one late ack made the id collide
+        // once the cycle came round, and the client stopped sending anything
+        // (publishes and acks of received messages alike) until that ack came.
+        // With a free id taken instead, a collision needs every id in use,
+        // which the in-flight limit already prevents.
+        for _ in 0..self.max_inflight {
+            let candidate = self.last_pkid % self.max_inflight + 1;
+            self.last_pkid = candidate;
+            let in_use = self.outgoing_pub.get(candidate as usize).is_some_and(Option::is_some)
+                || self.outgoing_rel.contains(candidate as usize);
+            if !in_use {
+                return candidate;
+            }
         }
-
-        self.last_pkid = next_pkid;
-        next_pkid
+        // Every id in use: the next in the cycle, which collides (upstream's
+        // collision handling takes over).
+        self.last_pkid = self.last_pkid % self.max_inflight + 1;
+        self.last_pkid
     }
+
 }
 
 #[cfg(test)]
@@ -879,5 +895,44 @@ mod test {
                 unreachable!()
             }
         }
+    }
+
+    // webshop patch: the two changes above.
+    #[test]
+    fn a_late_ack_does_not_stop_the_ids_that_follow() {
+        let mut mqtt = MqttState::new(5, false);
+        let mut pkids = Vec::new();
+        for _ in 0..5 {
+            let packet = mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce)).unwrap();
+            let Some(Packet::Publish(p)) = packet else { panic!("{packet:?}") };
+            pkids.push(p.pkid);
+        }
+        assert_eq!(pkids, [1, 2, 3, 4, 5]);
+        // Every ack but the first one's comes back.
+        for pkid in 2..=5 {
+            mqtt.handle_incoming_puback(&PubAck::new(pkid)).unwrap();
+        }
+        // The cycle comes round to id 1, still in use: the next free id is taken.
+        for want in [2, 3, 4, 5, 2] {
+            let packet = mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce)).unwrap();
+            let Some(Packet::Publish(p)) = packet else { panic!("{packet:?}") };
+            assert_eq!(p.pkid, want);
+            assert!(mqtt.collision.is_none());
+            mqtt.handle_incoming_puback(&PubAck::new(want)).unwrap();
+        }
+    }
+
+    #[test]
+    fn clean_recovers_a_publish_stashed_by_a_collision() {
+        let mut mqtt = MqttState::new(2, false);
+        for _ in 0..2 {
+            mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce)).unwrap();
+        }
+        // Every id in use: the next publish collides and is stashed.
+        assert!(mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce)).unwrap().is_none());
+        assert!(mqtt.collision.is_some());
+        let pending = mqtt.clean();
+        assert!(mqtt.collision.is_none(), "a new connection must be able to send");
+        assert_eq!(pending.len(), 3);
     }
 }
