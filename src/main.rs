@@ -126,6 +126,11 @@ enum Command {
         cut: f64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Once per client: keep back the PUBACK of its first QoS 1 publish,
+        /// then cut its connection after N more publishes (or after
+        /// --max-delay-ms if it stops sending).
+        #[arg(long, value_name = "N")]
+        withhold_ack: Option<u32>,
     },
     /// List a node's dead letters, or publish one again.
     DeadLetters {
@@ -329,7 +334,7 @@ async fn main() -> anyhow::Result<()> {
             println!("replayed {n} of {total} captured message(s)");
             Ok(())
         }
-        Command::Chaos { listen, upstream, duplicate, delay, max_delay_ms, reorder, cut, seed } => {
+        Command::Chaos { listen, upstream, duplicate, delay, max_delay_ms, reorder, cut, seed, withhold_ack } => {
             let _telemetry = shared::telemetry::init("webshop-chaos", &Default::default())?;
             let faults = webshop::tools::chaos::Faults {
                 duplicate,
@@ -338,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
                 reorder,
                 cut,
                 seed,
+                withhold_ack,
             };
             let shutdown = CancellationToken::new();
             let chaos = webshop::tools::chaos::start(listen, upstream, faults, shutdown.clone()).await?;

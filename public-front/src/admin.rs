@@ -66,7 +66,7 @@ async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Result<impl 
         tokio::join!(d.readiness("inventory"), d.readiness("order"));
     let nodes = json!([
         {"name": "public-front", "url": "", "ready": s.bus.is_ready(),
-         "reason": (!s.bus.is_ready()).then_some("not connected to the MQTT broker")},
+         "reason": s.bus.not_ready_reason()},
         {"name": "inventory", "url": d.base("inventory"), "ready": inv_ready, "reason": inv_reason},
         {"name": "order", "url": d.base("order"), "ready": ord_ready, "reason": ord_reason},
     ]);

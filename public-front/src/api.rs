@@ -123,8 +123,8 @@ async fn metrics_text() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    if !s.bus.is_ready() {
-        return Err(ApiError::unavailable("not_ready", "not connected to the MQTT broker"));
+    if let Some(reason) = s.bus.not_ready_reason() {
+        return Err(ApiError::unavailable("not_ready", reason));
     }
     if let Some(reason) = s.downstream.unreachable().await {
         return Err(ApiError::unavailable("not_ready", reason));

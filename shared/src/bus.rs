@@ -13,16 +13,26 @@
 //! fails the waiting publishes, which the outbox retries. Deliveries of an
 //! old generation are never acked: the broker redelivers them and the
 //! inbox drops the copy.
+//!
+//! Progress, not only the socket, decides readiness. A broker (or a
+//! network) can keep the connection open and answer pings while it holds
+//! back PUBACKs, or while our acks can't be written. A watchdog looks at the
+//! oldest publish waiting for its PUBACK and the oldest ack waiting to be
+//! written: when one has waited [`STALL_AFTER`] with no PUBACK (or no ack
+//! written) in that time, the bus is not ready; after [`RECONNECT_AFTER`]
+//! it drops the connection and starts a new one.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 pub use rumqttc::QoS;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, SubscribeFilter};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BusConfig;
@@ -36,6 +46,18 @@ pub const INFLIGHT: u16 = 500;
 
 /// How long a publish waits for its PUBACK before it counts as failed.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A publish or an ack waiting this long, with no PUBACK received (no ack
+/// written) meanwhile, makes the bus not ready.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
+/// A stall this long drops the connection; the next one starts afresh.
+pub const RECONNECT_AFTER: Duration = Duration::from_secs(15);
+/// How often the watchdog looks.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(500);
+/// Bytes a broker may add to a packet it accepted when it forwards it: a
+/// QoS 0 publish forwarded at QoS 1 gains a 2-byte packet id, and its
+/// remaining-length field may grow. The nodes accept the broker's packet
+/// limit plus this, so every packet a broker took reaches them.
+pub const FORWARD_HEADROOM: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A connection that lived this long resets the reconnect backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -50,6 +72,14 @@ pub enum BusError {
     Timeout(Duration),
     #[error("the MQTT client queue is full")]
     Backpressure,
+}
+
+/// A publish waiting for its PUBACK: the caller's future, when it was
+/// queued, and its place in the window (given back with the PUBACK).
+struct Waiter {
+    tx: oneshot::Sender<Result<(), BusError>>,
+    since: Instant,
+    _slot: OwnedSemaphorePermit,
 }
 
 /// How a node uses the bus.
@@ -84,23 +114,58 @@ struct State {
     generation: u64,
     connected: bool,
     /// Publishes queued to rumqttc, not yet written (no pkid yet).
-    queued: VecDeque<oneshot::Sender<Result<(), BusError>>>,
-    /// Publishes written, waiting for PUBACK.
-    inflight: HashMap<u16, oneshot::Sender<Result<(), BusError>>>,
+    queued: VecDeque<Waiter>,
+    /// Publishes written, waiting for PUBACK. A waiter stays after its
+    /// caller gave up: rumqttc keeps the packet id until the PUBACK too.
+    inflight: HashMap<u16, Waiter>,
+    /// When each manual ack not yet written was queued, oldest first.
+    acks: VecDeque<Instant>,
+    last_puback: Instant,
+    last_ack_written: Instant,
 }
 
 impl State {
     fn fail_all(&mut self) {
-        for tx in self.queued.drain(..).chain(self.inflight.drain().map(|(_, tx)| tx)) {
-            let _ = tx.send(Err(BusError::ConnectionLost));
+        for w in self.queued.drain(..).chain(self.inflight.drain().map(|(_, w)| w)) {
+            let _ = w.tx.send(Err(BusError::ConnectionLost));
+        }
+        self.acks.clear();
+    }
+
+    /// Why the connection makes no progress, if it doesn't.
+    fn stall(&self, now: Instant) -> Option<Stall> {
+        let oldest_publish = self.queued.iter().chain(self.inflight.values()).map(|w| w.since).min();
+        let waited = |since: Option<Instant>| since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        let publish = waited(oldest_publish).min(now.saturating_duration_since(self.last_puback));
+        let ack = waited(self.acks.front().copied()).min(now.saturating_duration_since(self.last_ack_written));
+        if publish >= STALL_AFTER {
+            Some(Stall { what: "no PUBACK from the MQTT broker", for_: publish })
+        } else if ack >= STALL_AFTER {
+            Some(Stall { what: "acks to the MQTT broker not written", for_: ack })
+        } else {
+            None
         }
     }
+}
+
+/// The connection is up but nothing moves.
+#[derive(Clone, Copy, Debug)]
+struct Stall {
+    what: &'static str,
+    for_: Duration,
 }
 
 struct Inner {
     client: AsyncClient,
     state: Mutex<State>,
-    ready: watch::Sender<bool>,
+    /// Connected and subscribed on the current session.
+    session: watch::Sender<bool>,
+    /// The watchdog's finding, while the connection makes no progress.
+    stalled: Mutex<Option<Stall>>,
+    /// Set by the watchdog: drop the connection at the next event.
+    reconnect: AtomicBool,
+    /// The publish window: one permit per publish out before its PUBACK.
+    window: Arc<Semaphore>,
     prefix: String,
 }
 
@@ -125,8 +190,14 @@ impl Bus {
         mqtt.set_keep_alive(Duration::from_secs(cfg.keep_alive_secs.max(1)))
             .set_clean_session(opts.clean_session)
             .set_manual_acks(opts.manual_acks)
-            .set_max_packet_size(cfg.max_packet_bytes, cfg.max_packet_bytes)
-            .set_inflight(INFLIGHT);
+            // Incoming: what the broker accepts, plus what it may add when
+            // forwarding (a packet it took must never break our connection).
+            // Outgoing: the broker's limit.
+            .set_max_packet_size(cfg.max_packet_bytes + FORWARD_HEADROOM, cfg.max_packet_bytes)
+            // One id more than the bus ever has out (`window`): rumqttc's
+            // window is never full, and a full one would hold back the
+            // acks of received messages too.
+            .set_inflight(INFLIGHT + 1);
         if let (Some(user), Some(pass)) = (&cfg.username, &cfg.password) {
             mqtt.set_credentials(user.clone(), pass.clone());
         }
@@ -135,7 +206,8 @@ impl Bus {
         let mut network = rumqttc::NetworkOptions::new();
         network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
-        let (ready, _) = watch::channel(false);
+        let (session, _) = watch::channel(false);
+        let now = Instant::now();
         let inner = Arc::new(Inner {
             client,
             state: Mutex::new(State {
@@ -143,12 +215,19 @@ impl Bus {
                 connected: false,
                 queued: VecDeque::new(),
                 inflight: HashMap::new(),
+                acks: VecDeque::new(),
+                last_puback: now,
+                last_ack_written: now,
             }),
-            ready,
+            session,
+            stalled: Mutex::new(None),
+            reconnect: AtomicBool::new(false),
+            window: Arc::new(Semaphore::new(INFLIGHT as usize)),
             prefix: cfg.topic_prefix.clone(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = Bus { inner };
+        tokio::spawn(watchdog(bus.clone(), opts.config.client_id.clone(), shutdown.clone()));
         let task = tokio::spawn(run(bus.clone(), eventloop, opts, tx, shutdown));
         Ok((bus, rx, task))
     }
@@ -157,17 +236,47 @@ impl Bus {
         &self.inner.prefix
     }
 
-    /// Connected, and subscribed on the current session.
+    /// Connected, subscribed on the current session, and making progress:
+    /// the node can publish and ack.
     pub fn is_ready(&self) -> bool {
-        *self.inner.ready.borrow()
+        self.not_ready_reason().is_none()
     }
 
-    pub fn ready_watch(&self) -> watch::Receiver<bool> {
-        self.inner.ready.subscribe()
+    /// Connected and subscribed on the current session, whether or not
+    /// the connection makes progress: what the outbox relay waits for (its
+    /// publishes are what makes progress).
+    pub fn is_connected(&self) -> bool {
+        *self.inner.session.borrow()
     }
 
-    /// Publishes at QoS 1 and resolves once the broker has PUBACKed.
+    /// Why the node can't use the bus now, if it can't.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !*self.inner.session.borrow() {
+            return Some("not connected and subscribed to the MQTT broker".into());
+        }
+        let stalled = *self.inner.stalled.lock().expect("bus stall lock");
+        stalled.map(|s| format!("no progress on the MQTT connection: {} for {} s", s.what, s.for_.as_secs()))
+    }
+
+    /// Changes when a session starts (`true`) or ends (`false`): after each
+    /// `true`, what is still unsent must be published again.
+    pub fn session_watch(&self) -> watch::Receiver<bool> {
+        self.inner.session.subscribe()
+    }
+
+    /// Publishes at QoS 1 and resolves once the broker has PUBACKed. Waits
+    /// for a place in the window ([`INFLIGHT`] publishes out at once) first,
+    /// all within the publish timeout.
     pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), BusError> {
+        let deadline = Instant::now() + PUBLISH_TIMEOUT;
+        if !self.inner.state.lock().expect("bus state lock").connected {
+            return Err(BusError::NotConnected);
+        }
+        let slot = match tokio::time::timeout_at(deadline, self.inner.window.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(BusError::NotConnected),
+            Err(_) => return Err(BusError::Timeout(PUBLISH_TIMEOUT)),
+        };
         let rx = {
             // std Mutex: never held across an await.
             let mut st = self.inner.state.lock().expect("bus state lock");
@@ -179,10 +288,10 @@ impl Bus {
                 .try_publish(topic, QoS::AtLeastOnce, false, payload.into())
                 .map_err(|_| BusError::Backpressure)?;
             let (tx, rx) = oneshot::channel();
-            st.queued.push_back(tx);
+            st.queued.push_back(Waiter { tx, since: Instant::now(), _slot: slot });
             rx
         };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(BusError::ConnectionLost),
             Err(_) => Err(BusError::Timeout(PUBLISH_TIMEOUT)),
@@ -192,11 +301,39 @@ impl Bus {
     /// Acks a delivery if it came on the current connection. Call in
     /// receive order, after the effect is committed.
     pub fn ack(&self, delivery: &Delivery) {
-        let st = self.inner.state.lock().expect("bus state lock");
+        let mut st = self.inner.state.lock().expect("bus state lock");
         if st.connected && st.generation == delivery.generation {
-            if let Err(e) = self.inner.client.try_ack(&delivery.publish) {
-                tracing::warn!(error = %e, "could not queue an ack; the broker will redeliver");
+            match self.inner.client.try_ack(&delivery.publish) {
+                Ok(()) => st.acks.push_back(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "could not queue an ack; the broker will redeliver"),
             }
+        }
+    }
+}
+
+/// Looks for a connection that makes no progress (see the module docs):
+/// marks the bus not ready, and asks for a new connection once the stall
+/// lasts [`RECONNECT_AFTER`].
+async fn watchdog(bus: Bus, client_id: String, shutdown: CancellationToken) {
+    let inner = &bus.inner;
+    let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let stall = inner.state.lock().expect("bus state lock").stall(Instant::now());
+        let was = std::mem::replace(&mut *inner.stalled.lock().expect("bus stall lock"), stall);
+        match (was, stall) {
+            (None, Some(s)) => {
+                metrics::counter!("bus_stalls_total", "client" => client_id.clone()).increment(1);
+                tracing::warn!(client_id, problem = s.what, "no progress on the MQTT connection; not ready");
+            }
+            (Some(_), None) => tracing::info!(client_id, "the MQTT connection makes progress again"),
+            _ => {}
+        }
+        if stall.is_some_and(|s| s.for_ >= RECONNECT_AFTER) && !inner.reconnect.swap(true, Ordering::Relaxed) {
+            tracing::warn!(client_id, "dropping the stalled MQTT connection");
         }
     }
 }
@@ -210,7 +347,7 @@ async fn run(
 ) {
     let inner = &bus.inner;
     let mut backoff = Duration::from_millis(50);
-    let mut connected_at = tokio::time::Instant::now();
+    let mut connected_at = Instant::now();
     let filters: Vec<SubscribeFilter> =
         opts.subscriptions.iter().map(|t| SubscribeFilter::new(t.path(&inner.prefix), opts.subscription_qos)).collect();
     loop {
@@ -218,17 +355,36 @@ async fn run(
             _ = shutdown.cancelled() => break,
             event = eventloop.poll() => event,
         };
+        // Checked between events, never by cancelling `poll` (a write cut
+        // short would corrupt the stream); keep-alive pings bound the wait.
+        let event = match event {
+            // The event is dropped with the connection: a delivery in it is
+            // redelivered, a PUBACK in it fails its publish (retried).
+            Ok(_) if inner.reconnect.swap(false, Ordering::Relaxed) => {
+                eventloop.clean();
+                Err("the connection made no progress".to_owned())
+            }
+            Ok(event) => Ok(event),
+            Err(e) => Err(e.to_string()),
+        };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                connected_at = tokio::time::Instant::now();
-                inner.state.lock().expect("bus state lock").connected = true;
+                connected_at = Instant::now();
+                {
+                    let mut st = inner.state.lock().expect("bus state lock");
+                    st.connected = true;
+                    (st.last_puback, st.last_ack_written) = (connected_at, connected_at);
+                }
                 tracing::info!(
                     client_id = %opts.config.client_id,
                     session_present = ack.session_present,
                     "connected to MQTT broker"
                 );
-                if filters.is_empty() || ack.session_present {
-                    inner.ready.send_replace(true);
+                // Subscribed on every connect, also when the broker kept the
+                // session: the list may have changed since (an upgrade), and
+                // subscribing again to a filter the session has is harmless.
+                if filters.is_empty() {
+                    inner.session.send_replace(true);
                 } else if let Err(e) = inner.client.try_subscribe_many(filters.clone()) {
                     tracing::error!(error = %e, "could not queue the subscription");
                 }
@@ -238,7 +394,7 @@ async fn run(
                 if failed {
                     tracing::error!("the broker refused a subscription; not ready");
                 } else {
-                    inner.ready.send_replace(true);
+                    inner.session.send_replace(true);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -251,19 +407,28 @@ async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let waiter = inner.state.lock().expect("bus state lock").inflight.remove(&ack.pkid);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(Ok(()));
+                let waiter = {
+                    let mut st = inner.state.lock().expect("bus state lock");
+                    st.last_puback = Instant::now();
+                    st.inflight.remove(&ack.pkid)
+                };
+                if let Some(w) = waiter {
+                    let _ = w.tx.send(Ok(()));
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                 let mut st = inner.state.lock().expect("bus state lock");
-                if let Some(tx) = st.queued.pop_front() {
-                    st.inflight.insert(pkid, tx);
+                if let Some(w) = st.queued.pop_front() {
+                    st.inflight.insert(pkid, w);
                 }
             }
+            Ok(Event::Outgoing(Outgoing::PubAck(_))) if opts.manual_acks => {
+                let mut st = inner.state.lock().expect("bus state lock");
+                st.acks.pop_front();
+                st.last_ack_written = Instant::now();
+            }
             Ok(_) => {}
-            Err(e) => {
+            Err(error) => {
                 {
                     let mut st = inner.state.lock().expect("bus state lock");
                     st.generation += 1;
@@ -279,7 +444,7 @@ async fn run(
                     eventloop.state.events.clear();
                     st.fail_all();
                 }
-                inner.ready.send_replace(false);
+                inner.session.send_replace(false);
                 // Reset the backoff only after a connection that lasted: a
                 // broker that drops us right after CONNACK (e.g. it keeps
                 // sending a packet larger than we accept) must not make us spin.
@@ -287,7 +452,7 @@ async fn run(
                     backoff = Duration::from_millis(50);
                 }
                 metrics::counter!("bus_reconnects_total", "client" => opts.config.client_id.clone()).increment(1);
-                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost");
+                tracing::warn!(error, retry_in = ?backoff, "MQTT connection lost");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -297,7 +462,7 @@ async fn run(
         }
     }
     // Best effort: tell the broker we leave, within a bound.
-    inner.ready.send_replace(false);
+    inner.session.send_replace(false);
     inner.state.lock().expect("bus state lock").connected = false;
     if inner.client.try_disconnect().is_ok() {
         let _ = tokio::time::timeout(Duration::from_millis(500), async {

@@ -103,8 +103,8 @@ impl Node {
 
     /// Why the node isn't ready, if it isn't.
     pub async fn not_ready_reason(&self) -> Option<String> {
-        if !self.bus.is_ready() {
-            return Some("not connected and subscribed to the MQTT broker".into());
+        if let Some(reason) = self.bus.not_ready_reason() {
+            return Some(reason);
         }
         // An empty write transaction: takes the write lock, writes nothing.
         let writable = self.db.write(|_| Ok::<_, rusqlite::Error>(()));

@@ -9,11 +9,11 @@
 //! every event (on start, after a reconnect or a failed round, after an
 //! overflow).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rusqlite::{params, Connection};
 use serde::Serialize;
 use sqlx::Row;
@@ -26,12 +26,15 @@ use crate::ids::OrderId;
 use crate::message::Envelope;
 use crate::topics::Topic;
 
-/// Most events published per relay round, well below the connection's
-/// in-flight window (`bus::INFLIGHT`). Rounds as large as the window (256
-/// events against 100) queued the consumer's acks behind publishes waiting
-/// for PUBACKs, and under overload the connection stalled until keep-alive
-/// failed (seen with `webshop bench`).
+/// Most events the relay reads (from memory or the table) at a time.
 pub const BATCH: i64 = 50;
+/// Most events the relay has out before their PUBACKs, below the
+/// connection's window (`bus::INFLIGHT`): publishes are pipelined, so one
+/// late PUBACK holds up only its own event, not the ones behind it.
+const RELAY_INFLIGHT: usize = 4 * BATCH as usize;
+/// After a publish failed, how long before the relay reads from the oldest
+/// unsent event again (the failed one among them).
+const RESCAN_AFTER: Duration = Duration::from_secs(1);
 /// Sent events are kept this long (for operators), then deleted.
 const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
 
@@ -173,6 +176,12 @@ impl Wakeup {
 /// Publishes unsent events in order until `shutdown`; on shutdown it makes
 /// one last pass so committed events leave before the process exits.
 ///
+/// Publishes are pipelined: up to [`RELAY_INFLIGHT`] are out at once, each
+/// marked sent on its own PUBACK. A publish that fails (no PUBACK within
+/// the bus's timeout, a lost connection) is published again by a pass from
+/// the oldest unsent event a moment later; the events still out are
+/// skipped by that pass, not sent twice.
+///
 /// Events the broker acknowledged are marked sent by the next write
 /// transaction of the node (usually the consumer's next batch, see
 /// [`Sent`]) rather than by a commit of their own: one commit and fsync
@@ -180,23 +189,43 @@ impl Wakeup {
 /// them again; a crash in between republishes them, which consumers
 /// deduplicate like any redelivery.
 pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken) {
-    let mut ready = bus.ready_watch();
+    let mut session = bus.session_watch();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_prune = 0i64;
-    // Highest seq published and acknowledged; everything unsent above it
-    // is next. 0: read from the oldest unsent event.
+    // Highest seq published (or out); everything unsent above it is next.
+    // 0: read from the oldest unsent event.
     let mut cursor = 0i64;
+    let mut out = Outstanding::default();
+    let mut rescan_at: Option<tokio::time::Instant> = None;
     loop {
         let flush = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wakeup.0.notified() => false,
             _ = tick.tick() => true,
             // A fresh connection: republish what is still unsent.
-            _ = ready.changed() => {
+            _ = session.changed() => {
                 cursor = 0;
                 true
             }
+            Some((seq, result)) = out.futures.next(), if !out.futures.is_empty() => {
+                out.seqs.remove(&seq);
+                match result {
+                    Ok(()) => {
+                        crate::crash_point!("outbox::before_mark_sent");
+                        db.sent.push([seq]);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq, "event not acknowledged by the broker; publishing it again");
+                        rescan_at.get_or_insert_with(|| tokio::time::Instant::now() + RESCAN_AFTER);
+                    }
+                }
+                false
+            }
         };
+        if rescan_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+            rescan_at = None;
+            cursor = 0;
+        }
         // Marks left waiting (the node wrote nothing for a second), or
         // about to read from the oldest unsent event again: write them.
         if (flush || cursor == 0) && db.sent.has_pending() {
@@ -204,17 +233,22 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
                 tracing::warn!(error = %e, "marking published events sent failed; retrying");
             }
         }
-        while bus.is_ready() {
-            match relay_batch(&db, &bus, cursor).await {
-                Ok(Some((last, n))) => {
+        while bus.is_connected() && out.seqs.len() < RELAY_INFLIGHT {
+            match next_events(&db, cursor).await {
+                Ok(rows) => {
+                    let Some(last) = rows.last().map(|r| r.seq) else { break };
+                    let full = rows.len() == BATCH as usize;
+                    crate::crash_point!("outbox::before_publish");
+                    for row in rows {
+                        out.publish(&bus, row);
+                    }
                     cursor = last;
-                    if n < BATCH as usize {
+                    if !full {
                         break;
                     }
                 }
-                Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "outbox relay pass failed; retrying");
+                    tracing::warn!(error = %e, "reading the outbox failed; retrying");
                     cursor = 0;
                     break;
                 }
@@ -230,12 +264,49 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
             cursor = 0;
         }
     }
-    // Flush: one bounded pass for events committed just before shutdown.
-    if bus.is_ready() {
-        let _ = tokio::time::timeout(Duration::from_secs(2), relay_batch(&db, &bus, cursor)).await;
-    }
+    // Flush, within a bound: what is out, then events committed just
+    // before shutdown.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if bus.is_connected() {
+            if let Ok(rows) = next_events(&db, cursor).await {
+                for row in rows {
+                    out.publish(&bus, row);
+                }
+            }
+        }
+        while let Some((seq, result)) = out.futures.next().await {
+            if result.is_ok() {
+                db.sent.push([seq]);
+            }
+        }
+    })
+    .await;
     if let Err(e) = write_marks(&db).await {
         tracing::warn!(error = %e, "marking the last published events sent failed");
+    }
+}
+
+type PublishFuture = futures_util::future::BoxFuture<'static, (i64, Result<(), crate::bus::BusError>)>;
+
+/// The relay's publishes waiting for their PUBACKs.
+#[derive(Default)]
+struct Outstanding {
+    futures: FuturesUnordered<PublishFuture>,
+    seqs: HashSet<i64>,
+}
+
+impl Outstanding {
+    /// Publishes `row` unless it is out already (a pass from the oldest
+    /// unsent event reads those again).
+    fn publish(&mut self, bus: &Bus, row: Unsent) {
+        if !self.seqs.insert(row.seq) {
+            return;
+        }
+        let bus = bus.clone();
+        self.futures.push(Box::pin(async move {
+            let path = format!("{}{}", bus.prefix(), row.topic);
+            (row.seq, bus.publish(&path, row.payload).await)
+        }));
     }
 }
 
@@ -351,38 +422,17 @@ pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> rusqlite::Result<()> {
     write_marks(db).await
 }
 
-/// Publishes one batch after `after` (from memory, else from the table);
-/// returns the last seq and the size of a batch the broker acknowledged in
-/// full (`None`: nothing to publish).
-async fn relay_batch(db: &Db, bus: &Bus, after: i64) -> anyhow::Result<Option<(i64, usize)>> {
-    let rows = match db.committed.next(after, BATCH as usize) {
-        Some(rows) => rows,
-        None => {
-            let rows = unsent(db, after, BATCH).await?;
-            if rows.len() < BATCH as usize {
-                db.committed.caught_up();
-            }
-            rows
-        }
-    };
-    let Some(last) = rows.last().map(|r| r.seq) else { return Ok(None) };
-    crate::crash_point!("outbox::before_publish");
-    let attempted = rows.len();
-    let publishes = rows.into_iter().map(|row| {
-        let path = format!("{}{}", bus.prefix(), row.topic);
-        async move { bus.publish(&path, row.payload).await.map(|()| row.seq) }
-    });
-    let results = join_all(publishes).await;
-    let sent: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    let unacked = attempted - sent.len();
-    if !sent.is_empty() {
-        crate::crash_point!("outbox::before_mark_sent");
-        db.sent.push(sent);
+/// The next events after `after`: from memory when it can vouch for
+/// them, else from the table.
+async fn next_events(db: &Db, after: i64) -> sqlx::Result<Vec<Unsent>> {
+    if let Some(rows) = db.committed.next(after, BATCH as usize) {
+        return Ok(rows);
     }
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        anyhow::bail!("{unacked} of {attempted} events not acknowledged by the broker: {e}");
+    let rows = unsent(db, after, BATCH).await?;
+    if rows.len() < BATCH as usize {
+        db.committed.caught_up();
     }
-    Ok(Some((last, attempted)))
+    Ok(rows)
 }
 
 /// Deletes events sent more than `keep_ms` ago. Events are sent in `seq`

@@ -7,8 +7,13 @@
 //! the exact bytes received. A duplicated PUBLISH makes the broker PUBACK
 //! twice; the proxy swallows the second PUBACK so the client's session
 //! stays consistent (the subscribers still get both copies).
+//!
+//! One fault is deterministic: `withhold_ack` keeps back the PUBACK of a
+//! client's first QoS 1 publish while the client sends more (its packet
+//! ids wrap round to the withheld one), then cuts the connection: a client
+//! must neither stall on the missing ack nor after the cut.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +43,10 @@ pub struct Faults {
     /// Cut the client's connection (both directions) at this publish.
     pub cut: f64,
     pub seed: u64,
+    /// Once per client id: never deliver the PUBACK of its first QoS 1
+    /// publish; cut the connection after this many more publishes from it,
+    /// or after `max_delay` if it sends no more.
+    pub withhold_ack: Option<u32>,
 }
 
 /// What the proxy did, since start.
@@ -49,6 +58,7 @@ pub struct ChaosStats {
     pub delayed: AtomicU64,
     pub reordered: AtomicU64,
     pub cuts: AtomicU64,
+    pub acks_withheld: AtomicU64,
 }
 
 #[derive(Debug, Serialize, Clone, Copy)]
@@ -59,6 +69,7 @@ pub struct ChaosReport {
     pub delayed: u64,
     pub reordered: u64,
     pub cuts: u64,
+    pub acks_withheld: u64,
 }
 
 impl ChaosStats {
@@ -71,6 +82,7 @@ impl ChaosStats {
             delayed: g(&self.delayed),
             reordered: g(&self.reordered),
             cuts: g(&self.cuts),
+            acks_withheld: g(&self.acks_withheld),
         }
     }
 }
@@ -79,8 +91,14 @@ impl std::fmt::Display for ChaosReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections, {} publishes: {} duplicated, {} delayed, {} reordered, {} connections cut",
-            self.connections, self.publishes, self.duplicated, self.delayed, self.reordered, self.cuts
+            "{} connections, {} publishes: {} duplicated, {} delayed, {} reordered, {} connections cut, {} acks withheld",
+            self.connections,
+            self.publishes,
+            self.duplicated,
+            self.delayed,
+            self.reordered,
+            self.cuts,
+            self.acks_withheld
         )
     }
 }
@@ -102,6 +120,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let stats = Arc::new(ChaosStats::default());
     let st = stats.clone();
+    let withheld_for: Arc<Mutex<HashSet<String>>> = Arc::default();
     tokio::spawn(async move {
         let mut conn_no = 0u64;
         loop {
@@ -113,11 +132,12 @@ pub async fn start(
             st.connections.fetch_add(1, Ordering::Relaxed);
             let rng = SmallRng::seed_from_u64(faults.seed.wrapping_add(conn_no));
             let (faults, st, shutdown) = (faults.clone(), st.clone(), shutdown.clone());
+            let withheld_for = withheld_for.clone();
             tokio::spawn(async move {
                 if let Ok(server) = TcpStream::connect(upstream).await {
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
-                    proxy(client, server, faults, rng, st, shutdown).await;
+                    proxy(client, server, faults, rng, st, withheld_for, shutdown).await;
                 }
             });
         }
@@ -143,6 +163,7 @@ async fn proxy(
     faults: Faults,
     mut rng: SmallRng,
     stats: Arc<ChaosStats>,
+    withheld_for: Arc<Mutex<HashSet<String>>>,
     shutdown: CancellationToken,
 ) {
     let (mut client_rd, mut client_wr) = client.into_split();
@@ -150,6 +171,8 @@ async fn proxy(
     let cut = CancellationToken::new();
     // PUBACKs to swallow, per packet id: one per duplicate sent.
     let swallow: Arc<Mutex<HashMap<u16, u32>>> = Arc::default();
+    // `withhold_ack`: the packet id whose PUBACK is kept back, once known.
+    let withheld: Arc<Mutex<Option<u16>>> = Arc::default();
 
     // One writer per direction, so delayed packets can be sent later.
     let (to_server, mut to_server_rx) = mpsc::unbounded_channel::<Bytes>();
@@ -166,7 +189,7 @@ async fn proxy(
     };
 
     let upstream = {
-        let (cut, swallow) = (cut.clone(), swallow.clone());
+        let (cut, swallow, withheld) = (cut.clone(), swallow.clone(), withheld.clone());
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             loop {
@@ -178,6 +201,9 @@ async fn proxy(
                     match next_frame(&mut buf) {
                         Ok(Some((raw, packet))) => {
                             if let Packet::PubAck(ack) = &packet {
+                                if *withheld.lock().expect("withheld lock") == Some(ack.pkid) {
+                                    continue;
+                                }
                                 let mut sw = swallow.lock().expect("swallow lock");
                                 if let Some(n) = sw.get_mut(&ack.pkid).filter(|n| **n > 0) {
                                     *n -= 1;
@@ -206,6 +232,9 @@ async fn proxy(
     // or after `max_delay` if none comes: a network reorders, it doesn't
     // hold a packet forever (the client would stall waiting for its ack).
     let held: Arc<Mutex<Option<Bytes>>> = Arc::default();
+    // `withhold_ack` on this connection: publishes left before the cut.
+    let mut armed = false;
+    let mut withhold_left: Option<u32> = None;
     'read: loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -218,11 +247,43 @@ async fn proxy(
                 Ok(None) => break,
                 Err(_) => break 'read,
             };
-            let Packet::Publish(publish) = &packet else {
-                let _ = to_server.send(raw);
-                continue;
+            let publish = match &packet {
+                Packet::Publish(publish) => publish,
+                Packet::Connect(connect) => {
+                    armed = faults.withhold_ack.is_some()
+                        && withheld_for.lock().expect("withheld lock").insert(connect.client_id.clone());
+                    let _ = to_server.send(raw);
+                    continue;
+                }
+                _ => {
+                    let _ = to_server.send(raw);
+                    continue;
+                }
             };
             stats.publishes.fetch_add(1, Ordering::Relaxed);
+            if let Some(left) = withhold_left.as_mut() {
+                if *left == 0 {
+                    stats.cuts.fetch_add(1, Ordering::Relaxed);
+                    break 'read;
+                }
+                *left -= 1;
+            } else if armed && publish.pkid != 0 {
+                armed = false;
+                stats.acks_withheld.fetch_add(1, Ordering::Relaxed);
+                *withheld.lock().expect("withheld lock") = Some(publish.pkid);
+                withhold_left = faults.withhold_ack;
+                // A client that stops sending is cut all the same.
+                let (cut, wait, stats) = (cut.clone(), faults.max_delay, stats.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if !cut.is_cancelled() {
+                        stats.cuts.fetch_add(1, Ordering::Relaxed);
+                        cut.cancel();
+                    }
+                });
+                let _ = to_server.send(raw);
+                continue;
+            }
             if rng.gen_bool(faults.cut.clamp(0.0, 1.0)) {
                 stats.cuts.fetch_add(1, Ordering::Relaxed);
                 break 'read;

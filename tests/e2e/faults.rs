@@ -19,15 +19,15 @@ const SKUS: [&str; 6] =
     ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001", "HAMK-SGL-001", "COOK-TI-001"];
 
 #[derive(Default)]
-struct Tally {
-    accepted: AtomicU64,
-    retries_after_503: AtomicU64,
-    cancels: AtomicU64,
+pub(crate) struct Tally {
+    pub accepted: AtomicU64,
+    pub retries_after_503: AtomicU64,
+    pub cancels: AtomicU64,
 }
 
 /// POST with the same key until it is accepted (a 503 is retried, as the
 /// API asks); returns the order id.
-async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Value, tally: &Tally) -> String {
+pub(crate) async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Value, tally: &Tally) -> String {
     for _ in 0..20 {
         let (code, resp, _) = shop.place(key, body.clone()).await;
         match code {
@@ -61,8 +61,15 @@ async fn cancel_until_done(shop: &Shop, id: &str, tally: &Tally) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_orders_and_cancels_through_a_chaos_proxy() {
-    let faults =
-        Faults { duplicate: 0.2, delay: 0.2, max_delay: Duration::from_millis(300), reorder: 0.2, cut: 0.002, seed: 7 };
+    let faults = Faults {
+        duplicate: 0.2,
+        delay: 0.2,
+        max_delay: Duration::from_millis(300),
+        reorder: 0.2,
+        cut: 0.002,
+        seed: 7,
+        withhold_ack: None,
+    };
     let shop = Arc::new(Shop::start_with(BrokerKind::Embedded, Some(faults)).await.unwrap());
     let tally = Arc::new(Tally::default());
     let mut clients = Vec::new();

@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod model;
 mod otlp;
+mod stalls;
 mod tls;
 mod tools;
 
