@@ -49,10 +49,12 @@ const MQTT_STRING_MAX: usize = u16::MAX as usize;
 pub struct BrokerConfig {
     /// Address the MQTT listener binds. Default `127.0.0.1:1883`.
     pub listen: SocketAddr,
-    /// Largest MQTT packet accepted from a client, in bytes (a client that
-    /// sends a bigger one is disconnected). Default 4 MiB: above the
-    /// application's own message limit so an oversize message still
-    /// reaches the services and is dead-lettered there.
+    /// Largest MQTT packet accepted from a client, in bytes, counted after
+    /// the fixed header (a client that sends a bigger one is disconnected).
+    /// The nodes' `bus.max_packet_bytes` must be the same value: they take
+    /// what the broker took plus what forwarding adds, so an oversize
+    /// message still reaches the services and is dead-lettered there.
+    /// Default 4 MiB.
     pub max_payload_bytes: usize,
     /// Most packets the broker reads from one connection in a batch before
     /// handing them to its router (rumqttd `max_inflight_count`). Default 100.
@@ -91,7 +93,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
-            max_payload_bytes: 4 * 1024 * 1024,
+            max_payload_bytes: shared::config::DEFAULT_MAX_PACKET_BYTES,
             max_inflight: 100,
             topic_log_segment_bytes: 1024 * 1024,
             topic_log_segments: 4,

@@ -36,6 +36,10 @@ where
     })
 }
 
+/// The packet limit the embedded broker enforces and the nodes expect of
+/// any broker by default: 4 MiB.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 4 * 1024 * 1024;
+
 /// Where a node finds the MQTT broker and how it identifies itself.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -55,9 +59,14 @@ pub struct BusConfig {
     pub password: Option<String>,
     /// MQTT keep-alive in seconds. Default 5.
     pub keep_alive_secs: u64,
-    /// Largest MQTT packet accepted from the broker, in bytes. Larger than
-    /// the application's own message limit so oversize messages arrive and
-    /// are dead-lettered instead of breaking the connection. Default 4 MiB.
+    /// The broker's packet limit, in bytes: set it to what the broker
+    /// accepts (embedded broker `max_payload_bytes`, Mosquitto
+    /// `max_packet_size`), the same on every node. The node takes packets up
+    /// to this plus the few bytes a broker adds when it forwards one
+    /// (`bus::FORWARD_HEADROOM`), so every message the broker accepted
+    /// arrives and is dead-lettered if it is oversize, instead of breaking
+    /// the connection. Far above the application's own message limit
+    /// (64 KiB). Default 4 MiB ([`DEFAULT_MAX_PACKET_BYTES`]).
     pub max_packet_bytes: usize,
     /// Connect with TLS (MQTT over TLS, usually port 8883). Default `false`.
     /// The broker's certificate must name `host`. Without `ca_path` the
@@ -86,7 +95,7 @@ impl Default for BusConfig {
             username: None,
             password: None,
             keep_alive_secs: 5,
-            max_packet_bytes: 4 * 1024 * 1024,
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             tls: false,
             ca_path: None,
         }

@@ -136,9 +136,12 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&Test
     });
     std::fs::write(
         &conf,
-        // Mosquitto accepts any size by default; the nodes accept 4 MiB.
+        // Mosquitto accepts any size by default; `max_packet_size` bounds
+        // whole packets at the nodes' `bus.max_packet_bytes` (4 MiB).
+        // (`message_size_limit` bounds only the payload: a packet over
+        // the nodes' limit could still get through.)
         format!(
-            "listener {port} 127.0.0.1\n{tls}allow_anonymous true\npersistence false\nmax_queued_messages 100000\nmessage_size_limit 4194304\n"
+            "listener {port} 127.0.0.1\n{tls}allow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_packet_size 4194304\n"
         ),
     )
     .unwrap();

@@ -6,6 +6,7 @@ mod bench;
 mod crash;
 mod faults;
 mod helpers;
+mod limits;
 mod model;
 mod otlp;
 mod stalls;
