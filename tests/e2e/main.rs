@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod model;
 mod otlp;
+mod release;
 mod tls;
 mod tools;
 
