@@ -10,6 +10,11 @@
 //!
 //! Statuses only move forward; every change bumps `version` and emits a
 //! status event. `store` loads and saves, `handlers/` wire topics to here.
+//!
+//! An order the service has no row for can still be remembered by a
+//! [`Tombstone`]: a cancel came first, or inventory reserved for an order
+//! that never arrived and the service chases that release until inventory
+//! confirms it.
 
 use serde::{Deserialize, Serialize};
 use shared::ids::OrderId;
@@ -33,14 +38,37 @@ pub struct Order {
     pub updated_at_ms: i64,
 }
 
+/// What the service remembers of an order it may have no row for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tombstone {
+    /// Nothing.
+    #[default]
+    Absent,
+    /// The order is to be created cancelled if it arrives (a cancel came
+    /// first, or its stock decision waited for it in vain).
+    Cancelled,
+    /// Cancelled, and inventory reserved for it: `orders/cancelled` is
+    /// re-sent until inventory confirms the release. Only while the order
+    /// has no row; once it has one, the row's `release_pending` takes over.
+    ReleaseChased,
+}
+
 /// A message, as the lifecycle sees it.
 #[derive(Clone, Debug)]
 pub enum Input<'a> {
     Send(&'a SendOrder),
-    InStock { fingerprint: &'a str },
-    OutOfStock { fingerprint: &'a str, reason: &'a str },
+    InStock {
+        fingerprint: &'a str,
+    },
+    OutOfStock {
+        fingerprint: &'a str,
+        reason: &'a str,
+    },
     Cancel,
     Released,
+    /// An `in-stock` stayed parked past the horizon: its order never came,
+    /// and inventory holds stock for it that nobody would cancel.
+    InStockExpired,
 }
 
 /// What to do about an input.
@@ -54,8 +82,15 @@ pub enum Step {
         emit_status: bool,
         request_release: bool,
     },
-    /// Remember a cancellation for an order not seen yet.
-    Tombstone,
+    /// Remember a cancellation for an order not seen yet; with
+    /// `chase_release`, also ask inventory to release and keep asking until
+    /// it confirms.
+    Tombstone {
+        chase_release: bool,
+    },
+    /// Inventory confirmed the release of an order known only by its
+    /// tombstone: stop chasing it.
+    ReleaseConfirmed,
     /// Nothing changed, but say the current status again (a retried send
     /// waits for it).
     RepeatStatus,
@@ -69,10 +104,18 @@ fn changed(order: &Order, now_ms: i64) -> Order {
 }
 
 /// The lifecycle's single transition function.
-pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, input: Input<'_>, now_ms: i64) -> Step {
+pub fn decide(
+    existing: Option<&Order>,
+    tombstone: Tombstone,
+    order_id: OrderId,
+    input: Input<'_>,
+    now_ms: i64,
+) -> Step {
     match (existing, input) {
         (None, Input::Send(send)) => {
-            let cancelled = tombstoned;
+            // With a release chased, the new row (release pending) takes the
+            // chase over: the store drops the tombstone's.
+            let cancelled = tombstone != Tombstone::Absent;
             let order = Order {
                 order_id,
                 status: if cancelled { OrderStatus::Cancelled } else { OrderStatus::Pending },
@@ -91,9 +134,17 @@ pub fn decide(existing: Option<&Order>, tombstoned: bool, order_id: OrderId, inp
             Step::Save { order, emit_status: true, request_release: cancelled }
         }
         (Some(_), Input::Send(_)) => Step::RepeatStatus,
-        (None, Input::Cancel) => Step::Tombstone,
+        (None, Input::Cancel) => Step::Tombstone { chase_release: false },
         (None, Input::InStock { .. } | Input::OutOfStock { .. }) => Step::Park("the order has not arrived yet"),
-        (None, Input::Released) => Step::Ignore("release confirmed for an order never seen"),
+        (None, Input::InStockExpired) => match tombstone {
+            Tombstone::ReleaseChased => Step::Ignore("the release is already being chased"),
+            Tombstone::Absent | Tombstone::Cancelled => Step::Tombstone { chase_release: true },
+        },
+        (Some(_), Input::InStockExpired) => Step::Ignore("the order arrived; its lifecycle settles the stock"),
+        (None, Input::Released) => match tombstone {
+            Tombstone::ReleaseChased => Step::ReleaseConfirmed,
+            Tombstone::Absent | Tombstone::Cancelled => Step::Ignore("release confirmed for an order never seen"),
+        },
         (Some(order), Input::InStock { fingerprint }) => match order.status {
             OrderStatus::Pending if fingerprint == order.fingerprint => Step::Save {
                 order: Order { status: OrderStatus::Confirmed, ..changed(order, now_ms) },
@@ -180,6 +231,7 @@ mod tests {
         OutOfStock,
         Cancel,
         Released,
+        Expired,
     }
 
     fn rank(s: OrderStatus) -> u8 {
@@ -193,9 +245,9 @@ mod tests {
     #[test]
     fn cancel_before_send_creates_a_cancelled_order_that_releases() {
         let id = OrderId(uuid::Uuid::nil());
-        assert_eq!(decide(None, false, id, Input::Cancel, 1), Step::Tombstone);
+        assert_eq!(decide(None, Tombstone::Absent, id, Input::Cancel, 1), Step::Tombstone { chase_release: false });
         let s = send("fp");
-        match decide(None, true, id, Input::Send(&s), 2) {
+        match decide(None, Tombstone::Cancelled, id, Input::Send(&s), 2) {
             Step::Save { order, request_release, .. } => {
                 assert_eq!(order.status, OrderStatus::Cancelled);
                 assert!(request_release && order.release_pending);
@@ -204,19 +256,82 @@ mod tests {
         }
     }
 
+    #[test]
+    fn an_expired_in_stock_for_an_unseen_order_chases_its_release_until_confirmed() {
+        let id = OrderId(uuid::Uuid::nil());
+        for before in [Tombstone::Absent, Tombstone::Cancelled] {
+            assert_eq!(
+                decide(None, before, id, Input::InStockExpired, 1),
+                Step::Tombstone { chase_release: true },
+                "after {before:?}"
+            );
+        }
+        // A second expired in-stock (inventory repeated its decision) adds
+        // no second chase.
+        assert!(matches!(decide(None, Tombstone::ReleaseChased, id, Input::InStockExpired, 2), Step::Ignore(_)));
+        // A repeated cancel leaves the chase alone.
+        assert_eq!(
+            decide(None, Tombstone::ReleaseChased, id, Input::Cancel, 2),
+            Step::Tombstone { chase_release: false }
+        );
+        assert_eq!(decide(None, Tombstone::ReleaseChased, id, Input::Released, 3), Step::ReleaseConfirmed);
+        assert!(matches!(decide(None, Tombstone::Cancelled, id, Input::Released, 3), Step::Ignore(_)));
+        assert!(matches!(decide(None, Tombstone::Absent, id, Input::Released, 3), Step::Ignore(_)));
+    }
+
+    #[test]
+    fn an_order_arriving_while_its_release_is_chased_takes_the_chase_over() {
+        let id = OrderId(uuid::Uuid::nil());
+        let s = send("fp");
+        let Step::Save { order, request_release, emit_status } =
+            decide(None, Tombstone::ReleaseChased, id, Input::Send(&s), 2)
+        else {
+            panic!("the order is created");
+        };
+        assert_eq!(order.status, OrderStatus::Cancelled);
+        assert!(order.release_pending && request_release && emit_status);
+        assert!(needs_follow_up(&order), "the row chases the release from now on");
+        // Its release confirmation ends the row's chase.
+        match decide(Some(&order), Tombstone::ReleaseChased, id, Input::Released, 3) {
+            Step::Save { order, .. } => assert!(!order.release_pending && !needs_follow_up(&order)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_expired_in_stock_for_an_order_that_arrived_changes_nothing() {
+        let id = OrderId(uuid::Uuid::nil());
+        let s = send("fp");
+        let Step::Save { order, .. } = decide(None, Tombstone::Absent, id, Input::Send(&s), 1) else {
+            panic!("the order is created");
+        };
+        assert!(matches!(decide(Some(&order), Tombstone::Absent, id, Input::InStockExpired, 2), Step::Ignore(_)));
+    }
+
+    /// Where a release is chased: by the order's row when there is one,
+    /// else by its tombstone (the store moves the chase to a new row).
+    fn chasing(order: Option<&Order>, tomb: Tombstone) -> bool {
+        order.map_or(tomb == Tombstone::ReleaseChased, |o| o.release_pending)
+    }
+
     proptest! {
         /// Any delivery order, with duplicates: statuses only move forward,
-        /// versions only grow, a settled order never changes status, and
-        /// a cancelled order always asks for a release.
+        /// versions only grow, a settled order never changes status, a
+        /// cancelled order always asks for a release, and a release asked
+        /// for is chased (in exactly one place) until inventory confirms it.
         #[test]
         fn statuses_only_move_forward(msgs in prop::collection::vec(prop_oneof![
-            Just(Msg::Send), Just(Msg::InStock), Just(Msg::OutOfStock), Just(Msg::Cancel), Just(Msg::Released)
+            Just(Msg::Send), Just(Msg::InStock), Just(Msg::OutOfStock), Just(Msg::Cancel), Just(Msg::Released),
+            Just(Msg::Expired)
         ], 0..40)) {
             let id = OrderId(uuid::Uuid::nil());
             let s = send("fp");
             let mut order: Option<Order> = None;
-            let mut tomb = false;
-            let mut parked = 0;
+            let mut tomb = Tombstone::Absent;
+            // A release was asked for and inventory has not confirmed one
+            // since (a confirmation is final: inventory never reserves for
+            // that order again).
+            let mut unconfirmed = false;
             for (t, m) in msgs.iter().enumerate() {
                 let input = match m {
                     Msg::Send => Input::Send(&s),
@@ -224,7 +339,11 @@ mod tests {
                     Msg::OutOfStock => Input::OutOfStock { fingerprint: "fp", reason: "none left" },
                     Msg::Cancel => Input::Cancel,
                     Msg::Released => Input::Released,
+                    Msg::Expired => Input::InStockExpired,
                 };
+                if matches!(m, Msg::Released) {
+                    unconfirmed = false;
+                }
                 match decide(order.as_ref(), tomb, id, input, t as i64) {
                     Step::Save { order: next, request_release, .. } => {
                         if let Some(prev) = &order {
@@ -235,14 +354,31 @@ mod tests {
                         if next.status == OrderStatus::Cancelled && order.as_ref().map(|o| o.status) != Some(OrderStatus::Cancelled) {
                             prop_assert!(request_release);
                         }
+                        unconfirmed |= request_release;
+                        if order.is_none() && tomb == Tombstone::ReleaseChased {
+                            // The store hands the chase to the new row.
+                            tomb = Tombstone::Cancelled;
+                        }
                         order = Some(next);
                     }
-                    Step::Tombstone => tomb = true,
-                    Step::Park(_) => { prop_assert!(order.is_none()); parked += 1; }
+                    Step::Tombstone { chase_release } => {
+                        prop_assert!(order.is_none());
+                        if chase_release {
+                            tomb = Tombstone::ReleaseChased;
+                            unconfirmed = true;
+                        } else if tomb == Tombstone::Absent {
+                            tomb = Tombstone::Cancelled;
+                        }
+                    }
+                    Step::ReleaseConfirmed => {
+                        prop_assert!(order.is_none());
+                        tomb = Tombstone::Cancelled;
+                    }
+                    Step::Park(_) => prop_assert!(order.is_none()),
                     Step::RepeatStatus | Step::Ignore(_) => {}
                 }
+                prop_assert_eq!(chasing(order.as_ref(), tomb), unconfirmed, "after {:?}", m);
             }
-            let _ = parked;
         }
     }
 }

@@ -1,8 +1,9 @@
 //! End-to-end retry: the order service owns each order until it is
 //! settled. A pending order with no stock decision is re-requested (a new
 //! `orders/send`; inventory repeats a decision it already made), and a
-//! cancellation is re-sent until inventory confirms the release. Backs off
-//! per order up to a minute.
+//! cancellation is re-sent until inventory confirms the release, also for
+//! an order known only by its tombstone (inventory reserved for an order
+//! that never arrived here). Backs off per order up to a minute.
 
 use std::time::Duration;
 
@@ -33,9 +34,21 @@ pub async fn run(db: Db, wakeup: Wakeup, follow_up_ms: i64, shutdown: Cancellati
     }
 }
 
-/// One round: chase every order whose follow-up is due; returns how many.
+/// The wait before the follow-up after `attempts` earlier ones.
+fn backoff(follow_up_ms: i64, attempts: i64) -> i64 {
+    (follow_up_ms << attempts.clamp(0, 4)).min(60_000)
+}
+
+/// One round: chase every order (and every tombstone's release) whose
+/// follow-up is due; returns how many.
 pub async fn pass(db: &Db, follow_up_ms: i64) -> rusqlite::Result<usize> {
     db.write(move |tx| {
+        let chases = store::due_release_chases(tx, 200)?;
+        for &(id, attempts) in &chases {
+            tracing::info!(order_id = %id, attempts, "release for an order never seen not confirmed yet; asking inventory again");
+            outbox::enqueue(tx, Topic::OrdersCancelled, id, ReleaseRequested {});
+            store::reschedule_chase(tx, id, now_ms() + backoff(follow_up_ms, attempts))?;
+        }
         let due = store::due_follow_ups(tx, 200)?;
         for (order, attempts) in &due {
             let id = order.order_id;
@@ -49,10 +62,9 @@ pub async fn pass(db: &Db, follow_up_ms: i64) -> rusqlite::Result<usize> {
                 tracing::info!(order_id = %id, attempts, "release not confirmed yet; asking inventory again");
                 outbox::enqueue(tx, Topic::OrdersCancelled, id, ReleaseRequested {});
             }
-            let delay = (follow_up_ms << (*attempts).clamp(0, 4)).min(60_000);
-            store::reschedule(tx, id, now_ms() + delay)?;
+            store::reschedule(tx, id, now_ms() + backoff(follow_up_ms, *attempts))?;
         }
-        Ok(due.len())
+        Ok(chases.len() + due.len())
     })
     .await
 }

@@ -1,6 +1,7 @@
 //! The order service's HTTP API, read by public-front (and operators):
 //! `GET /orders/{order_id}`, `GET /orders` (paged), `GET /orders/counts`,
-//! plus the node routes (added by `shared::node::Service`).
+//! `GET /release-chases` (paged), plus the node routes (added by
+//! `shared::node::Service`).
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -13,7 +14,7 @@ use shared::ids::OrderId;
 use shared::node::Node;
 
 use crate::domain::Order;
-use crate::store::{self, Counts};
+use crate::store::{self, Counts, ReleaseChase};
 
 pub fn router(node: Node) -> Router {
     Router::new()
@@ -21,6 +22,7 @@ pub fn router(node: Node) -> Router {
         .route("/orders/counts", get(counts))
         .route("/orders/recent", get(recent))
         .route("/orders/{order_id}", get(one))
+        .route("/release-chases", get(release_chases))
         .with_state(node)
 }
 
@@ -45,6 +47,16 @@ async fn list(
     let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(store::list(&node.db.reader, q.after.as_deref(), limit).await?))
+}
+
+/// Releases chased for orders known only by their tombstone.
+async fn release_chases(
+    State(node): State<Node>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<ReleaseChase>>, ApiError> {
+    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(store::release_chases(&node.db.reader, q.after.as_deref(), limit).await?))
 }
 
 async fn counts(State(node): State<Node>) -> Result<Json<Counts>, ApiError> {

@@ -10,7 +10,7 @@ use shared::db::now_ms;
 use shared::ids::OrderId;
 use shared::message::{OrderStatus, SendOrder};
 
-use crate::domain::{needs_follow_up, Order};
+use crate::domain::{needs_follow_up, Order, Tombstone};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS orders (
@@ -43,6 +43,19 @@ DROP INDEX IF EXISTS orders_status;
 CREATE TABLE IF NOT EXISTS cancel_tombstones (
     order_id TEXT PRIMARY KEY,
     at       INTEGER NOT NULL
+) WITHOUT ROWID;
+-- Releases chased for orders known only by their tombstone (inventory
+-- reserved for an order that never arrived here): `orders/cancelled` is
+-- re-sent at `follow_up_at` until inventory confirms. A row of `orders`
+-- chases its own release, so an order never has both. A table of its own
+-- rather than columns of `cancel_tombstones`, which older databases have
+-- without them. Few rows (and only while inventory is unreachable): no
+-- index on `follow_up_at`.
+CREATE TABLE IF NOT EXISTS release_chases (
+    order_id     TEXT PRIMARY KEY,
+    since        INTEGER NOT NULL,
+    follow_up_at INTEGER NOT NULL,
+    follow_ups   INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#;
 
@@ -135,9 +148,23 @@ struct Slot {
     stored: bool,
     /// A cancel came before the order (a row in `cancel_tombstones`).
     tombstoned: bool,
+    /// Its release is chased by a row of `release_chases`.
+    chased: bool,
     /// Changed in this batch: its `follow_up_at` to write.
     save: Option<Option<i64>>,
     new_tombstone: bool,
+    /// Changed in this batch: start a chase (its first follow-up) or end it.
+    chase: Option<Option<i64>>,
+}
+
+impl Slot {
+    fn tombstone(&self) -> Tombstone {
+        match (self.tombstoned, self.chased) {
+            (_, true) => Tombstone::ReleaseChased,
+            (true, false) => Tombstone::Cancelled,
+            (false, false) => Tombstone::Absent,
+        }
+    }
 }
 
 impl Orders {
@@ -146,35 +173,68 @@ impl Orders {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
                 // One row whether or not the order exists: its columns
-                // (NULL if it doesn't) and whether a tombstone does.
-                let (order, tombstoned) = conn
+                // (NULL if it doesn't) and what its tombstone says: 0 none,
+                // 1 a tombstone, 2 a tombstone whose release is chased. The
+                // chase is looked up only behind a tombstone (every chase
+                // has one), so the common case costs no extra lookup.
+                let (order, tombstone) = conn
                     .prepare_cached(&format!(
-                        "SELECT {COLUMNS}, EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = ?1)
+                        "SELECT {COLUMNS},
+                                CASE WHEN EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = ?1)
+                                     THEN 1 + EXISTS (SELECT 1 FROM release_chases c WHERE c.order_id = ?1)
+                                     ELSE 0 END
                          FROM (SELECT ?1 AS id) k LEFT JOIN orders o ON o.order_id = k.id"
                     ))?
                     .query_row([id.to_string()], |r| {
                         let found = r.get::<_, Option<String>>(0)?.is_some();
                         let order = if found { Some(order(order_row(r)?)) } else { None };
-                        Ok((order, r.get::<_, bool>(12)?))
+                        Ok((order, r.get::<_, i64>(12)?))
                     })?;
-                Ok(e.insert(Slot { stored: order.is_some(), order, tombstoned, ..Slot::default() }))
+                Ok(e.insert(Slot {
+                    stored: order.is_some(),
+                    order,
+                    tombstoned: tombstone >= 1,
+                    chased: tombstone == 2,
+                    ..Slot::default()
+                }))
             }
         }
     }
 
-    /// The order, and whether a cancel for it came first.
-    pub fn get(&mut self, conn: &Connection, id: OrderId) -> rusqlite::Result<(Option<Order>, bool)> {
+    /// The order, and what its tombstone says.
+    pub fn get(&mut self, conn: &Connection, id: OrderId) -> rusqlite::Result<(Option<Order>, Tombstone)> {
         let slot = self.slot(conn, id)?;
-        Ok((slot.order.clone(), slot.tombstoned))
+        Ok((slot.order.clone(), slot.tombstone()))
     }
 
     /// Inserts or updates `order`, scheduling a follow-up `retry_ms` from
-    /// now when it still waits on inventory.
+    /// now when it still waits on inventory. A new order whose release was
+    /// chased by its tombstone chases it itself from now on (it is created
+    /// with its release pending), so the tombstone's chase ends.
     pub fn save(&mut self, order: Order, retry_ms: i64) {
         let follow_up_at = needs_follow_up(&order).then(|| now_ms() + retry_ms);
         let slot = self.slots.entry(order.order_id).or_default();
+        if slot.chased {
+            slot.chased = false;
+            slot.chase = Some(None);
+        }
         slot.order = Some(order);
         slot.save = Some(follow_up_at);
+    }
+
+    /// Starts chasing the release of an order known only by its tombstone:
+    /// the first follow-up `retry_ms` from now.
+    pub fn chase_release(&mut self, id: OrderId, retry_ms: i64) {
+        let slot = self.slots.entry(id).or_default();
+        slot.chased = true;
+        slot.chase = Some(Some(now_ms() + retry_ms));
+    }
+
+    /// Inventory confirmed the release a tombstone chased.
+    pub fn end_chase(&mut self, id: OrderId) {
+        let slot = self.slots.entry(id).or_default();
+        slot.chased = false;
+        slot.chase = Some(None);
     }
 
     /// Remembers that the order was cancelled before it arrived.
@@ -205,6 +265,19 @@ impl Orders {
                     "INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
                 )?
                 .execute(params![id.to_string(), now_ms()])?;
+            }
+            match slot.chase {
+                Some(Some(follow_up_at)) => {
+                    conn.prepare_cached(
+                        "INSERT INTO release_chases (order_id, since, follow_up_at) VALUES (?, ?, ?)
+                         ON CONFLICT DO NOTHING",
+                    )?
+                    .execute(params![id.to_string(), now_ms(), follow_up_at])?;
+                }
+                Some(None) => {
+                    conn.prepare_cached("DELETE FROM release_chases WHERE order_id = ?")?.execute([id.to_string()])?;
+                }
+                None => {}
             }
             let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) else { continue };
             if slot.stored {
@@ -261,6 +334,63 @@ pub fn reschedule(conn: &Connection, id: OrderId, at_ms: i64) -> rusqlite::Resul
     conn.prepare_cached("UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")?
         .execute(params![at_ms, id.to_string()])?;
     Ok(())
+}
+
+/// Releases chased for tombstones whose follow-up is due, with how many
+/// follow-ups they had.
+pub fn due_release_chases(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<(OrderId, i64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT order_id, follow_ups FROM release_chases WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?",
+    )?;
+    let rows = stmt.query_map([now_ms(), limit], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+    let mut due = Vec::new();
+    for row in rows {
+        let (id, follow_ups) = row?;
+        // Written only by `Orders::write`, from parsed ids.
+        if let Ok(id) = OrderId::parse(&id) {
+            due.push((id, follow_ups));
+        }
+    }
+    Ok(due)
+}
+
+pub fn reschedule_chase(conn: &Connection, id: OrderId, at_ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE release_chases SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")?
+        .execute(params![at_ms, id.to_string()])?;
+    Ok(())
+}
+
+/// A release chased for an order known only by its tombstone, as operators
+/// and the audit see it.
+#[derive(Debug, Serialize)]
+pub struct ReleaseChase {
+    pub order_id: String,
+    /// When the chase started (the first `orders/cancelled`).
+    pub since_ms: i64,
+    /// `orders/cancelled` re-sent so far.
+    pub follow_ups: i64,
+    pub next_follow_up_at_ms: i64,
+}
+
+/// Every release chased for a tombstone (paged by order id), for the audit.
+pub async fn release_chases(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::Result<Vec<ReleaseChase>> {
+    let rows = sqlx::query_as::<_, (String, i64, i64, i64)>(
+        "SELECT order_id, since, follow_ups, follow_up_at FROM release_chases
+         WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, since_ms, follow_ups, next_follow_up_at_ms)| ReleaseChase {
+            order_id,
+            since_ms,
+            follow_ups,
+            next_follow_up_at_ms,
+        })
+        .collect())
 }
 
 /// The `orders/send` body that recreates `o`, for re-requests.
@@ -378,5 +508,68 @@ mod tests {
         let dup = conn.execute("INSERT INTO orders SELECT * FROM orders WHERE order_id = 'a'", []);
         assert!(dup.is_err(), "order ids stay unique");
         upgrade(&conn).unwrap();
+    }
+
+    fn chases(conn: &Connection) -> Vec<(String, i64)> {
+        conn.prepare("SELECT order_id, follow_ups FROM release_chases ORDER BY order_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_tombstone_chases_its_release_until_confirmed_or_its_order_takes_over() {
+        let conn = Connection::open_in_memory().unwrap();
+        // A database from before release chases: the schema adds the table
+        // and its tombstones keep working.
+        let chase_table = SCHEMA.find("-- Releases chased").unwrap();
+        conn.execute_batch(&SCHEMA[..chase_table]).unwrap();
+        conn.execute(
+            "INSERT INTO cancel_tombstones (order_id, at) VALUES (?, 1)",
+            [OrderId(uuid::Uuid::nil()).to_string()],
+        )
+        .unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let (old, confirmed, taken_over) =
+            (OrderId(uuid::Uuid::nil()), OrderId(uuid::Uuid::from_u128(1)), OrderId(uuid::Uuid::from_u128(2)));
+        let mut orders = Orders::default();
+        assert_eq!(orders.get(&conn, old).unwrap().1, Tombstone::Cancelled);
+        for id in [confirmed, taken_over] {
+            assert_eq!(orders.get(&conn, id).unwrap().1, Tombstone::Absent);
+            orders.tombstone(id);
+            orders.chase_release(id, -1);
+        }
+        orders.write(&conn).unwrap();
+        assert_eq!(chases(&conn), [(confirmed.to_string(), 0), (taken_over.to_string(), 0)]);
+
+        let due = due_release_chases(&conn, 10).unwrap();
+        assert_eq!(due.len(), 2, "both due: {due:?}");
+        reschedule_chase(&conn, confirmed, now_ms() + 60_000).unwrap();
+        assert_eq!(due_release_chases(&conn, 10).unwrap(), [(taken_over, 0)]);
+
+        let mut orders = Orders::default();
+        assert_eq!(orders.get(&conn, confirmed).unwrap().1, Tombstone::ReleaseChased);
+        orders.end_chase(confirmed);
+        assert_eq!(orders.get(&conn, taken_over).unwrap().1, Tombstone::ReleaseChased);
+        let s = SendOrder {
+            customer_email: shared::ids::Email::parse("a@b.example").unwrap(),
+            items: Vec::new(),
+            currency: "EUR".into(),
+            fingerprint: "fp".into(),
+        };
+        let crate::domain::Step::Save { order, .. } =
+            crate::domain::decide(None, Tombstone::ReleaseChased, taken_over, crate::domain::Input::Send(&s), 5)
+        else {
+            panic!("the order is created");
+        };
+        orders.save(order, -1);
+        orders.write(&conn).unwrap();
+        assert!(chases(&conn).is_empty(), "confirmed, or chased by the order's row: {:?}", chases(&conn));
+        let due = due_follow_ups(&conn, 10).unwrap();
+        assert!(due.len() == 1 && due[0].0.order_id == taken_over && due[0].0.release_pending, "{due:?}");
+        let mut orders = Orders::default();
+        assert_eq!(orders.get(&conn, confirmed).unwrap().1, Tombstone::Cancelled);
     }
 }

@@ -7,8 +7,12 @@
 //!   reservations table is keyed by order id; a release is a state);
 //! - order and inventory agree: confirmed ⇔ reserved; rejected or
 //!   cancelled (release confirmed) ⇔ nothing held;
-//! - nothing is stuck: no order pending, no release unconfirmed, no outbox
-//!   event unsent past the horizon; parked and dead letters are reported.
+//! - every reservation inventory holds belongs to an order the order
+//!   service knows (a release it chases for an order it never saw counts
+//!   as in flight until the horizon);
+//! - nothing is stuck: no order pending, no release unconfirmed (an order's
+//!   or a tombstone's), no outbox event unsent past the horizon; parked and
+//!   dead letters are reported.
 //!
 //! Work in flight (a pending order, a release on its way) is not a failure
 //! until it is older than the horizon.
@@ -43,6 +47,15 @@ pub struct ReservationRow {
     pub released_at_ms: Option<i64>,
 }
 
+/// A release the order service chases for an order it knows only by its
+/// tombstone (`GET /release-chases` on the order node).
+#[derive(Debug, Deserialize)]
+pub struct ReleaseChaseRow {
+    pub order_id: String,
+    pub since_ms: i64,
+    pub follow_ups: i64,
+}
+
 /// One broken invariant (or one piece of work in flight).
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
@@ -69,6 +82,7 @@ pub struct Books {
     pub stock: Vec<StockRow>,
     pub orders: Vec<Order>,
     pub reservations: Vec<ReservationRow>,
+    pub release_chases: Vec<ReleaseChaseRow>,
     pub inventory: NodeStatsLite,
     pub order: NodeStatsLite,
 }
@@ -174,6 +188,23 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
             _ => {}
         }
     }
+    let chased: HashMap<&str, &ReleaseChaseRow> =
+        books.release_chases.iter().map(|c| (c.order_id.as_str(), c)).collect();
+    for c in &books.release_chases {
+        let age = now_ms - c.since_ms;
+        stuck_or_in_flight.push((
+            age,
+            Finding {
+                check: "settled_in_time",
+                subject: c.order_id.clone(),
+                detail: format!(
+                    "release of stock reserved for an order never seen unconfirmed for {} s ({} re-sends)",
+                    age / 1000,
+                    c.follow_ups
+                ),
+            },
+        ));
+    }
     let mut in_flight = Vec::new();
     for (age, f) in stuck_or_in_flight {
         if age > horizon_ms {
@@ -186,10 +217,18 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
     for r in &books.reservations {
         if r.state == "reserved" && !orders.contains_key(&r.order_id) {
             let age = now_ms - r.decided_at_ms.unwrap_or(now_ms);
+            let releasing = if chased.contains_key(r.order_id.as_str()) {
+                "the order service is chasing its release"
+            } else {
+                "nothing is releasing it"
+            };
             let f = Finding {
                 check: "reservation_has_order",
                 subject: r.order_id.clone(),
-                detail: format!("stock reserved for an order the order service doesn't know, for {} s", age / 1000),
+                detail: format!(
+                    "stock reserved for an order the order service doesn't know, for {} s; {releasing}",
+                    age / 1000
+                ),
             };
             if age > horizon_ms {
                 failures.push(f);
@@ -258,9 +297,19 @@ pub async fn fetch(down: &Downstream) -> Result<Books, shared::http::ApiError> {
             break;
         }
     }
+    let mut release_chases: Vec<ReleaseChaseRow> = Vec::new();
+    loop {
+        let after = release_chases.last().map(|c| format!("&after={}", c.order_id)).unwrap_or_default();
+        let page: Vec<ReleaseChaseRow> = down.node_json("order", &format!("/release-chases?limit=1000{after}")).await?;
+        let done = page.len() < 1000;
+        release_chases.extend(page);
+        if done {
+            break;
+        }
+    }
     let inventory = down.node_json("inventory", "/stats").await?;
     let order = down.node_json("order", "/stats").await?;
-    Ok(Books { stock, orders, reservations, inventory, order })
+    Ok(Books { stock, orders, reservations, release_chases, inventory, order })
 }
 
 /// Fetches and checks.
@@ -289,5 +338,79 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+    const ID: &str = "00000000-0000-0000-0000-000000000007";
+
+    fn stats() -> NodeStatsLite {
+        NodeStatsLite { outbox: OutboxLite { unsent: 0, oldest_unsent_age_ms: None }, parked: 0, dead_letters: 0 }
+    }
+
+    /// Inventory holds 2 of one SKU for `ID`, reserved `held_ms` ago (or
+    /// released), and the order service has no order at all.
+    fn books(state: &str, held_ms: i64, chased_ms: Option<i64>) -> Books {
+        let reserved = if state == "reserved" { 2 } else { 0 };
+        Books {
+            stock: vec![StockRow { sku: "ABC".into(), available: 10 - reserved, reserved, initial: 10, restocked: 0 }],
+            orders: Vec::new(),
+            reservations: vec![ReservationRow {
+                order_id: ID.into(),
+                state: state.into(),
+                lines: vec![(Sku::parse("ABC").unwrap(), 2)],
+                decided_at_ms: Some(NOW - held_ms),
+                released_at_ms: (state == "released").then_some(NOW - 1),
+            }],
+            release_chases: chased_ms
+                .map(|ms| ReleaseChaseRow { order_id: ID.into(), since_ms: NOW - ms, follow_ups: 3 })
+                .into_iter()
+                .collect(),
+            inventory: stats(),
+            order: stats(),
+        }
+    }
+
+    fn named<'a>(findings: &'a [Finding], check: &str) -> Vec<&'a Finding> {
+        findings.iter().filter(|f| f.check == check && f.subject == ID).collect()
+    }
+
+    #[test]
+    fn a_reservation_for_an_order_nobody_knows_fails_past_the_horizon() {
+        let horizon = Duration::from_secs(60);
+        let young = check(&books("reserved", 10_000, None), NOW, horizon);
+        assert!(young.passed, "{young}");
+        assert_eq!(named(&young.in_flight, "reservation_has_order").len(), 1, "{young}");
+
+        let old = check(&books("reserved", 120_000, None), NOW, horizon);
+        assert!(!old.passed);
+        let f = named(&old.failures, "reservation_has_order");
+        assert!(f.len() == 1 && f[0].detail.contains("nothing is releasing it"), "{old}");
+    }
+
+    #[test]
+    fn a_release_chased_for_an_order_never_seen_is_in_flight_until_the_horizon() {
+        let horizon = Duration::from_secs(60);
+        let chasing = check(&books("reserved", 10_000, Some(9_000)), NOW, horizon);
+        assert!(chasing.passed, "{chasing}");
+        let held = named(&chasing.in_flight, "reservation_has_order");
+        assert!(held.len() == 1 && held[0].detail.contains("chasing its release"), "{chasing}");
+        assert_eq!(named(&chasing.in_flight, "settled_in_time").len(), 1, "{chasing}");
+
+        // Released by inventory, but the confirmation never reached the
+        // order service: its chase is still work in flight, then stuck.
+        let unconfirmed = check(&books("released", 10_000, Some(9_000)), NOW, horizon);
+        assert!(unconfirmed.passed && named(&unconfirmed.in_flight, "settled_in_time").len() == 1, "{unconfirmed}");
+        let stuck = check(&books("released", 120_000, Some(119_000)), NOW, horizon);
+        assert!(!stuck.passed);
+        let f = named(&stuck.failures, "settled_in_time");
+        assert!(f.len() == 1 && f[0].detail.contains("never seen"), "{stuck}");
+
+        let settled = check(&books("released", 120_000, None), NOW, horizon);
+        assert!(settled.passed && settled.in_flight.is_empty(), "{settled}");
     }
 }

@@ -9,6 +9,7 @@ mod helpers;
 mod limits;
 mod model;
 mod otlp;
+mod release;
 mod stalls;
 mod tls;
 mod tools;

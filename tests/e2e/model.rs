@@ -238,6 +238,7 @@ impl Model {
             reservations: convert(
                 inventory::store::list_reservations(&self.inventory.0.reader, None, 10_000).await.unwrap(),
             ),
+            release_chases: convert(order::store::release_chases(&self.order.0.reader, None, 10_000).await.unwrap()),
             inventory: stats(self.inventory.0.clone()).await,
             order: stats(self.order.0.clone()).await,
         }

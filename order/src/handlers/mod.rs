@@ -4,7 +4,8 @@
 //! - `orders/cancel` → [`orders_cancel`]: cancel, or tombstone if unseen;
 //! - `inventory/in-stock` → [`in_stock`]: confirm;
 //! - `inventory/out-of-stock` → [`out_of_stock`]: reject;
-//! - `inventory/released` → [`released`]: stop chasing the release.
+//! - `inventory/released` → [`released`]: stop chasing the release (of an
+//!   order, or of a tombstone when the order never arrived).
 //!
 //! Each parses its body and calls [`crate::domain::decide`]; [`apply`]
 //! persists the step and writes the events to the outbox.
@@ -54,12 +55,11 @@ impl Handler for OrderHandler {
     }
 
     /// An `in-stock` whose order never arrived holds stock nobody will
-    /// cancel: remember the order as cancelled and release it.
+    /// cancel: remember the order as cancelled and release it, re-sending
+    /// the release until inventory confirms it.
     fn expired(&self, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<(), HandleError> {
-        if msg.topic == Topic::InStock && orders.get(tx, msg.order_id())?.0.is_none() {
-            tracing::warn!(order_id = %msg.order_id(), "releasing stock reserved for an order that never arrived");
-            orders.tombstone(msg.order_id());
-            outbox::enqueue(tx, Topic::OrdersCancelled, msg.order_id(), ReleaseRequested {});
+        if msg.topic == Topic::InStock {
+            self.apply(tx, orders, msg, Input::InStockExpired)?;
         }
         Ok(())
     }
@@ -75,8 +75,8 @@ impl OrderHandler {
         input: Input<'_>,
     ) -> Result<Outcome, HandleError> {
         let id = msg.order_id();
-        let (existing, tombstoned) = orders.get(tx, id)?;
-        match domain::decide(existing.as_ref(), tombstoned, id, input, now_ms()) {
+        let (existing, tombstone) = orders.get(tx, id)?;
+        match domain::decide(existing.as_ref(), tombstone, id, input, now_ms()) {
             Step::Save { order, emit_status, request_release } => {
                 if emit_status {
                     tracing::info!(status = order.status.as_str(), version = order.version, "order status changed");
@@ -88,9 +88,21 @@ impl OrderHandler {
                 }
                 Ok(Outcome::Applied)
             }
-            Step::Tombstone => {
+            Step::Tombstone { chase_release: false } => {
                 tracing::info!("cancel arrived before the order; tombstoned");
                 orders.tombstone(id);
+                Ok(Outcome::Applied)
+            }
+            Step::Tombstone { chase_release: true } => {
+                tracing::warn!(order_id = %id, "releasing stock reserved for an order that never arrived");
+                orders.tombstone(id);
+                orders.chase_release(id, self.follow_up_ms);
+                outbox::enqueue(tx, Topic::OrdersCancelled, id, ReleaseRequested {});
+                Ok(Outcome::Applied)
+            }
+            Step::ReleaseConfirmed => {
+                tracing::info!("release confirmed for an order never seen; no longer chased");
+                orders.end_chase(id);
                 Ok(Outcome::Applied)
             }
             Step::RepeatStatus => {

@@ -1,5 +1,6 @@
 //! `inventory/released`: inventory holds nothing for the order any more;
-//! stop re-sending `orders/cancelled`.
+//! stop re-sending `orders/cancelled` (for the order, or for its tombstone
+//! when the order never arrived).
 
 use shared::consumer::{HandleError, Outcome};
 use shared::db::Tx;
