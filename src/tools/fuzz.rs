@@ -232,12 +232,20 @@ fn pick_recent<'a, T>(q: &'a VecDeque<T>, rng: &mut StdRng) -> Option<&'a T> {
     if q.is_empty() {
         return None;
     }
-    let i = if rng.gen_bool(0.5) { q.len() - 1 - rng.gen_range(0..q.len().min(RECENT)) } else { rng.gen_range(0..q.len()) };
+    let i =
+        if rng.gen_bool(0.5) { q.len() - 1 - rng.gen_range(0..q.len().min(RECENT)) } else { rng.gen_range(0..q.len()) };
     q.get(i)
 }
 
 /// Makes the messages: pure, seeded, no I/O.
+///
+/// Each message draws from a generator of its own, seeded with the run's
+/// seed and its number, so what the bus carried (which copies pick from)
+/// changes only the copies, never the kinds, topics and QoS of the
+/// messages after them.
 pub struct Generator {
+    seed: u64,
+    n: u64,
     rng: StdRng,
     prefix: String,
     max_bytes: usize,
@@ -245,12 +253,17 @@ pub struct Generator {
 
 impl Generator {
     pub fn new(seed: u64, prefix: &str, max_bytes: usize) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), prefix: prefix.to_owned(), max_bytes }
+        Self { seed, n: 0, rng: StdRng::seed_from_u64(seed), prefix: prefix.to_owned(), max_bytes }
     }
 
     /// The next message. A copy needs something seen in `corpus`; without
-    /// it, a made-up message takes its place.
+    /// it, an envelope cut short takes its place.
     pub fn next(&mut self, corpus: &Corpus) -> Shot {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&self.n.to_le_bytes());
+        self.rng = StdRng::from_seed(seed);
+        self.n += 1;
         let mut kind = *Kind::ALL.choose(&mut self.rng).expect("kinds");
         if kind.is_copy() && corpus.messages.is_empty() {
             kind = Kind::TruncatedJson;
@@ -373,7 +386,9 @@ impl Generator {
                 let n = self.rng.gen_range(256..=self.max_bytes.clamp(257, 200_000));
                 let long = json!("é".repeat(n / 2));
                 match (topic, self.rng.gen_range(0..3)) {
-                    (Topic::OrdersSend, 0) => env["body"]["customer_email"] = json!(format!("{}@example.com", "a".repeat(n))),
+                    (Topic::OrdersSend, 0) => {
+                        env["body"]["customer_email"] = json!(format!("{}@example.com", "a".repeat(n)))
+                    }
                     (Topic::OrdersSend, 1) => env["body"]["items"][0]["sku"] = json!("A".repeat(n)),
                     (_, 0) => env["type"] = long,
                     (_, 1) => env["traceparent"] = long,
@@ -459,9 +474,13 @@ impl Generator {
                 let lines = self.rng.gen_range(1..=3);
                 let items: Vec<Value> = (0..lines)
                     .map(|_| {
-                        let sku = match corpus.skus.choose(&mut self.rng) {
-                            Some(s) if self.rng.gen_bool(0.5) => s.clone(),
-                            _ => format!("FUZZ-{:06X}", self.rng.gen_range(0..0xFF_FFFF)),
+                        // As many draws whatever was seen: the choices after
+                        // this one stay the same.
+                        let (known, pick) = (self.rng.gen_bool(0.5), self.rng.gen::<usize>());
+                        let unknown = format!("FUZZ-{:06X}", self.rng.gen_range(0..0xFF_FFFF));
+                        let sku = match corpus.skus.len() {
+                            n if known && n > 0 => corpus.skus[pick % n].clone(),
+                            _ => unknown,
                         };
                         json!({"sku": sku, "quantity": self.rng.gen_range(1..=3), "unit_price_cents": self.rng.gen_range(0..10_000)})
                     })
@@ -574,6 +593,8 @@ fn hash(payload: &[u8]) -> u64 {
 /// What a run published.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
+    /// The seed that repeats the run's choices.
+    pub seed: u64,
     /// Messages per kind.
     pub sent: BTreeMap<Kind, u64>,
     pub qos0: u64,
@@ -600,7 +621,8 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "sent {} message(s), {} bytes (largest {}): {} at QoS 0, {} at QoS 1 ({} acknowledged); {} real message(s) seen",
+            "seed {}: sent {} message(s), {} bytes (largest {}): {} at QoS 0, {} at QoS 1 ({} acknowledged); {} real message(s) seen",
+            self.seed,
             self.total(),
             self.bytes,
             self.largest,
@@ -670,7 +692,7 @@ pub async fn run(cfg: Fuzz, shutdown: CancellationToken) -> anyhow::Result<Repor
     };
 
     let mut generator = Generator::new(cfg.seed, &cfg.prefix, cfg.max_bytes);
-    let mut report = Report::default();
+    let mut report = Report { seed: cfg.seed, ..Default::default() };
     let interval = Duration::from_secs_f64(1.0 / cfg.rate);
     let start = tokio::time::Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
@@ -772,6 +794,24 @@ mod tests {
         }
         assert_eq!(kinds.len(), Kind::ALL.len(), "{kinds:?}");
         assert_eq!(qos.len(), 2);
+    }
+
+    #[test]
+    fn what_was_seen_changes_only_the_copies() {
+        let (seen, nothing) = (corpus(), Corpus::default());
+        let a = shots(5, 500, &seen);
+        let b = shots(5, 500, &nothing);
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(a.qos, b.qos);
+            if a.kind.is_copy() {
+                assert_eq!(b.kind, Kind::TruncatedJson);
+            } else if a.kind == Kind::TruncatedJson {
+                // Cut from a real message (on its topic) when there is one.
+                assert_eq!(b.kind, Kind::TruncatedJson);
+            } else {
+                assert_eq!((a.kind, &a.topic), (b.kind, &b.topic));
+            }
+        }
     }
 
     #[test]

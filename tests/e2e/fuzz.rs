@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use shared::ids::{IdempotencyKey, OrderId};
+use shared::message::{Envelope, OrderStatus, StatusChanged};
+use shared::topics::Topic;
 use tokio_util::sync::CancellationToken;
 use webshop::tools::fuzz::{self, Fuzz, Kind};
 
@@ -126,14 +129,57 @@ async fn fuzzing_the_bus_under_load(shop: Shop) {
     for addr in [shop.inventory.addr, shop.order.addr] {
         let stats = shop.stats(addr).await;
         assert!(stats["dead_letters"].as_i64().unwrap() > 0, "{stats}");
-        let reasons: Vec<String> = shop
-            .dead_letters(addr)
-            .await
-            .iter()
-            .map(|d| d["reason"].as_str().unwrap_or("").to_owned())
-            .collect();
+        let reasons: Vec<String> =
+            shop.dead_letters(addr).await.iter().map(|d| d["reason"].as_str().unwrap_or("").to_owned()).collect();
         assert!(reasons.iter().any(|r| r.contains("invalid envelope")), "{reasons:?}");
     }
     let report = shop.audit().await;
     println!("audit: {:?}, {} parked, {} dead letters", report.orders_by_status, report.parked, report.dead_letters);
+}
+
+/// What the fuzzer's `swapped_order_id` copies aim at: a status event
+/// about the order a request waits for, but carrying another order's
+/// fingerprint. Anyone who can publish on the bus can send one, so it is
+/// not proof that the key was used for a different order: the front asks
+/// the order service before it answers 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_status_event_with_another_fingerprint_is_not_a_409() {
+    let mut shop = Shop::start(BrokerKind::Embedded).await.unwrap();
+    let tester = shop.tester().await;
+    // With the order service down, the only status event the front can get
+    // is the stray one.
+    let addr = shop.order.addr;
+    shop.order.stop().await;
+    let key = "stray-status-1";
+    let order_id = OrderId::from_idempotency_key(&IdempotencyKey::parse(key).unwrap());
+    let body = json!({"customer_email": "ada@example.com", "items": [{"sku": FRESH_SKU, "quantity": 1}]});
+    let request = shop.http.post(shop.front_url("/api/orders")).header("Idempotency-Key", key).json(&body);
+    let mut post = tokio::spawn(async move {
+        let r = request.send().await.unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default())
+    });
+    let stray = Envelope::new(
+        Topic::OrdersStatus,
+        order_id,
+        StatusChanged { status: OrderStatus::Confirmed, version: 2, fingerprint: "another order".into(), reason: None },
+    );
+    // Published until the front answers: one must arrive while it waits.
+    let (code, problem) = loop {
+        tester.publish(Topic::OrdersStatus, &stray).await;
+        tokio::select! {
+            r = &mut post => break r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
+    assert_eq!((code, problem["code"].as_str()), (503, Some("not_committed")), "{problem}");
+
+    // The retry the 503 asks for, once the order service is back, is the order.
+    let mut cfg = order_config(shop.dir.path(), shop.node_port);
+    cfg.listen = addr;
+    shop.order = start_order(cfg).await;
+    shop.wait_ready().await;
+    let id = place_until_accepted(&shop, key, body).await;
+    assert_eq!(id, order_id.to_string());
+    shop.wait_status(&id, "confirmed").await;
+    shop.audit().await;
 }
