@@ -675,10 +675,10 @@ pub async fn run(cfg: Fuzz, shutdown: CancellationToken) -> anyhow::Result<Repor
                     e = eventloop.poll() => e.context("connection to the broker lost")?,
                 };
                 match event {
-                    Event::Incoming(Packet::Publish(p)) => {
-                        if !own.lock().expect("own lock").contains(&hash(&p.payload)) {
-                            corpus.lock().expect("corpus lock").add(&p.topic, &p.payload);
-                        }
+                    Event::Incoming(Packet::Publish(p))
+                        if !own.lock().expect("own lock").contains(&hash(&p.payload)) =>
+                    {
+                        corpus.lock().expect("corpus lock").add(&p.topic, &p.payload);
                     }
                     Event::Incoming(Packet::PubAck(_)) => {
                         acked += 1;
@@ -837,7 +837,13 @@ mod tests {
             };
             let decoded = Inbound::decode(topic, Bytes::from(s.payload.clone()));
             match s.kind {
-                Kind::Empty | Kind::TruncatedJson | Kind::WrongType | Kind::WrongVersion | Kind::Large => {
+                Kind::Empty
+                | Kind::TruncatedJson
+                | Kind::WrongType
+                | Kind::WrongVersion
+                | Kind::BadMessageId
+                | Kind::BadOrderId
+                | Kind::Large => {
                     assert!(decoded.is_err(), "{:?} decoded", s.kind)
                 }
                 Kind::Valid => assert!(decoded.is_ok(), "{:?}", decoded.err()),
