@@ -4,6 +4,7 @@
 //! - [`tools::inject`]: publish a message N times;
 //! - [`tools::capture`]: record the bus to JSON lines, and replay it;
 //! - [`tools::chaos`]: a fault-injecting MQTT proxy;
+//! - [`tools::fuzz`]: random and malformed traffic at every topic;
 //! - [`tools::bench`]: the benchmark (`webshop bench`);
 //! - [`tools::mqtt`]: the small MQTT client they share.
 //!

@@ -132,6 +132,33 @@ enum Command {
         #[arg(long, value_name = "N")]
         withhold_ack: Option<u32>,
     },
+    /// Publish random and malformed messages (and copies of real ones) at
+    /// every topic of the shop, seeded and rate-limited.
+    Fuzz {
+        /// How long to publish (Ctrl-C stops early).
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Stop after this many messages instead (or whichever comes first
+        /// with --seconds).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Most messages per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Largest payload in bytes (keep it below the broker's and the
+        /// nodes' packet limit, 4 MiB).
+        #[arg(long, default_value_t = webshop::tools::fuzz::DEFAULT_MAX_BYTES)]
+        max_bytes: usize,
+        /// MQTT username, when the broker requires one.
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, env = "WEBSHOP_FUZZ_PASSWORD", hide_env_values = true, requires = "username")]
+        password: Option<String>,
+        #[command(flatten)]
+        bus: BusArgs,
+    },
     /// List a node's dead letters, or publish one again.
     DeadLetters {
         /// The node's base URL (inventory or order).
@@ -357,6 +384,23 @@ async fn main() -> anyhow::Result<()> {
             }
             shutdown.cancel();
             println!("final: {}", chaos.stats.report());
+            Ok(())
+        }
+        Command::Fuzz { seconds, count, rate, seed, max_bytes, username, password, bus } => {
+            let cfg = webshop::tools::fuzz::Fuzz {
+                broker: bus.broker,
+                prefix: bus.prefix,
+                credentials: username.map(|u| (u, password.unwrap_or_default())),
+                seed,
+                duration: Some(shared::config::secs(seconds)),
+                count,
+                rate,
+                max_bytes,
+            };
+            let shutdown = CancellationToken::new();
+            shared::shutdown::cancel_on_signal(shutdown.clone());
+            let report = webshop::tools::fuzz::run(cfg, shutdown).await?;
+            print!("{report}");
             Ok(())
         }
         Command::DeadLetters { node, replay, bus } => {

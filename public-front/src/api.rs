@@ -351,7 +351,10 @@ pub(crate) async fn place_order(
     publish(&s.bus, &Topic::OrdersSend.path(s.bus.prefix()), envelope.to_json()).await?;
 
     let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
-        Ok(Some(status)) => Some(status),
+        Ok(Some(status)) if status.fingerprint == fingerprint => Some(status),
+        // No event, or one with another body's fingerprint: anyone who can
+        // publish on the bus can send that, so only the order service's
+        // own record proves the key was used for a different order.
         _ => s.downstream.order(order_id).await.ok().flatten().map(|o| StatusChanged {
             status: o.status,
             version: o.version,

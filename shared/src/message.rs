@@ -100,6 +100,14 @@ impl Inbound {
                 topic.message_type()
             )));
         }
+        // No sender of ours makes a nil id; applied, every such message
+        // would share one order (or one inbox entry).
+        if envelope.order_id.0.is_nil() {
+            return Err(Poison("nil order_id".into()));
+        }
+        if envelope.message_id.0.is_nil() {
+            return Err(Poison("nil message_id".into()));
+        }
         Ok(Inbound { topic, envelope, payload })
     }
 
@@ -255,9 +263,24 @@ mod tests {
 
     #[test]
     fn round_trip_and_typed_body() {
-        let env = Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::nil()), sample());
+        let env = Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::new_v4()), sample());
         let inbound = Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap();
         assert_eq!(inbound.body::<SendOrder>().unwrap(), sample());
+    }
+
+    /// Nothing this shop sends has a nil id (order ids are UUIDv5 of the
+    /// idempotency key, message ids UUIDv7): a nil one is a broken or
+    /// forged sender, and every such message would share one order, or be
+    /// dropped as a copy of the first.
+    #[test]
+    fn nil_ids_are_poison() {
+        let mut env = Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::nil()), sample());
+        let err = Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap_err();
+        assert!(err.0.contains("nil order_id"), "{err}");
+        env.order_id = OrderId(uuid::Uuid::new_v4());
+        env.message_id = MessageId(uuid::Uuid::nil());
+        let err = Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap_err();
+        assert!(err.0.contains("nil message_id"), "{err}");
     }
 
     #[test]

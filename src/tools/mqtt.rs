@@ -8,11 +8,23 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 
 /// Connects to `host:port` and waits for the CONNACK.
 pub async fn connect(broker: &str, name: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    connect_as(broker, name, None).await
+}
+
+/// [`connect`], with a username and password when the broker wants them.
+pub async fn connect_as(
+    broker: &str,
+    name: &str,
+    credentials: Option<(String, String)>,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let (host, port) = broker.rsplit_once(':').context("broker must be host:port")?;
     let port: u16 = port.parse().context("broker port must be a number")?;
     let id = format!("webshop-{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let mut opts = MqttOptions::new(id, host, port);
     opts.set_max_packet_size(8 << 20, 8 << 20).set_keep_alive(Duration::from_secs(10));
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1000);
     loop {
         match tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {

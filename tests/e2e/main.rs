@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod crash;
 mod faults;
+mod fuzz;
 mod helpers;
 mod limits;
 mod model;
