@@ -117,6 +117,8 @@ fn admin_error(e: store::AdminError) -> ApiError {
 }
 
 /// `POST /admin/products` (bearer token): add a product with its stock.
+/// 201 when added; 200 when the same product was added before (a retry);
+/// 409 when the SKU is taken by a different product.
 async fn add_product(
     State(node): State<Node>,
     headers: HeaderMap,
@@ -130,8 +132,8 @@ async fn add_product(
             "price_cents and stock must be >= 0, name non-empty, currency a 3-letter code",
         ));
     }
-    let created = store::add_product(&node.db, &p).await.map_err(admin_error)?;
-    Ok((StatusCode::CREATED, Json(created)))
+    let (product, created) = store::add_product(&node.db, &p).await.map_err(admin_error)?;
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(product)))
 }
 
 #[derive(Deserialize)]

@@ -384,7 +384,7 @@ pub async fn stock(pool: &SqlitePool) -> sqlx::Result<Vec<StockView>> {
 /// Why an admin change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("a product with SKU {0} already exists")]
+    #[error("a different product with SKU {0} already exists")]
     Exists(String),
     #[error("no product with SKU {0}")]
     Unknown(String),
@@ -394,20 +394,41 @@ pub enum AdminError {
     Read(#[from] sqlx::Error),
 }
 
-/// Adds a product with its initial stock; returns it as the catalog shows it.
-pub async fn add_product(db: &Db, p: &SeedProduct) -> Result<Product, AdminError> {
+/// Adds a product with its initial stock; returns it as the catalog shows
+/// it, and whether this call created it. A product already added with the
+/// same name, description, price, currency and initial stock is the same
+/// request again (a retry whose answer was lost), not a conflict.
+pub async fn add_product(db: &Db, p: &SeedProduct) -> Result<(Product, bool), AdminError> {
     let row = p.clone();
-    db.write(move |tx| -> Result<(), AdminError> {
-        let exists: bool =
-            tx.query_row("SELECT EXISTS (SELECT 1 FROM products WHERE sku = ?)", [row.sku.as_str()], |r| r.get(0))?;
-        if exists {
-            return Err(AdminError::Exists(row.sku.to_string()));
-        }
-        insert_product(tx, &row)?;
-        Ok(())
-    })
-    .await?;
-    get_product(&db.reader, &p.sku).await?.ok_or_else(|| AdminError::Unknown(p.sku.to_string()))
+    let created = db
+        .write(move |tx| -> Result<bool, AdminError> {
+            let existing = tx
+                .query_row(
+                    "SELECT name, description, price_cents, currency, initial FROM products WHERE sku = ?",
+                    [row.sku.as_str()],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            match existing {
+                None => {
+                    insert_product(tx, &row)?;
+                    Ok(true)
+                }
+                Some(e) if e == (row.name, row.description, row.price_cents, row.currency, row.stock) => Ok(false),
+                Some(_) => Err(AdminError::Exists(row.sku.to_string())),
+            }
+        })
+        .await?;
+    let product = get_product(&db.reader, &p.sku).await?.ok_or_else(|| AdminError::Unknown(p.sku.to_string()))?;
+    Ok((product, created))
 }
 
 /// Sets a product's price and/or its available stock. A stock change is

@@ -29,6 +29,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body accepted (413 above).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Response header of an order priced from last known prices while
+/// inventory was unreachable: `stale; age=<seconds of the oldest price>`.
+pub const PRICE_SOURCE: &str = "x-price-source";
+
 /// What every request handler reads. axum clones the state for each
 /// extractor of each request, so it is one reference count to clone.
 #[derive(Clone)]
@@ -96,7 +100,7 @@ fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
         .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::HeaderName::from_static("idempotency-key")])
-        .expose_headers([header::LOCATION, header::RETRY_AFTER]);
+        .expose_headers([header::LOCATION, header::RETRY_AFTER, header::HeaderName::from_static(PRICE_SOURCE)]);
     router.layer(
         tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -284,10 +288,15 @@ fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
 
 /// Place an order. Answered 202 once the order service has committed it
 /// (status `pending` or already `confirmed`/`rejected`); a 503 means it
-/// isn't known to be committed: retry with the same `Idempotency-Key`.
+/// isn't known to be committed: retry with the same `Idempotency-Key`. A
+/// retry of an order that was committed is answered 202 with its current
+/// status, even while inventory is unreachable. While inventory is
+/// unreachable, new orders are priced from the last known prices (header
+/// `X-Price-Source`); SKUs without one get a 503.
 #[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = PlaceOrder,
     params(IdempotencyHeader),
-    responses((status = 202, body = Accepted, headers(("Location" = String, description = "The order's URL"))),
+    responses((status = 202, body = Accepted, headers(("Location" = String, description = "The order's URL"),
+                  ("X-Price-Source" = String, description = "Only when inventory was unreachable and the order was priced from the last known prices: `stale; age=<seconds>`, the age of the oldest price used"))),
               (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 409, body = crate::openapi::Problem, content_type = "application/problem+json", description = "The key was used for a different order"),
               (status = 413, body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -316,31 +325,14 @@ pub(crate) async fn place_order(
         return Err(ApiError::unprocessable("too_many_lines", format!("An order holds at most {MAX_LINES} lines.")));
     }
     let order_id = OrderId::from_idempotency_key(&key);
-
-    // Prices and existence come from inventory; the unit price the customer
-    // sees now is the one the order keeps.
-    let mut skus: Vec<Sku> = req.items.iter().map(|l| l.sku.clone()).collect();
-    skus.sort();
-    skus.dedup();
-    let products = s.downstream.products(&skus).await?;
-    let mut lines = Vec::with_capacity(req.items.len());
-    let mut currency: Option<&str> = None;
-    for line in &req.items {
-        let p = products.iter().find(|p| p.sku == line.sku.as_str()).ok_or_else(|| {
-            ApiError::unprocessable("unknown_sku", format!("There is no product with SKU {}.", line.sku))
-        })?;
-        if currency.is_some_and(|c| c != p.currency) {
-            return Err(ApiError::unprocessable("mixed_currencies", "All items of an order must share one currency."));
-        }
-        currency = Some(&p.currency);
-        lines.push(OrderLine { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: p.price_cents });
-    }
     let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()));
-    let send = SendOrder {
-        customer_email: req.customer_email,
-        items: lines,
-        currency: currency.unwrap_or("EUR").to_owned(),
-        fingerprint: fingerprint.clone(),
+
+    // A retry of an order that was committed must get the order, not an
+    // error of a step it no longer needs (pricing, publishing): on such an
+    // error, the order service is asked whether it has the order.
+    let (send, stale_age) = match price(&s, req, fingerprint.clone()).await {
+        Ok(priced) => priced,
+        Err(e) => return committed_before(&s, order_id, &fingerprint).await.unwrap_or(Err(e)),
     };
 
     // Register before publishing so the status event can't slip past.
@@ -348,7 +340,9 @@ pub(crate) async fn place_order(
     let span = request_span("public-front place order", order_id);
     let envelope =
         Envelope::new(Topic::OrdersSend, order_id, send).with_traceparent(Some(traceparent(&headers, &span)));
-    publish(&s.bus, &Topic::OrdersSend.path(s.bus.prefix()), envelope.to_json()).await?;
+    if let Err(e) = publish(&s.bus, &Topic::OrdersSend.path(s.bus.prefix()), envelope.to_json()).await {
+        return committed_before(&s, order_id, &fingerprint).await.unwrap_or(Err(e));
+    }
 
     let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
         Ok(Some(status)) if status.fingerprint == fingerprint => Some(status),
@@ -362,17 +356,65 @@ pub(crate) async fn place_order(
             reason: o.reason,
         }),
     };
-    match status {
-        Some(st) if st.fingerprint != fingerprint => Err(ApiError::conflict(
+    let Some(st) = status else { return Err(not_committed()) };
+    let mut resp = committed(order_id, st.status, &st.fingerprint, &fingerprint)?;
+    if let Some(age) = stale_age {
+        tracing::info!(%order_id, age_secs = age.as_secs(), "order priced from last known prices");
+        metrics::counter!("orders_stale_priced_total", "node" => "public-front").increment(1);
+        if let Ok(v) = header::HeaderValue::from_str(&format!("stale; age={}", age.as_secs())) {
+            resp.headers_mut().insert(PRICE_SOURCE, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The order line by line at inventory's prices (live, cached, or last
+/// known while inventory is unreachable: then with the oldest price's age).
+/// The unit price the customer sees now is the one the order keeps.
+async fn price(s: &Front, req: PlaceOrder, fingerprint: String) -> Result<(SendOrder, Option<Duration>), ApiError> {
+    let mut skus: Vec<Sku> = req.items.iter().map(|l| l.sku.clone()).collect();
+    skus.sort();
+    skus.dedup();
+    let priced = s.downstream.products(&skus).await?;
+    let mut lines = Vec::with_capacity(req.items.len());
+    let mut currency: Option<&str> = None;
+    for line in &req.items {
+        let p = priced.products.iter().find(|p| p.sku == line.sku.as_str()).ok_or_else(|| {
+            ApiError::unprocessable("unknown_sku", format!("There is no product with SKU {}.", line.sku))
+        })?;
+        if currency.is_some_and(|c| c != p.currency) {
+            return Err(ApiError::unprocessable("mixed_currencies", "All items of an order must share one currency."));
+        }
+        currency = Some(&p.currency);
+        lines.push(OrderLine { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: p.price_cents });
+    }
+    let send = SendOrder {
+        customer_email: req.customer_email,
+        items: lines,
+        currency: currency.unwrap_or("EUR").to_owned(),
+        fingerprint,
+    };
+    Ok((send, priced.stale_age))
+}
+
+/// The answer to an order the order service has committed: 202 with its
+/// status, or 409 when the key's order was placed with another body.
+fn committed(order_id: OrderId, status: OrderStatus, stored: &str, fingerprint: &str) -> Result<Response, ApiError> {
+    if stored != fingerprint {
+        return Err(ApiError::conflict(
             "idempotency_key_reused",
             "This Idempotency-Key was already used for a different order; use a new key for a new order.",
-        )),
-        Some(st) => {
-            tracing::info!(%order_id, status = st.status.as_str(), "order accepted");
-            Ok(accepted(order_id, st.status))
-        }
-        None => Err(not_committed()),
+        ));
     }
+    tracing::info!(%order_id, status = status.as_str(), "order accepted");
+    Ok(accepted(order_id, status))
+}
+
+/// The answer for an order an earlier attempt already placed, if the order
+/// service has it (and can be asked).
+async fn committed_before(s: &Front, order_id: OrderId, fingerprint: &str) -> Option<Result<Response, ApiError>> {
+    let o = s.downstream.order(order_id).await.ok().flatten()?;
+    Some(committed(order_id, o.status, &o.fingerprint, fingerprint))
 }
 
 fn not_committed() -> ApiError {
@@ -456,11 +498,15 @@ pub(crate) async fn get_order(
 }
 
 /// Cancel an order (pending or confirmed). Answered 202 once the order
-/// service has committed the cancellation; retrying is safe.
+/// service has committed the cancellation. Retrying is safe: an order
+/// already cancelled (by an earlier attempt whose answer was lost, say) is
+/// answered 200 with the order.
 #[utoipa::path(post, path = "/api/orders/{order_id}/cancel", tag = "orders", params(("order_id" = String, Path, format = Uuid)),
-    responses((status = 202, body = Accepted), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 202, body = Accepted, description = "Cancelled now", headers(("Location" = String, description = "The order's URL"))),
+              (status = 200, body = OrderView, description = "Already cancelled: the order, as `GET /api/orders/{order_id}` shows it", headers(("Location" = String, description = "The order's URL"))),
+              (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
-              (status = 409, body = crate::openapi::Problem, content_type = "application/problem+json", description = "Rejected or already cancelled"),
+              (status = 409, body = crate::openapi::Problem, content_type = "application/problem+json", description = "The order was rejected: nothing to cancel"),
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json", headers(("Retry-After" = u32)))))]
 pub(crate) async fn cancel_order(
     State(s): State<AppState>,
@@ -470,12 +516,8 @@ pub(crate) async fn cancel_order(
     let id = parse_order_id(&id)?;
     let order = s.downstream.order(id).await?.ok_or_else(|| unknown_order(id))?;
     match order.status {
-        OrderStatus::Rejected => {
-            return Err(ApiError::conflict("order_rejected", "The order was rejected; there is nothing to cancel."))
-        }
-        OrderStatus::Cancelled => {
-            return Err(ApiError::conflict("already_cancelled", "The order is already cancelled."))
-        }
+        OrderStatus::Rejected => return Err(order_rejected()),
+        OrderStatus::Cancelled => return Ok(already_cancelled(order)),
         OrderStatus::Pending | OrderStatus::Confirmed => {}
     }
     let mut waiting = s.waiters.register(id, Some(OrderStatus::Cancelled));
@@ -483,17 +525,32 @@ pub(crate) async fn cancel_order(
     let envelope = Envelope::new(Topic::OrdersCancel, id, CancelOrder::default())
         .with_traceparent(Some(traceparent(&headers, &span)));
     publish(&s.bus, &Topic::OrdersCancel.path(s.bus.prefix()), envelope.to_json()).await?;
-    let cancelled = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
-        Ok(Some(_)) => true,
-        _ => s.downstream.order(id).await.ok().flatten().is_some_and(|o| o.status == OrderStatus::Cancelled),
+    let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
+        Ok(Some(_)) => Some(OrderStatus::Cancelled),
+        _ => s.downstream.order(id).await.ok().flatten().map(|o| o.status),
     };
-    if cancelled {
-        tracing::info!(order_id = %id, "order cancelled");
-        Ok(accepted(id, OrderStatus::Cancelled))
-    } else {
-        Err(ApiError::unavailable(
+    match status {
+        Some(OrderStatus::Cancelled) => {
+            tracing::info!(order_id = %id, "order cancelled");
+            Ok(accepted(id, OrderStatus::Cancelled))
+        }
+        // Inventory turned it down while the cancellation was on its way.
+        Some(OrderStatus::Rejected) => Err(order_rejected()),
+        _ => Err(ApiError::unavailable(
             "not_committed",
             "The order service has not confirmed the cancellation yet. Retrying is safe.",
-        ))
+        )),
     }
+}
+
+fn order_rejected() -> ApiError {
+    ApiError::conflict("order_rejected", "The order was rejected; there is nothing to cancel.")
+}
+
+/// The answer to cancelling an order that is already cancelled: what the
+/// caller wanted holds, so 200 with the order rather than an error a
+/// retried request would trip on.
+fn already_cancelled(order: Order) -> Response {
+    let location = format!("/api/orders/{}", order.order_id);
+    (StatusCode::OK, [(header::LOCATION, location)], Json(OrderView::from(order))).into_response()
 }

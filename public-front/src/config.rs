@@ -49,6 +49,12 @@ pub struct Config {
     /// customers, and the unit prices a new order is sent with, lag a change
     /// by at most this; reservations always use live stock. Default 0.5.
     pub catalog_cache_secs: f64,
+    /// Seconds a price the front has seen stays usable while inventory is
+    /// unreachable (connection error, timeout, 5xx): orders are then taken
+    /// at the last known price and reserved once inventory is back, and the
+    /// answer carries `X-Price-Source: stale; age=<secs>`. A SKU without a
+    /// price seen within this time gets a 503. 0: no fallback. Default 300.
+    pub stale_price_max_secs: f64,
     pub log: LogConfig,
 }
 
@@ -68,6 +74,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             audit_horizon_secs: 60.0,
             catalog_cache_secs: 0.5,
+            stale_price_max_secs: 300.0,
             log: LogConfig::default(),
         }
     }

@@ -6,9 +6,13 @@
 //! ([`Downstream::with_cache`]): concurrent misses for the same key share
 //! one request to inventory, and errors are never cached. The front stays
 //! stateless: the cache is a bounded, expiring copy of inventory's answers.
+//!
+//! While inventory can't be reached, orders are priced from the last price
+//! the front saw for each SKU, up to a maximum age: the order service takes
+//! the order and inventory reserves once it is back.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::future::Cache;
@@ -25,16 +29,37 @@ pub struct Downstream {
     client: reqwest::Client,
     inventory: String,
     order: String,
-    cache: Option<Caches>,
+    /// Catalog pages as inventory sent them, by query string.
+    pages: Option<Cache<String, Bytes>>,
+    prices: Option<Prices>,
 }
 
-/// Inventory's recent answers.
+/// Inventory's recent answers about products, by SKU: used as they are for
+/// `fresh`, and (known products only) while inventory is unreachable for
+/// up to `stale`.
 #[derive(Clone)]
-struct Caches {
-    /// Catalog pages as inventory sent them, by query string.
-    pages: Cache<String, Bytes>,
-    /// Products by SKU; `None` remembers that a SKU is unknown.
-    products: Cache<Sku, Option<Product>>,
+struct Prices {
+    known: Cache<Sku, Known>,
+    fresh: Duration,
+    stale: Duration,
+}
+
+/// What inventory said about a SKU, and when.
+#[derive(Clone)]
+struct Known {
+    /// `None` remembers that the SKU is unknown.
+    product: Option<Product>,
+    at: Instant,
+}
+
+/// The products among the SKUs asked for that exist, and where their
+/// prices came from.
+#[derive(Debug)]
+pub struct Priced {
+    pub products: Vec<Product>,
+    /// Set when inventory was unreachable and some prices are last known
+    /// ones: the age of the oldest of them.
+    pub stale_age: Option<Duration>,
 }
 
 /// Most cached catalog pages and products (each entry is one page or one
@@ -104,26 +129,36 @@ impl Downstream {
             client,
             inventory: inventory.trim_end_matches('/').to_owned(),
             order: order.trim_end_matches('/').to_owned(),
-            cache: None,
+            pages: None,
+            prices: None,
         })
     }
 
     /// Serves catalog pages and product prices from a cache for up to `ttl`
     /// (zero: no cache). A price or stock change reaches customers within
     /// `ttl`; an order still reserves against inventory's live stock.
-    pub fn with_cache(mut self, ttl: Duration) -> Self {
-        self.cache = (!ttl.is_zero()).then(|| Caches {
-            pages: Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(ttl).build(),
-            products: Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(ttl).build(),
+    ///
+    /// While inventory is unreachable (connection error, timeout, 5xx),
+    /// [`Downstream::products`] falls back to the last price seen for each
+    /// SKU if it is at most `stale_max_age` old (zero: never).
+    pub fn with_cache(mut self, ttl: Duration, stale_max_age: Duration) -> Self {
+        self.pages = (!ttl.is_zero()).then(|| Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(ttl).build());
+        let keep = ttl.max(stale_max_age);
+        self.prices = (!keep.is_zero()).then(|| Prices {
+            known: Cache::builder().max_capacity(CACHE_ENTRIES).time_to_live(keep).build(),
+            fresh: ttl,
+            stale: stale_max_age,
         });
         self
     }
 
     /// Forgets every cached answer (after an operator changed a product).
     pub fn invalidate(&self) {
-        if let Some(c) = &self.cache {
-            c.pages.invalidate_all();
-            c.products.invalidate_all();
+        if let Some(pages) = &self.pages {
+            pages.invalidate_all();
+        }
+        if let Some(p) = &self.prices {
+            p.known.invalidate_all();
         }
     }
 
@@ -135,8 +170,8 @@ impl Downstream {
     /// Inventory's catalog page for `query` (a query string), as the JSON
     /// bytes inventory sent: passed through, not parsed and re-encoded.
     pub async fn catalog(&self, query: String) -> Result<Bytes, ApiError> {
-        match &self.cache {
-            Some(c) => c.pages.try_get_with_by_ref(&query, self.fetch_catalog(&query)).await.map_err(unshare),
+        match &self.pages {
+            Some(pages) => pages.try_get_with_by_ref(&query, self.fetch_catalog(&query)).await.map_err(unshare),
             None => self.fetch_catalog(&query).await,
         }
     }
@@ -161,26 +196,52 @@ impl Downstream {
         self.get_json("inventory", format!("{}/products/{sku}", self.inventory)).await
     }
 
-    /// The products among `skus` that exist.
-    pub async fn products(&self, skus: &[Sku]) -> Result<Vec<Product>, ApiError> {
-        let Some(c) = &self.cache else { return self.fetch_products(skus).await };
+    /// The products among `skus` that exist. When inventory is unreachable
+    /// and every SKU it would have been asked about has a last known price
+    /// within the stale age, those prices (see [`Priced::stale_age`]);
+    /// otherwise inventory's error. A SKU last known as unknown, or never
+    /// seen, is never priced from memory.
+    pub async fn products(&self, skus: &[Sku]) -> Result<Priced, ApiError> {
+        let Some(prices) = &self.prices else {
+            return Ok(Priced { products: self.fetch_products(skus).await?, stale_age: None });
+        };
         let mut found = Vec::with_capacity(skus.len());
         let mut missing = Vec::new();
         for sku in skus {
-            match c.products.get(sku).await {
-                Some(p) => found.extend(p),
-                None => missing.push(sku.clone()),
+            match prices.known.get(sku).await {
+                Some(k) if k.at.elapsed() < prices.fresh => found.extend(k.product),
+                older => missing.push((sku.clone(), older)),
             }
         }
-        if !missing.is_empty() {
-            let fetched = self.fetch_products(&missing).await?;
-            for sku in missing {
-                let p = fetched.iter().find(|p| p.sku == sku.as_str()).cloned();
-                c.products.insert(sku, p.clone()).await;
-                found.extend(p);
-            }
+        if missing.is_empty() {
+            return Ok(Priced { products: found, stale_age: None });
         }
-        Ok(found)
+        let asked: Vec<Sku> = missing.iter().map(|(sku, _)| sku.clone()).collect();
+        match self.fetch_products(&asked).await {
+            Ok(fetched) => {
+                let at = Instant::now();
+                for sku in asked {
+                    let product = fetched.iter().find(|p| p.sku == sku.as_str()).cloned();
+                    prices.known.insert(sku, Known { product: product.clone(), at }).await;
+                    found.extend(product);
+                }
+                Ok(Priced { products: found, stale_age: None })
+            }
+            Err(e) if unreachable(&e) => {
+                let mut oldest = Duration::ZERO;
+                for (_, known) in missing {
+                    match known {
+                        Some(Known { product: Some(p), at }) if at.elapsed() <= prices.stale => {
+                            oldest = oldest.max(at.elapsed());
+                            found.push(p);
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                Ok(Priced { products: found, stale_age: Some(oldest) })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn fetch_products(&self, skus: &[Sku]) -> Result<Vec<Product>, ApiError> {
@@ -270,6 +331,13 @@ impl Downstream {
         }
         None
     }
+}
+
+/// Whether a downstream error means the node couldn't answer (connection
+/// error, timeout, 5xx: see [`unavailable`] and [`decode`]), as opposed to
+/// an answer the front can't use (a 4xx or a 404 are 500s).
+fn unreachable(e: &ApiError) -> bool {
+    e.status == StatusCode::SERVICE_UNAVAILABLE
 }
 
 /// A cache miss's error, shared by every request that waited for it.

@@ -50,7 +50,7 @@ impl App {
             shared::config::secs(cfg.read_timeout_secs),
             cfg.downstream_ca_path.as_deref(),
         )?
-        .with_cache(shared::config::secs(cfg.catalog_cache_secs));
+        .with_cache(shared::config::secs(cfg.catalog_cache_secs), shared::config::secs(cfg.stale_price_max_secs));
         // The bus stops after the HTTP server has drained, so in-flight
         // requests can still publish.
         let bus_shutdown = CancellationToken::new();

@@ -12,7 +12,9 @@
 //!   the writer (apply and commit);
 //! - `bus_connected{node}`, `bus_reconnects_total{node}`;
 //! - `orders{status}` (order node), `stock_reserved_units` and
-//!   `stock_available_units` (inventory).
+//!   `stock_available_units` (inventory);
+//! - `orders_stale_priced_total{node}` (front): orders taken at last known
+//!   prices while inventory was unreachable.
 
 use std::sync::OnceLock;
 use std::time::Instant;

@@ -50,7 +50,12 @@ async fn cancel_until_done(shop: &Shop, id: &str, tally: &Tally) {
                 tally.cancels.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            // Rejected (or cancelled by an earlier attempt whose answer was lost).
+            // Already cancelled by an earlier attempt whose answer was lost.
+            200 => {
+                tally.cancels.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // Rejected: nothing to cancel.
             409 => return,
             503 => tokio::time::sleep(Duration::from_millis(100)).await,
             other => panic!("unexpected {other} cancelling {id}"),

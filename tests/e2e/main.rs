@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod crash;
 mod faults;
+mod front_robust;
 mod fuzz;
 mod helpers;
 mod limits;
@@ -15,6 +16,7 @@ mod stalls;
 mod tls;
 mod tools;
 
+use front_robust::*;
 use helpers::*;
 use serde_json::json;
 use shared::message::{CancelOrder, Envelope, InStock, ReleaseRequested};
@@ -59,6 +61,8 @@ on_both_brokers!(
     catalog_search_and_paging,
     a_node_that_is_down_is_a_503_not_a_500,
     orders_sent_while_the_order_service_restarts_are_not_lost,
+    a_repeated_cancel_answers_with_the_cancelled_order,
+    orders_are_taken_at_last_known_prices_while_inventory_is_down,
 );
 
 const SKU: &str = "APRON-CNV-001";
@@ -86,11 +90,11 @@ async fn happy_path_place_confirm_cancel_restores_stock(shop: Shop) {
     eventually("stock to come back", || async { (shop.available(SKU).await == before).then_some(()) }).await;
     assert_eq!(shop.reservation(&id).await.unwrap()["state"], "released");
 
-    // Cancelling again is a clear conflict.
+    // Cancelling again (a retry) answers with the cancelled order.
     let r = shop.http.post(shop.front_url(&format!("/api/orders/{id}/cancel"))).send().await.unwrap();
-    assert_eq!(r.status(), 409);
-    let problem: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(problem["code"], "already_cancelled");
+    assert_eq!(r.status(), 200);
+    let order: serde_json::Value = r.json().await.unwrap();
+    assert_eq!((order["order_id"].as_str(), order["status"].as_str()), (Some(id.as_str()), Some("cancelled")));
     shop.audit().await;
 }
 

@@ -222,7 +222,7 @@
       msg.textContent = "Your order is cancelled.";
     } catch (e) {
       msg.className = "notice error";
-      msg.textContent = e.code === "order_rejected" || e.code === "already_cancelled"
+      msg.textContent = e.code === "order_rejected"
         ? `Nothing to cancel: ${e.detail}`
         : `We couldn't cancel the order: ${e.detail}`;
     } finally {
