@@ -63,6 +63,7 @@ on_both_brokers!(
     orders_sent_while_the_order_service_restarts_are_not_lost,
     a_repeated_cancel_answers_with_the_cancelled_order,
     orders_are_taken_at_last_known_prices_while_inventory_is_down,
+    subscriptions_follow_the_code_when_the_broker_kept_the_session,
 );
 
 const SKU: &str = "APRON-CNV-001";
@@ -386,5 +387,48 @@ async fn orders_sent_while_the_order_service_restarts_are_not_lost(mut shop: Sho
         shop.wait_status(&id.to_string(), "confirmed").await;
     }
     assert_eq!(shop.available(SKU).await, before - 5);
+    shop.audit().await;
+}
+
+/// The broker kept the order service's session from a version that
+/// subscribed to fewer topics: the node subscribes again on connect, so
+/// the topics it handles now reach it (an upgrade needs no session reset).
+async fn subscriptions_follow_the_code_when_the_broker_kept_the_session(mut shop: Shop) {
+    let addr = shop.order.addr;
+    shop.order.stop().await;
+    // An "older" order service: the same client id, a persistent session
+    // subscribed to orders/send only.
+    let mut opts = rumqttc::MqttOptions::new("test-order", "127.0.0.1", shop.node_port);
+    opts.set_clean_session(true);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts.clone(), 10);
+    drop(client);
+    let _ = tokio::time::timeout(DEADLINE, async {
+        while !matches!(events.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) {}
+    })
+    .await;
+    drop(events);
+    opts.set_clean_session(false);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
+    client.subscribe(Topic::OrdersSend.path(shared::topics::DEFAULT_PREFIX), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        while !matches!(events.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) {}
+    })
+    .await
+    .expect("the old session subscribes");
+    client.disconnect().await.unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        while !matches!(events.poll().await, Ok(rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_)) {}
+    })
+    .await
+    .expect("the old session disconnects");
+
+    let mut cfg = order_config(shop.dir.path(), shop.node_port);
+    cfg.listen = addr;
+    shop.order = start_order(cfg).await;
+    shop.wait_ready().await;
+    // Confirming needs inventory/in-stock, which the old session lacked.
+    let (code, body, _) = shop.place("after-upgrade", one_line(SKU, 1)).await;
+    assert_eq!(code, 202, "{body}");
+    shop.wait_status(body["order_id"].as_str().unwrap(), "confirmed").await;
     shop.audit().await;
 }
