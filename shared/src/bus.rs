@@ -1,5 +1,5 @@
 //! The MQTT connection every node uses: reconnect with backoff, subscribe
-//! again on every fresh session, publish at QoS 1 with a future that
+//! on every connect, publish at QoS 1 with a future that
 //! resolves on the broker's PUBACK, and manual acks in receive order.
 //!
 //! rumqttc has no per-publish PUBACK handle, so the event loop maps each
@@ -86,7 +86,7 @@ struct Waiter {
 #[derive(Clone, Debug)]
 pub struct BusOptions {
     pub config: BusConfig,
-    /// Topics to subscribe to on every fresh session.
+    /// Topics to subscribe to on every connect.
     pub subscriptions: Vec<Topic>,
     /// QoS of those subscriptions. Consumers take QoS 1 (acked after their
     /// commit, redelivered otherwise). A clean session keeps nothing across
@@ -444,6 +444,8 @@ async fn run(
                     eventloop.state.events.clear();
                     st.fail_all();
                 }
+                // A stall seen just before the error is this connection's.
+                inner.reconnect.store(false, Ordering::Relaxed);
                 inner.session.send_replace(false);
                 // Reset the backoff only after a connection that lasted: a
                 // broker that drops us right after CONNACK (e.g. it keeps
