@@ -17,17 +17,7 @@ fn line(sku: &str, qty: i64) -> Value {
 
 /// POST /api/orders to the front at `front`: status, body, `X-Price-Source`.
 async fn place_at(shop: &Shop, front: SocketAddr, key: &str, body: Value) -> (u16, Value, Option<String>) {
-    let r = shop
-        .http
-        .post(shop.node_url(front, "/api/orders"))
-        .header("Idempotency-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    let source = r.headers().get("x-price-source").map(|v| v.to_str().unwrap().to_owned());
-    (status, r.json().await.unwrap_or(Value::Null), source)
+    shop.place_at(front, key, body, "x-price-source").await
 }
 
 async fn cancel(shop: &Shop, id: &str) -> (u16, Value, Option<String>) {

@@ -366,17 +366,29 @@ impl Shop {
 
     /// POST /api/orders; returns the status, the body and the Location.
     pub async fn place(&self, key: &str, body: Value) -> (u16, Value, Option<String>) {
+        self.place_at(self.front.addr, key, body, "location").await
+    }
+
+    /// POST /api/orders to the front at `front`; returns the status, the
+    /// body and the response header `header`.
+    pub async fn place_at(
+        &self,
+        front: SocketAddr,
+        key: &str,
+        body: Value,
+        header: &str,
+    ) -> (u16, Value, Option<String>) {
         let r = self
             .http
-            .post(self.front_url("/api/orders"))
+            .post(self.node_url(front, "/api/orders"))
             .header("Idempotency-Key", key)
             .json(&body)
             .send()
             .await
             .expect("request");
         let status = r.status().as_u16();
-        let location = r.headers().get("location").map(|v| v.to_str().unwrap().to_owned());
-        (status, r.json().await.unwrap_or(Value::Null), location)
+        let value = r.headers().get(header).map(|v| v.to_str().unwrap().to_owned());
+        (status, r.json().await.unwrap_or(Value::Null), value)
     }
 
     pub async fn wait_status(&self, id: &str, want: &str) -> Value {
