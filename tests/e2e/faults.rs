@@ -3,7 +3,7 @@
 //! reorders their publishes and cuts connections. Afterwards every order
 //! that got a 202 is settled and the audit passes.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,30 +17,6 @@ const ORDERS_PER_CLIENT: usize = 40;
 // Mostly well-stocked products, one low and one sold out: confirmations and rejections both.
 const SKUS: [&str; 6] =
     ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001", "HAMK-SGL-001", "COOK-TI-001"];
-
-#[derive(Default)]
-pub(crate) struct Tally {
-    pub accepted: AtomicU64,
-    pub retries_after_503: AtomicU64,
-    pub cancels: AtomicU64,
-}
-
-/// POST with the same key until it is accepted (a 503 is retried, as the
-/// API asks); returns the order id.
-pub(crate) async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Value, tally: &Tally) -> String {
-    for _ in 0..20 {
-        let (code, resp, _) = shop.place(key, body.clone()).await;
-        match code {
-            202 => return resp["order_id"].as_str().unwrap().to_owned(),
-            503 => {
-                tally.retries_after_503.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => panic!("unexpected {other}: {resp}"),
-        }
-    }
-    panic!("order {key} never accepted");
-}
 
 async fn cancel_until_done(shop: &Shop, id: &str, tally: &Tally) {
     for _ in 0..20 {

@@ -507,3 +507,28 @@ pub fn send_body(sku: &str, qty: i64, fingerprint: &str) -> shared::message::Sen
 pub fn new_order_id() -> OrderId {
     OrderId(uuid::Uuid::new_v4())
 }
+
+/// What a load of customers saw.
+#[derive(Default)]
+pub struct Tally {
+    pub accepted: std::sync::atomic::AtomicU64,
+    pub retries_after_503: std::sync::atomic::AtomicU64,
+    pub cancels: std::sync::atomic::AtomicU64,
+}
+
+/// POST with the same key until it is accepted (a 503 is retried, as the
+/// API asks); returns the order id.
+pub async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Value, tally: &Tally) -> String {
+    for _ in 0..20 {
+        let (code, resp, _) = shop.place(key, body.clone()).await;
+        match code {
+            202 => return resp["order_id"].as_str().unwrap().to_owned(),
+            503 => {
+                tally.retries_after_503.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("unexpected {other}: {resp}"),
+        }
+    }
+    panic!("order {key} never accepted");
+}

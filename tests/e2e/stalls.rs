@@ -9,7 +9,6 @@ use std::time::Duration;
 use serde_json::json;
 use webshop::tools::chaos::Faults;
 
-use crate::faults::{place_until_accepted, Tally};
 use crate::helpers::*;
 
 const SKUS: [&str; 4] = ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001"];
