@@ -58,6 +58,8 @@ pub struct Front {
     pub downstream: Downstream,
     pub waiters: StatusWaiters,
     pub commit_timeout: Duration,
+    /// How long an order read may be answered from memory (`known.rs`).
+    pub order_cache: Duration,
     pub admin_token: Option<shared::config::Secret>,
     pub audit_horizon: Duration,
     pub max_concurrent_requests: usize,
@@ -99,8 +101,18 @@ fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::HeaderName::from_static("idempotency-key")])
-        .expose_headers([header::LOCATION, header::RETRY_AFTER, header::HeaderName::from_static(PRICE_SOURCE)]);
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            header::HeaderName::from_static("idempotency-key"),
+            header::HeaderName::from_static("prefer"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            header::ETAG,
+            header::HeaderName::from_static(PRICE_SOURCE),
+        ]);
     router.layer(
         tower::ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -245,6 +257,20 @@ pub(crate) struct IdempotencyHeader {
     idempotency_key: String,
 }
 
+/// Optional header of `POST /api/orders` and `GET /api/orders/{order_id}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct PreferHeader {
+    /// RFC 7240 `wait=<seconds>` (at most 25; more counts as 25; anything
+    /// else is ignored). On `POST /api/orders`: answer once the order is
+    /// settled (confirmed or rejected) or after that long, whichever comes
+    /// first. On `GET /api/orders/{order_id}` with `If-None-Match`: a long
+    /// poll, as `wait` in the query.
+    #[param(rename = "Prefer", required = false)]
+    prefer: Option<String>,
+}
+
 /// The answer to placing or cancelling an order.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
@@ -292,9 +318,11 @@ fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
 /// retry of an order that was committed is answered 202 with its current
 /// status, even while inventory is unreachable. While inventory is
 /// unreachable, new orders are priced from the last known prices (header
-/// `X-Price-Source`); SKUs without one get a 503.
+/// `X-Price-Source`); SKUs without one get a 503. With `Prefer: wait=N`
+/// the answer waits up to N seconds for the order to be settled, so a
+/// client usually gets `confirmed` or `rejected` in one round trip.
 #[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = PlaceOrder,
-    params(IdempotencyHeader),
+    params(IdempotencyHeader, PreferHeader),
     responses((status = 202, body = Accepted, headers(("Location" = String, description = "The order's URL"),
                   ("X-Price-Source" = String, description = "Only when inventory was unreachable and the order was priced from the last known prices: `stale; age=<seconds>`, the age of the oldest price used"))),
               (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -354,9 +382,19 @@ pub(crate) async fn place_order(
             version: o.version,
             fingerprint: o.fingerprint,
             reason: o.reason,
+            order: None,
         }),
     };
-    let Some(st) = status else { return Err(not_committed()) };
+    let Some(mut st) = status else { return Err(not_committed()) };
+    // `Prefer: wait=N`: the settled status in this answer, if it comes in
+    // time. The order is committed already: a failed read keeps `pending`.
+    if let (OrderStatus::Pending, Some(wait)) = (st.status, crate::poll::prefer_wait(&headers)) {
+        if st.fingerprint == fingerprint {
+            if let Ok(Some(o)) = s.order_after(order_id, st.version, wait).await {
+                st.status = o.status;
+            }
+        }
+    }
     let mut resp = committed(order_id, st.status, &st.fingerprint, &fingerprint)?;
     if let Some(age) = stale_age {
         tracing::info!(%order_id, age_secs = age.as_secs(), "order priced from last known prices");
@@ -483,18 +521,84 @@ impl From<Order> for OrderView {
     }
 }
 
-/// An order and its status.
-#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders", params(("order_id" = String, Path, format = Uuid)),
-    responses((status = 200, body = OrderView), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        OrderView::from(o.clone())
+    }
+}
+
+/// Query of `GET /api/orders/{order_id}`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct OrderQuery {
+    /// Long poll: answer as soon as the order's version is above `version`
+    /// (or the newest version in `If-None-Match`), or after this long with
+    /// the order as it is then. `5s`, `500ms` or `5` (seconds); at most 25 s.
+    #[param(pattern = "^[0-9]{1,6}(s|ms)?$")]
+    wait: Option<String>,
+    /// The version the client already has (with `wait`).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    version: Option<String>,
+}
+
+/// Optional header of `GET /api/orders/{order_id}`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct IfNoneMatchHeader {
+    /// `ETag`s of versions the client has (`W/"3"`): 304 if the order is
+    /// still at one of them.
+    #[param(rename = "If-None-Match", required = false)]
+    if_none_match: Option<String>,
+}
+
+/// An order and its status. Answered from the front's memory when it
+/// learned the order's state at most `order_cache_secs` ago (rejected and
+/// cancelled orders, which never change, regardless), else from the order
+/// node. One front never answers an older version after a newer one.
+/// `ETag` is the version; `If-None-Match` with it gives 304. With `wait`
+/// (or `Prefer: wait=N` and `If-None-Match`), a long poll.
+#[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders",
+    params(("order_id" = String, Path, format = Uuid), OrderQuery, IfNoneMatchHeader, PreferHeader),
+    responses((status = 200, body = OrderView, headers(("ETag" = String, description = "The order's version, weak: `W/\"3\"`"))),
+              (status = 304, description = "Still at a version named in `If-None-Match`", headers(("ETag" = String, description = "The order's version"))),
+              (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_order(
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+    q: Result<Query<OrderQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = parse_order_id(&id)?;
-    let order = s.downstream.order(id).await?.ok_or_else(|| unknown_order(id))?;
-    Ok(Json(OrderView::from(order)))
+    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+    let wait = q.wait.as_deref().map(crate::poll::parse_wait).transpose()?;
+    let version = q.version.as_deref().map(crate::poll::parse_version).transpose()?;
+    let have = crate::poll::IfNoneMatch::parse(&headers);
+    let after = version.or_else(|| have.as_ref().and_then(|h| h.newest()));
+    let wait = match (wait, after) {
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "missing_version",
+                "wait needs the version you have: version=N or If-None-Match with the order's ETag",
+            ))
+        }
+        (Some(w), Some(_)) => Some(w),
+        // A preference is a hint: without a version there is nothing to wait past.
+        (None, _) => crate::poll::prefer_wait(&headers).filter(|_| after.is_some()),
+    };
+    let order = match (wait, after) {
+        (Some(wait), Some(after)) => s.order_after(id, after, wait).await?,
+        _ => s.current_order(id).await?,
+    };
+    let order = order.ok_or_else(|| unknown_order(id))?;
+    let tag = crate::poll::etag(order.version);
+    if have.is_some_and(|h| h.matches(order.version)) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response());
+    }
+    let cache = header::HeaderValue::from_static("no-cache");
+    Ok(([(header::ETAG, tag), (header::CACHE_CONTROL, cache)], Json(OrderView::from(&*order))).into_response())
 }
 
 /// Cancel an order (pending or confirmed). Answered 202 once the order

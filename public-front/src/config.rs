@@ -55,6 +55,13 @@ pub struct Config {
     /// answer carries `X-Price-Source: stale; age=<secs>`. A SKU without a
     /// price seen within this time gets a 503. 0: no fallback. Default 300.
     pub stale_price_max_secs: f64,
+    /// Seconds `GET /api/orders/{id}` may answer from what the front last
+    /// learned about the order (a read, or an `orders/status` event)
+    /// instead of asking the order node: the status shown was the order's
+    /// current one at most this long ago. Rejected and cancelled orders,
+    /// which never change, are answered from memory regardless. 0: always
+    /// ask the order node. Default 1.
+    pub order_cache_secs: f64,
     pub log: LogConfig,
 }
 
@@ -75,6 +82,7 @@ impl Default for Config {
             audit_horizon_secs: 60.0,
             catalog_cache_secs: 0.5,
             stale_price_max_secs: 300.0,
+            order_cache_secs: 1.0,
             log: LogConfig::default(),
         }
     }

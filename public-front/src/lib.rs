@@ -3,14 +3,17 @@
 //! the bus, and are answered once the order service has committed.
 //!
 //! Layout: `api.rs` (routes), `status.rs` (waiting for `orders/status`),
-//! `downstream.rs` (HTTP client to the nodes), `config.rs`.
+//! `known.rs` (recent orders, for reads from memory), `poll.rs` (ETags,
+//! long polls), `downstream.rs` (HTTP client to the nodes), `config.rs`.
 
 pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod config;
 pub mod downstream;
+pub mod known;
 pub mod openapi;
+pub mod poll;
 pub mod status;
 pub mod web;
 
@@ -75,6 +78,7 @@ impl App {
             downstream,
             waiters,
             commit_timeout: shared::config::secs(cfg.commit_timeout_secs),
+            order_cache: shared::config::secs(cfg.order_cache_secs),
             admin_token: cfg.admin_token.clone(),
             audit_horizon: shared::config::secs(cfg.audit_horizon_secs),
             max_concurrent_requests: cfg.max_concurrent_requests,

@@ -3,7 +3,10 @@
 //! order service's status event (the proof that the order is committed).
 //! Nothing here is durable: a missed event falls back to a synchronous read.
 //!
-//! Every status event is also broadcast to live subscribers (the
+//! Every status event is first recorded in the front's memory of recent
+//! orders (`known.rs`), then wakes the waiters, so a waiter that registers
+//! and then looks at that memory misses no change. It is also broadcast to
+//! live subscribers (the
 //! storefront's Server-Sent Events stream, `web/sse.rs`), which filter by
 //! order id themselves.
 
@@ -17,6 +20,8 @@ use shared::topics::Topic;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::known::KnownOrders;
+
 type Waiter = (Option<OrderStatus>, oneshot::Sender<StatusChanged>);
 
 /// How many status events a slow live subscriber may fall behind before it
@@ -29,13 +34,19 @@ pub struct StatusWaiters {
     // std Mutex: never held across an await.
     inner: Arc<Mutex<HashMap<OrderId, Vec<Waiter>>>>,
     live: broadcast::Sender<(OrderId, StatusChanged)>,
+    known: KnownOrders,
     /// Cancelled when live subscribers should stop (see `close_live`).
     closing: CancellationToken,
 }
 
 impl Default for StatusWaiters {
     fn default() -> Self {
-        Self { inner: Arc::default(), live: broadcast::channel(LIVE_CAPACITY).0, closing: CancellationToken::new() }
+        Self {
+            inner: Arc::default(),
+            live: broadcast::channel(LIVE_CAPACITY).0,
+            known: KnownOrders::default(),
+            closing: CancellationToken::new(),
+        }
     }
 }
 
@@ -73,6 +84,12 @@ impl StatusWaiters {
         let (tx, rx) = oneshot::channel();
         self.inner.lock().expect("waiters lock").entry(order_id).or_default().push((want, tx));
         Waiting { waiters: self.clone(), order_id, rx: Some(rx) }
+    }
+
+    /// What the front knows about recent orders, kept up to date by every
+    /// status event.
+    pub fn known(&self) -> &KnownOrders {
+        &self.known
     }
 
     /// Every status event from now on, for every order. Nothing is replayed:
@@ -145,6 +162,7 @@ impl StatusWaiters {
                         shared::trace::link(&span, msg.envelope.traceparent.clone());
                         span
                     });
+                    self.known.event(order_id, &status, msg.envelope.sent_at, std::time::Instant::now());
                     self.dispatch(order_id, &status);
                     // An error only means nobody is listening live.
                     let _ = self.live.send((order_id, status));

@@ -220,6 +220,21 @@ pub struct StatusChanged {
     pub fingerprint: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The rest of the order as customers see it, so a front can answer
+    /// order reads from the events it receives. Absent in events of order
+    /// nodes that predate it (a front then reads the order node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<OrderSnapshot>,
+}
+
+/// An order's lines, total and times, as of the status event carrying it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSnapshot {
+    pub items: Vec<OrderLine>,
+    pub currency: String,
+    pub total_cents: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 /// `inventory/in-stock`: every line of the order is reserved.

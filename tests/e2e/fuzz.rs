@@ -161,7 +161,13 @@ async fn a_stray_status_event_with_another_fingerprint_is_not_a_409() {
     let stray = Envelope::new(
         Topic::OrdersStatus,
         order_id,
-        StatusChanged { status: OrderStatus::Confirmed, version: 2, fingerprint: "another order".into(), reason: None },
+        StatusChanged {
+            status: OrderStatus::Confirmed,
+            version: 2,
+            fingerprint: "another order".into(),
+            reason: None,
+            order: None,
+        },
     );
     // Published until the front answers: one must arrive while it waits.
     let (code, problem) = loop {

@@ -19,7 +19,7 @@ mod released;
 use rusqlite::Connection;
 use shared::consumer::{HandleError, Handler, Outcome};
 use shared::db::{now_ms, Tx};
-use shared::message::{Inbound, ReleaseRequested, StatusChanged};
+use shared::message::{Inbound, OrderSnapshot, ReleaseRequested, StatusChanged};
 use shared::outbox;
 use shared::topics::Topic;
 
@@ -123,6 +123,13 @@ pub(crate) fn publish_status(tx: &mut Tx<'_>, order: &Order) {
         version: order.version,
         fingerprint: order.fingerprint.clone(),
         reason: order.reason.clone(),
+        order: Some(OrderSnapshot {
+            items: order.items.clone(),
+            currency: order.currency.clone(),
+            total_cents: order.total_cents,
+            created_at_ms: order.created_at_ms,
+            updated_at_ms: order.updated_at_ms,
+        }),
     };
     outbox::enqueue(tx, Topic::OrdersStatus, order.order_id, body);
 }
