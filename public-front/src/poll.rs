@@ -147,6 +147,7 @@ impl Front {
     pub async fn order_after(&self, id: OrderId, after: i64, wait: Duration) -> Result<Option<Arc<Order>>, ApiError> {
         let deadline = Instant::now() + wait;
         let recheck = self.order_cache.max(MIN_RECHECK);
+        let _waiting = Waiting::start();
         loop {
             // Register first, then look: a status event is recorded before
             // waiters are woken, so no change falls in between.
@@ -159,6 +160,22 @@ impl Front {
             }
             let _ = tokio::time::timeout_at(deadline.min(now + recheck), waiting.recv()).await;
         }
+    }
+}
+
+/// Counts a long poll in `order_long_polls_waiting` while it lives.
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Waiting {
+        metrics::gauge!("order_long_polls_waiting", "node" => "public-front").increment(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::gauge!("order_long_polls_waiting", "node" => "public-front").decrement(1.0);
     }
 }
 

@@ -11,6 +11,7 @@ mod helpers;
 mod limits;
 mod model;
 mod otlp;
+mod polls;
 mod release;
 mod stalls;
 mod tls;
