@@ -278,6 +278,9 @@ pub(crate) struct Accepted {
     order_id: OrderId,
     #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
+    /// The order's version with that status: pass it as `version` to a
+    /// long poll (`GET /api/orders/{order_id}?wait=5s&version=N`).
+    version: i64,
 }
 
 fn json_error(e: JsonRejection) -> ApiError {
@@ -288,9 +291,9 @@ fn json_error(e: JsonRejection) -> ApiError {
     }
 }
 
-fn accepted(order_id: OrderId, status: OrderStatus) -> Response {
+fn accepted(order_id: OrderId, status: OrderStatus, version: i64) -> Response {
     let location = format!("/api/orders/{order_id}");
-    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status })).into_response()
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status, version })).into_response()
 }
 
 /// The W3C traceparent for what a request publishes: the caller's, or a
@@ -391,11 +394,11 @@ pub(crate) async fn place_order(
     if let (OrderStatus::Pending, Some(wait)) = (st.status, crate::poll::prefer_wait(&headers)) {
         if st.fingerprint == fingerprint {
             if let Ok(Some(o)) = s.order_after(order_id, st.version, wait).await {
-                st.status = o.status;
+                (st.status, st.version) = (o.status, o.version);
             }
         }
     }
-    let mut resp = committed(order_id, st.status, &st.fingerprint, &fingerprint)?;
+    let mut resp = committed(order_id, (st.status, st.version), &st.fingerprint, &fingerprint)?;
     if let Some(age) = stale_age {
         tracing::info!(%order_id, age_secs = age.as_secs(), "order priced from last known prices");
         metrics::counter!("orders_stale_priced_total", "node" => "public-front").increment(1);
@@ -437,7 +440,12 @@ async fn price(s: &Front, req: PlaceOrder, fingerprint: String) -> Result<(SendO
 
 /// The answer to an order the order service has committed: 202 with its
 /// status, or 409 when the key's order was placed with another body.
-fn committed(order_id: OrderId, status: OrderStatus, stored: &str, fingerprint: &str) -> Result<Response, ApiError> {
+fn committed(
+    order_id: OrderId,
+    (status, version): (OrderStatus, i64),
+    stored: &str,
+    fingerprint: &str,
+) -> Result<Response, ApiError> {
     if stored != fingerprint {
         return Err(ApiError::conflict(
             "idempotency_key_reused",
@@ -445,14 +453,14 @@ fn committed(order_id: OrderId, status: OrderStatus, stored: &str, fingerprint: 
         ));
     }
     tracing::info!(%order_id, status = status.as_str(), "order accepted");
-    Ok(accepted(order_id, status))
+    Ok(accepted(order_id, status, version))
 }
 
 /// The answer for an order an earlier attempt already placed, if the order
 /// service has it (and can be asked).
 async fn committed_before(s: &Front, order_id: OrderId, fingerprint: &str) -> Option<Result<Response, ApiError>> {
     let o = s.downstream.order(order_id).await.ok().flatten()?;
-    Some(committed(order_id, o.status, &o.fingerprint, fingerprint))
+    Some(committed(order_id, (o.status, o.version), &o.fingerprint, fingerprint))
 }
 
 fn not_committed() -> ApiError {
@@ -630,16 +638,16 @@ pub(crate) async fn cancel_order(
         .with_traceparent(Some(traceparent(&headers, &span)));
     publish(&s.bus, &Topic::OrdersCancel.path(s.bus.prefix()), envelope.to_json()).await?;
     let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
-        Ok(Some(_)) => Some(OrderStatus::Cancelled),
-        _ => s.downstream.order(id).await.ok().flatten().map(|o| o.status),
+        Ok(Some(event)) => Some((OrderStatus::Cancelled, event.version)),
+        _ => s.downstream.order(id).await.ok().flatten().map(|o| (o.status, o.version)),
     };
     match status {
-        Some(OrderStatus::Cancelled) => {
+        Some((OrderStatus::Cancelled, version)) => {
             tracing::info!(order_id = %id, "order cancelled");
-            Ok(accepted(id, OrderStatus::Cancelled))
+            Ok(accepted(id, OrderStatus::Cancelled, version))
         }
         // Inventory turned it down while the cancellation was on its way.
-        Some(OrderStatus::Rejected) => Err(order_rejected()),
+        Some((OrderStatus::Rejected, _)) => Err(order_rejected()),
         _ => Err(ApiError::unavailable(
             "not_committed",
             "The order service has not confirmed the cancellation yet. Retrying is safe.",

@@ -1,5 +1,6 @@
 //! `webshop bench` as a user runs it, in a tiny configuration: it starts
-//! its own shop, runs every phase, and writes the result files.
+//! its own shop, runs every phase (bus-observed, polling and long-polling
+//! clients among them), and writes the result files.
 
 use std::process::Command;
 
@@ -26,7 +27,15 @@ fn bench_runs_every_phase_and_writes_its_results() {
     }
     let phases = result["phases"].as_array().unwrap();
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["catalog", "order-closed", "cancel", "order-open"]);
+    assert_eq!(
+        names,
+        ["catalog", "order-closed", "order-poll-20ms", "order-poll-5ms", "order-long-poll", "cancel", "order-open"]
+    );
+    let targets = result["targets"].as_array().unwrap();
+    for t in ["polling every 20 ms", "long polls"] {
+        let target = targets.iter().find(|x| x["target"].as_str().unwrap().contains(t)).expect(t);
+        assert!(!target["measured"].as_str().unwrap().contains("not run"), "{target}");
+    }
     for p in phases {
         assert!(p["ok"].as_u64().unwrap() > 0, "phase {} completed nothing: {p}", p["name"]);
         for key in ["p50_ms", "p90_ms", "p99_ms", "max_ms"] {

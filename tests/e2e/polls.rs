@@ -85,10 +85,8 @@ async fn a_long_poll_answers_as_soon_as_the_version_passes() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap(), started.elapsed())
         })
     };
-    eventually("the long poll to be waiting", || async {
-        (long_polls_waiting(&shop).await > before).then_some(())
-    })
-    .await;
+    eventually("the long poll to be waiting", || async { (long_polls_waiting(&shop).await > before).then_some(()) })
+        .await;
     cancel(&shop, &id).await;
 
     let (code, body, took) = tokio::time::timeout(DEADLINE, poll).await.expect("answered").unwrap();

@@ -28,6 +28,9 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most confirmed orders kept for the cancel phase.
 const KEEP_CONFIRMED: usize = 200_000;
 
+/// How long a long-polling client asks the front to wait per request.
+const LONG_POLL_WAIT: &str = "5";
+
 /// What one client request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
@@ -35,6 +38,12 @@ pub enum Work {
     Catalog,
     /// `POST /api/orders`, then wait until the order is observed confirmed.
     Order,
+    /// `POST /api/orders`, then `GET /api/orders/{id}` every interval until
+    /// it is settled, as a polling client sees it (not the bus).
+    PollOrder(Duration),
+    /// `POST /api/orders` with `Prefer: wait=5`, then long polls
+    /// (`?wait=5s&version=N`) while it is still pending.
+    LongPollOrder,
     /// `POST /api/orders/{id}/cancel` on a confirmed order, then wait until
     /// it is observed cancelled.
     Cancel,
@@ -79,7 +88,9 @@ impl Load {
     async fn one(self: &Arc<Self>, work: Work, t0: Instant, phase: &Arc<Phase>) -> bool {
         let result = match work {
             Work::Catalog => self.catalog(t0, phase).await,
-            Work::Order => self.order(t0, phase).await,
+            Work::Order => self.order(t0, phase, None).await,
+            Work::PollOrder(every) => self.order(t0, phase, Some(Client::Poll(every))).await,
+            Work::LongPollOrder => self.order(t0, phase, Some(Client::LongPoll)).await,
             Work::Cancel => {
                 let Some(id) = self.confirmed.lock().expect("confirmed lock").pop() else {
                     return false;
@@ -102,18 +113,28 @@ impl Load {
         Ok(())
     }
 
-    async fn order(self: &Arc<Self>, t0: Instant, phase: &Phase) -> Result<(), String> {
+    /// One order until settled: seen as `client` does, or (`None`) as the
+    /// bench's `Watch` does.
+    async fn order(self: &Arc<Self>, t0: Instant, phase: &Phase, client: Option<Client>) -> Result<(), String> {
         let key = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let id = OrderId::from_idempotency_key(&IdempotencyKey::parse(&key).expect("a valid key"));
         let sku = &self.skus[(id.0.as_u128() % self.skus.len() as u128) as usize];
-        let settled = match &self.watch {
-            Watch::Bus(o) => Some(o.wait(id, Want::Settled)),
-            Watch::Poll(_) => None,
+        let client = client.unwrap_or(match &self.watch {
+            Watch::Bus(_) => Client::Bus,
+            Watch::Poll(every) => Client::Poll(*every),
+        });
+        let settled = match (&self.watch, client) {
+            (Watch::Bus(o), Client::Bus) => Some(o.wait(id, Want::Settled)),
+            _ => None,
         };
         let body =
             serde_json::to_vec(&PlaceOrder { customer_email: "b@example.com", items: [Line { sku, quantity: 1 }] })
                 .expect("an order serializes");
-        let headers = [("idempotency-key", key.as_str()), ("content-type", "application/json")];
+        let mut headers = vec![("idempotency-key", key.as_str()), ("content-type", "application/json")];
+        let prefer = format!("wait={LONG_POLL_WAIT}");
+        if client == Client::LongPoll {
+            headers.push(("prefer", &prefer));
+        }
         let sent = Instant::now();
         let r = self
             .http
@@ -124,16 +145,26 @@ impl Load {
         if r.status != StatusCode::ACCEPTED {
             return Err(self.forget(id, http_error(r.status, &r.body)));
         }
-        let (done, status) = match settled {
-            Some(rx) => match tokio::time::timeout(SETTLE_TIMEOUT, rx).await {
+        let settle = [OrderStatus::Confirmed, OrderStatus::Rejected];
+        let (done, status) = match (settled, client) {
+            (Some(rx), _) => match tokio::time::timeout(SETTLE_TIMEOUT, rx).await {
                 Ok(Ok(hit)) => hit,
                 _ => return Err(self.forget(id, "not settled within 30 s".into())),
             },
-            None => self.poll(id, &[OrderStatus::Confirmed, OrderStatus::Rejected]).await?,
+            (None, Client::LongPoll) => {
+                let (status, version) = status_of(&r.body)?;
+                if status.is_some_and(|s| settle.contains(&s)) {
+                    (accepted, status)
+                } else {
+                    self.long_poll(id, version, &settle).await?
+                }
+            }
+            (None, Client::Poll(every)) => self.poll(id, every, &settle).await?,
+            (None, Client::Bus) => unreachable!("a bus client always has an observer"),
         };
-        let stamps = match &self.watch {
-            Watch::Bus(o) => o.forget(id),
-            Watch::Poll(_) => Default::default(),
+        let stamps = match (&self.watch, client) {
+            (Watch::Bus(o), Client::Bus) => o.forget(id),
+            _ => Default::default(),
         };
         if status != Some(OrderStatus::Confirmed) {
             return Err(format!("order {}", status.map_or("?", |s| s.as_str())));
@@ -215,9 +246,38 @@ impl Load {
         e
     }
 
-    /// Polls the order until it reaches one of `until`.
-    async fn poll(&self, id: OrderId, until: &[OrderStatus]) -> Result<(Instant, Option<OrderStatus>), String> {
-        let Watch::Poll(every) = self.watch else { unreachable!("poll without a poll interval") };
+    /// Long polls the order, from `version`, until it reaches one of `until`.
+    async fn long_poll(
+        &self,
+        id: OrderId,
+        mut version: i64,
+        until: &[OrderStatus],
+    ) -> Result<(Instant, Option<OrderStatus>), String> {
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        loop {
+            let path = format!("/api/orders/{id}?wait={LONG_POLL_WAIT}s&version={version}");
+            let r = self.http.send(Method::GET, &path, &[], Bytes::new()).await.map_err(Failure::kind)?;
+            if r.status != StatusCode::OK {
+                return Err(http_error(r.status, &r.body));
+            }
+            let (status, v) = status_of(&r.body)?;
+            if status.is_some_and(|s| until.contains(&s)) {
+                return Ok((Instant::now(), status));
+            }
+            version = v;
+            if Instant::now() > deadline {
+                return Err("not settled within 30 s".into());
+            }
+        }
+    }
+
+    /// Polls the order every `every` until it reaches one of `until`.
+    async fn poll(
+        &self,
+        id: OrderId,
+        every: Duration,
+        until: &[OrderStatus],
+    ) -> Result<(Instant, Option<OrderStatus>), String> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         let path = format!("/api/orders/{id}");
         loop {
@@ -236,6 +296,23 @@ impl Load {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// How a client learns that its order settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// The bench's bus observer.
+    Bus,
+    /// `GET /api/orders/{id}` every interval.
+    Poll(Duration),
+    /// `Prefer: wait` on the POST, then long polls.
+    LongPoll,
+}
+
+/// `status` and `version` of a 202 or an order.
+fn status_of(body: &[u8]) -> Result<(Option<OrderStatus>, i64), String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|_| "malformed order JSON".to_owned())?;
+    Ok((v["status"].as_str().and_then(OrderStatus::parse), v["version"].as_i64().unwrap_or(0)))
 }
 
 /// The body of `POST /api/orders`: one line, quantity 1.

@@ -44,6 +44,12 @@ pub enum Phase {
     Catalog,
     /// Orders until confirmed, closed loop.
     Closed,
+    /// Orders until confirmed as polling clients see it: GET
+    /// /api/orders/{id} every --poll-every-ms (one phase per interval).
+    Poll,
+    /// Orders until confirmed as long-polling clients see it: POST with
+    /// `Prefer: wait`, then `?wait=&version=` while pending.
+    LongPoll,
     /// Cancels of confirmed orders until cancelled, closed loop.
     Cancel,
     /// Orders until confirmed, open loop at --rate (last: an overloaded
@@ -117,6 +123,9 @@ pub struct Args {
     /// Poll interval with `--observe poll`, ms.
     #[arg(long, default_value_t = 5)]
     pub poll_ms: u64,
+    /// Poll intervals of the `poll` phases, ms (one phase each, in order).
+    #[arg(long, value_delimiter = ',', default_value = "20,5")]
+    pub poll_every_ms: Vec<u64>,
     /// Per-stage timings: the observer also subscribes to orders/send,
     /// orders/cancel, inventory/in-stock and inventory/released (more load
     /// on the broker).
@@ -130,7 +139,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "sqlite,broker,baseline,catalog,closed,cancel,open"
+        default_value = "sqlite,broker,baseline,catalog,closed,poll,long-poll,cancel,open"
     )]
     pub phases: Vec<Phase>,
     /// Where result.json and report.svg go.
@@ -150,7 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
     let has = |p: Phase| args.phases.contains(&p);
     let secs = args.reference_secs;
 
-    let load_phases = [Phase::Catalog, Phase::Closed, Phase::Cancel, Phase::Open];
+    let load_phases = [Phase::Catalog, Phase::Closed, Phase::Poll, Phase::LongPoll, Phase::Cancel, Phase::Open];
     let wants_load = load_phases.iter().any(|p| has(*p));
     let reference_phases: Vec<Phase> =
         [Phase::Sqlite, Phase::Broker, Phase::Baseline].into_iter().filter(|p| has(*p)).collect();
@@ -297,34 +306,52 @@ async fn run_load(
     let duration = Duration::from_secs_f64(args.duration_secs);
     let mut rates = args.rate.clone();
     rates.sort_by(f64::total_cmp);
-    let mut specs = vec![
+    let mut specs: Vec<(Phase, String, String, Work, Option<f64>)> = vec![
         (
             Phase::Catalog,
-            "catalog",
-            "GET /api/catalog?limit=20 through the front (front → inventory → SQLite read)",
+            "catalog".into(),
+            "GET /api/catalog?limit=20 through the front (front → inventory → SQLite read)".into(),
             Work::Catalog,
             None,
         ),
         (
             Phase::Closed,
-            "order-closed",
-            "POST /api/orders until status confirmed is observed; each client waits for its order before the next",
+            "order-closed".into(),
+            "POST /api/orders until status confirmed is observed on the bus; each client waits for its order before the next".into(),
             Work::Order,
+            None,
+        ),
+    ];
+    for ms in &args.poll_every_ms {
+        specs.push((
+            Phase::Poll,
+            format!("order-poll-{ms}ms"),
+            format!("POST /api/orders, then GET /api/orders/{{id}} every {ms} ms until the client sees confirmed"),
+            Work::PollOrder(Duration::from_millis(*ms)),
+            None,
+        ));
+    }
+    specs.extend([
+        (
+            Phase::LongPoll,
+            "order-long-poll".into(),
+            "POST /api/orders with Prefer: wait=5, then GET ?wait=5s&version=N while pending, until the client sees confirmed".into(),
+            Work::LongPollOrder,
             None,
         ),
         (
             Phase::Cancel,
-            "cancel",
-            "POST /api/orders/{id}/cancel on a confirmed order until status cancelled is observed",
+            "cancel".into(),
+            "POST /api/orders/{id}/cancel on a confirmed order until status cancelled is observed".into(),
             Work::Cancel,
             None,
         ),
-    ];
+    ]);
     for rate in rates {
         specs.push((
             Phase::Open,
-            "order-open",
-            "POST /api/orders until confirmed observed, on a fixed schedule; latency from the scheduled start",
+            "order-open".into(),
+            "POST /api/orders until confirmed observed, on a fixed schedule; latency from the scheduled start".into(),
             Work::Order,
             Some(rate),
         ));
@@ -359,15 +386,7 @@ async fn run_load(
                 None => memory.push(u.clone()),
             }
         }
-        phases.push(PhaseResult {
-            name: name.into(),
-            description: description.into(),
-            mode,
-            concurrency: conc,
-            rate_per_s: rate,
-            measured,
-            resources,
-        });
+        phases.push(PhaseResult { name, description, mode, concurrency: conc, rate_per_s: rate, measured, resources });
     }
     Ok(())
 }

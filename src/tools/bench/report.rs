@@ -19,6 +19,11 @@ pub const TARGET_OPEN_RATE: f64 = 1000.0;
 pub const TARGET_OPEN_P99_MS: f64 = 50.0;
 pub const TARGET_CATALOG_PER_S: f64 = 30_000.0;
 pub const TARGET_NODE_MEMORY_BYTES: f64 = 100e6;
+/// Clients that poll: confirmed orders/s and p99 POST → confirmed as the
+/// client sees it, polling every 20 ms; and with long polls.
+pub const TARGET_POLL_PER_S: f64 = 6000.0;
+pub const TARGET_POLL_P99_MS: f64 = 100.0;
+pub const TARGET_LONG_POLL_PER_S: f64 = 8000.0;
 
 #[derive(Debug, Serialize)]
 pub struct BenchResult {
@@ -175,6 +180,46 @@ impl BenchResult {
                 });
             }
             None => t.push(skipped(format!("p99 ≤ {TARGET_OPEN_P99_MS:.0} ms open loop"), "order-open")),
+        }
+        let poll_20 = format!(
+            "≥ {TARGET_POLL_PER_S:.0} confirmed orders/s and p99 POST → confirmed seen ≤ {TARGET_POLL_P99_MS:.0} ms, clients polling every 20 ms"
+        );
+        match self.phase("order-poll-20ms") {
+            Some(p) => {
+                let m = &p.measured;
+                t.push(Target {
+                    target: poll_20,
+                    measured: format!(
+                        "{:.0} orders/s, p99 {:.1} ms ({}), {} errors",
+                        m.throughput_per_s,
+                        m.latency.p99_ms,
+                        p.mode,
+                        errors(m)
+                    ),
+                    met: Some(m.throughput_per_s >= TARGET_POLL_PER_S && m.latency.p99_ms <= TARGET_POLL_P99_MS),
+                    note: String::new(),
+                });
+            }
+            None => t.push(skipped(poll_20, "order-poll-20ms")),
+        }
+        let long = format!("≥ {TARGET_LONG_POLL_PER_S:.0} confirmed orders/s with long polls");
+        match self.phase("order-long-poll") {
+            Some(p) => {
+                let m = &p.measured;
+                t.push(Target {
+                    target: long,
+                    measured: format!(
+                        "{:.0} orders/s, p99 {:.1} ms ({}), {} errors",
+                        m.throughput_per_s,
+                        m.latency.p99_ms,
+                        p.mode,
+                        errors(m)
+                    ),
+                    met: Some(m.throughput_per_s >= TARGET_LONG_POLL_PER_S),
+                    note: String::new(),
+                });
+            }
+            None => t.push(skipped(long, "order-long-poll")),
         }
         match self.phase("catalog") {
             Some(p) => t.push(Target {

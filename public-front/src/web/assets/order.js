@@ -1,13 +1,18 @@
 // The order page: the order's items and its status, live. Status comes
-// from Server-Sent Events (/api/orders/{id}/events); if those fail, the
-// page polls GET /api/orders/{id} every second instead.
+// from Server-Sent Events (/api/orders/{id}/events): one connection, and
+// the front pushes each change. If those fail, the page long-polls
+// GET /api/orders/{id}?wait=25s&version=N instead: the front answers as
+// soon as the order changes, so a waiting page costs one request per
+// change (or per 25 s), not one per second.
 "use strict";
 
 (() => {
   const { h, money } = Web;
   const $ = (id) => document.getElementById(id);
 
-  const POLL_MS = 1000;
+  const LONG_POLL_S = 25;
+  // After a failed long poll, before the next.
+  const RETRY_MS = 1000;
   // A dropped stream usually reconnects within this; poll only after it.
   const RECONNECT_GRACE_MS = 2000;
   const FINAL = new Set(["rejected", "cancelled"]);
@@ -19,7 +24,10 @@
   /** The newest status shown: {status, version, reason}. */
   let current = null;
   let events = null;
-  let pollTimer = null;
+  let polling = false;
+  // Each long-poll loop's number: a loop whose number is not the latest
+  // stops (its request may outlive a stop and a restart).
+  let pollRun = 0;
   let graceTimer = null;
   let refreshing = false;
 
@@ -124,42 +132,47 @@
   function stopLive() {
     if (events) events.close();
     events = null;
-    clearInterval(pollTimer);
-    clearTimeout(graceTimer);
-    pollTimer = null;
-    graceTimer = null;
+    stopPolling();
   }
 
-  async function poll() {
-    try {
-      const order = await Web.json(api);
-      if (!current || order.version > current.version) renderDetails(order);
-      apply(order);
-      if (!events && current && !FINAL.has(current.status)) setLive("polling", "Updating every second");
-    } catch (e) {
-      if (e.status === 404) {
-        stopLive();
-        $("load-msg").className = "notice error";
-        $("load-msg").textContent = e.detail;
-      } else {
+  /** Long polls until the status is final or polling stops. */
+  async function longPoll(run) {
+    const mine = () => polling && run === pollRun;
+    while (mine() && !(current && FINAL.has(current.status))) {
+      try {
+        const url = current ? `${api}?wait=${LONG_POLL_S}s&version=${current.version}` : api;
+        const order = await Web.json(url);
+        if (!mine()) return;
+        if (!current || order.version > current.version) renderDetails(order);
+        apply(order);
+        if (!events && current && !FINAL.has(current.status)) setLive("polling", "Updating as it changes");
+      } catch (e) {
+        if (e.status === 404) {
+          stopLive();
+          $("load-msg").className = "notice error";
+          $("load-msg").textContent = e.detail;
+          return;
+        }
+        if (!mine()) return;
         setLive("polling", "Reconnecting…");
+        await Web.sleep(RETRY_MS);
       }
     }
+    if (mine()) polling = false;
   }
 
   function startPolling() {
     clearTimeout(graceTimer);
     graceTimer = null;
-    if (pollTimer || (current && FINAL.has(current.status))) return;
-    setLive("polling", "Updating every second");
-    pollTimer = setInterval(poll, POLL_MS);
-    poll();
+    if (polling || (current && FINAL.has(current.status))) return;
+    setLive("polling", "Updating as it changes");
+    polling = true;
+    longPoll(++pollRun);
   }
 
   function stopPolling() {
-    clearInterval(pollTimer);
     clearTimeout(graceTimer);
-    pollTimer = null;
+    polling = false;
     graceTimer = null;
   }
 
@@ -187,7 +200,7 @@
         // The stream was refused (not retried by the browser): poll.
         events = null;
         startPolling();
-      } else if (!pollTimer && !graceTimer) {
+      } else if (!polling && !graceTimer) {
         // The browser is reconnecting; poll if that takes a while.
         setLive("connecting", "Reconnecting…");
         graceTimer = setTimeout(startPolling, RECONNECT_GRACE_MS);
