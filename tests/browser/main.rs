@@ -328,3 +328,31 @@ async fn the_dashboard_shows_the_orders_just_placed() {
     assert_eq!(stored, Value::Null);
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_page_follows_the_order_with_long_polls() {
+    let Some(b) = Browser::start("long-poll").await else { return };
+    let shop = shop().await;
+    let (code, body, _) = shop
+        .place(
+            "browser-long-poll",
+            json!({"customer_email": "lp@example.com", "items": [{"sku": TENT, "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let id = body["order_id"].as_str().unwrap().to_owned();
+    shop.wait_status(&id, "confirmed").await;
+
+    // `?poll`: no event stream, long polls only.
+    b.goto(&shop.front_url(&format!("/orders/{id}?poll"))).await;
+    wait_status(&b, "confirmed").await;
+    b.wait_until("long polling", "return document.getElementById('live').dataset.mode === 'polling'", vec![]).await;
+
+    // A change reaches the page through the long poll that is waiting.
+    let r = shop.http.post(shop.front_url(&format!("/api/orders/{id}/cancel"))).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    wait_status(&b, "cancelled").await;
+    b.wait_until("the polling to finish", "return document.getElementById('live').dataset.mode === 'done'", vec![])
+        .await;
+    b.close().await;
+}

@@ -11,6 +11,9 @@
   const $ = (id) => document.getElementById(id);
 
   const LONG_POLL_S = 25;
+  // `/orders/{id}?poll`: long polls only, no event stream (for networks
+  // whose proxies hold event streams back).
+  const LONG_POLL_ONLY = new URLSearchParams(location.search).has("poll");
   // After a failed long poll, before the next.
   const RETRY_MS = 1000;
   // A dropped stream usually reconnects within this; poll only after it.
@@ -177,7 +180,7 @@
   }
 
   function startLive() {
-    if (!("EventSource" in window)) {
+    if (LONG_POLL_ONLY || !("EventSource" in window)) {
       startPolling();
       return;
     }
