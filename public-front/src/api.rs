@@ -339,6 +339,7 @@ pub(crate) async fn place_order(
     headers: HeaderMap,
     body: Result<Json<PlaceOrder>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     let key = headers.get("idempotency-key").ok_or_else(|| {
         ApiError::bad_request(
             "missing_idempotency_key",
@@ -391,7 +392,10 @@ pub(crate) async fn place_order(
     let Some(mut st) = status else { return Err(not_committed()) };
     // `Prefer: wait=N`: the settled status in this answer, if it comes in
     // time. The order is committed already: a failed read keeps `pending`.
+    // The wait counts from the request's start, so waiting for the commit
+    // and then for the status stays inside the request timeout.
     if let (OrderStatus::Pending, Some(wait)) = (st.status, crate::poll::prefer_wait(&headers)) {
+        let wait = wait.min(crate::poll::MAX_WAIT.saturating_sub(started.elapsed()));
         if st.fingerprint == fingerprint {
             if let Ok(Some(o)) = s.order_after(order_id, st.version, wait).await {
                 (st.status, st.version) = (o.status, o.version);
