@@ -32,7 +32,11 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             tls: TlsConfig::default(),
             bus: BusConfig { client_id: "webshop-inventory".into(), ..BusConfig::default() },
-            db: DbConfig { path: PathBuf::from("data/inventory.db"), ..DbConfig::default() },
+            db: DbConfig {
+                path: PathBuf::from("data/inventory.db"),
+                schema: "inventory".into(),
+                ..DbConfig::default()
+            },
             log: LogConfig::default(),
             admin_token: None,
             catalog: None,

@@ -44,7 +44,8 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         // Bad TLS files stop the node before it touches anything.
         let tls = shared::tls::acceptor("tls", &cfg.tls)?;
-        let db = Db::open(&cfg.db, store::SCHEMA).await?;
+        cfg.db.validate()?;
+        let db = Db::open(&cfg.db, &store::migrations()).await?;
         let catalog = match &cfg.catalog {
             Some(path) => {
                 std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?

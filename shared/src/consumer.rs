@@ -1,5 +1,5 @@
 //! The consuming side of every service, written once: take a batch of
-//! deliveries, apply each inside one `BEGIN IMMEDIATE` transaction (inbox
+//! deliveries, apply each inside one write transaction (inbox
 //! dedup, handler, parking, dead letters), commit, then ack in receive
 //! order and wake the outbox relay. Nothing is acked before its commit, and
 //! nothing is held unacked: a message that can't be applied yet is parked,
@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rusqlite::Connection;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, Delivery};
-use crate::db::{now_ms, Db, Tx};
+use crate::clock::now_ms;
+use crate::db::{Db, DbError, DbResult, Tx};
 use crate::ids::OrderId;
 use crate::message::{Inbound, Poison};
 use crate::outbox::Wakeup;
@@ -32,7 +32,7 @@ pub const MAX_BATCH: usize = 100;
 /// A batch handed to the writer and not yet acked.
 struct Applying {
     deliveries: Vec<Delivery>,
-    task: tokio::task::JoinHandle<rusqlite::Result<StatsSnapshot>>,
+    task: tokio::task::JoinHandle<DbResult<StatsSnapshot>>,
     started: std::time::Instant,
 }
 
@@ -58,10 +58,10 @@ pub enum HandleError {
     Poison(#[from] Poison),
     /// The database failed; the whole batch is retried, nothing is acked.
     #[error(transparent)]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] DbError),
 }
 
-/// A service's message handling: pure decisions wrapped in SQL.
+/// A service's message handling: pure decisions wrapped in a unit of work.
 ///
 /// A transaction's messages share a [`Handler::Batch`], a unit of work that
 /// starts empty: [`Handler::handle`] reads what a message needs into it on
@@ -81,8 +81,15 @@ pub trait Handler: Send + Sync + 'static {
     /// written and no event enqueued, and fail the batch otherwise.
     fn handle(&self, tx: &mut Tx<'_>, batch: &mut Self::Batch, msg: &Inbound) -> Result<Outcome, HandleError>;
 
+    /// Called once per batch before any message is handled, with the
+    /// batch's new messages: reads (and on PostgreSQL locks, in a fixed
+    /// order, so that two instances never deadlock) what they will need.
+    fn prepare(&self, _tx: &mut Tx<'_>, _batch: &mut Self::Batch, _msgs: &[&Inbound]) -> DbResult<()> {
+        Ok(())
+    }
+
     /// Writes back what the batch changed, in the same transaction.
-    fn store(&self, conn: &Connection, batch: Self::Batch) -> rusqlite::Result<()>;
+    fn store(&self, tx: &mut Tx<'_>, batch: Self::Batch) -> DbResult<()>;
 
     /// Called in the transaction that dead-letters a parked message whose
     /// dependency never arrived, for any compensation it calls for (the same
@@ -291,17 +298,25 @@ impl<H: Handler> Consumer<H> {
         &self,
         bus: &Bus,
         batch: Applying,
-        mut done: Result<rusqlite::Result<StatsSnapshot>, tokio::task::JoinError>,
+        mut done: Result<DbResult<StatsSnapshot>, tokio::task::JoinError>,
         shutdown: &CancellationToken,
     ) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let e = match done {
+            let (e, transient) = match done {
                 Ok(Ok(_)) => break,
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
+                Ok(Err(e)) => (e.to_string(), e.is_transient()),
+                Err(e) => (e.to_string(), false),
             };
-            tracing::error!(error = %e, batch = batch.deliveries.len(), retry_in = ?backoff, "applying a batch failed");
+            if transient {
+                // A serialization failure or deadlock against another
+                // instance: retry soon, with jitter so the two don't meet
+                // again.
+                backoff = Duration::from_millis(5 + rand_jitter_ms());
+                tracing::info!(error = %e, batch = batch.deliveries.len(), "batch conflicted; retrying it");
+            } else {
+                tracing::error!(error = %e, batch = batch.deliveries.len(), retry_in = ?backoff, "applying a batch failed");
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(backoff) => {}
@@ -324,7 +339,7 @@ impl<H: Handler> Consumer<H> {
     /// thread, exactly as deliveries from the bus are (the consumer loop
     /// acks after this returns). Public so tests can drive the real
     /// handlers with a fake bus.
-    pub async fn apply(&self, batch: Vec<(String, Bytes)>) -> rusqlite::Result<StatsSnapshot> {
+    pub async fn apply(&self, batch: Vec<(String, Bytes)>) -> DbResult<StatsSnapshot> {
         // Decoded here, off the writer thread (the one serial stage).
         let decoded = batch
             .into_iter()
@@ -343,7 +358,7 @@ impl<H: Handler> Consumer<H> {
         Ok(pass.tally)
     }
 
-    fn apply_batch(&self, tx: &mut Tx<'_>, batch: Vec<Decoded>) -> rusqlite::Result<Pass> {
+    fn apply_batch(&self, tx: &mut Tx<'_>, batch: Vec<Decoded>) -> DbResult<Pass> {
         let mut pass = Pass::default();
         let mut msgs = Vec::with_capacity(batch.len());
         for (topic, payload, decoded) in batch {
@@ -363,6 +378,7 @@ impl<H: Handler> Consumer<H> {
             }
         }
         let mut work_set = H::Batch::default();
+        self.handler.prepare(tx, &mut work_set, &msgs.iter().collect::<Vec<_>>())?;
         for (i, msg) in msgs.iter().enumerate() {
             let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
             let span = tracing::info_span!(
@@ -413,13 +429,15 @@ impl<H: Handler> Consumer<H> {
     /// Runs the handler. Debug builds check that a message it parks or
     /// refuses left nothing written (see [`Handler::handle`]).
     fn decide(&self, tx: &mut Tx<'_>, batch: &mut H::Batch, msg: &Inbound) -> Result<Outcome, HandleError> {
-        let before = cfg!(debug_assertions).then(|| (tx.total_changes(), tx.events.len()));
+        let before = cfg!(debug_assertions).then(|| (tx.changes(), tx.events.len()));
         let outcome = self.handler.handle(tx, batch, msg);
         if let (Some(before), Ok(Outcome::Park(_)) | Err(HandleError::Poison(_))) = (before, &outcome) {
             // The inbox row just written is the one change allowed.
-            if (tx.total_changes(), tx.events.len()) != before {
+            if (tx.changes(), tx.events.len()) != before {
                 tracing::error!(topic = msg.topic.suffix(), "a handler wrote before parking or refusing a message");
-                return Err(HandleError::Db(crate::db::misuse("a handler wrote before parking or refusing a message")));
+                return Err(HandleError::Db(DbError::Misuse(
+                    "a handler wrote before parking or refusing a message".into(),
+                )));
             }
         }
         outcome
@@ -427,7 +445,7 @@ impl<H: Handler> Consumer<H> {
 
     /// Dead-letters `msg`, which was recorded in the inbox: forgotten
     /// there, so a replay after a fix is applied.
-    fn refuse(&self, tx: &mut Tx<'_>, msg: &Inbound, poison: &Poison, pass: &mut Pass) -> rusqlite::Result<()> {
+    fn refuse(&self, tx: &mut Tx<'_>, msg: &Inbound, poison: &Poison, pass: &mut Pass) -> DbResult<()> {
         tracing::warn!(reason = %poison, "dead-lettering a message that can't be applied");
         inbox::forget(tx, &msg.message_id().to_string())?;
         dead_letter::record(
@@ -444,13 +462,7 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Runs the handler; parks or dead-letters per outcome.
-    fn apply_one(
-        &self,
-        tx: &mut Tx<'_>,
-        batch: &mut H::Batch,
-        msg: &Inbound,
-        pass: &mut Pass,
-    ) -> rusqlite::Result<Applied> {
+    fn apply_one(&self, tx: &mut Tx<'_>, batch: &mut H::Batch, msg: &Inbound, pass: &mut Pass) -> DbResult<Applied> {
         match self.decide(tx, batch, msg) {
             Ok(Outcome::Applied) => {
                 // No note: its inbox row already says when it came, and
@@ -488,9 +500,10 @@ impl<H: Handler> Consumer<H> {
         msgs: &[Inbound],
         order_id: OrderId,
         pass: &mut Pass,
-    ) -> rusqlite::Result<()> {
-        let stored =
-            self.maybe_parked.lock().expect("parked orders lock").as_ref().is_none_or(|o| o.contains(&order_id));
+    ) -> DbResult<()> {
+        // On PostgreSQL other instances park too: always look.
+        let stored = tx.backend() == crate::db::Backend::Postgres
+            || self.maybe_parked.lock().expect("parked orders lock").as_ref().is_none_or(|o| o.contains(&order_id));
         if stored {
             for p in parking::for_order(tx, &order_id.to_string())? {
                 self.retry_parked(tx, batch, p, pass)?;
@@ -522,13 +535,7 @@ impl<H: Handler> Consumer<H> {
         Ok(())
     }
 
-    fn retry_parked(
-        &self,
-        tx: &mut Tx<'_>,
-        batch: &mut H::Batch,
-        mut p: Parked,
-        pass: &mut Pass,
-    ) -> rusqlite::Result<()> {
+    fn retry_parked(&self, tx: &mut Tx<'_>, batch: &mut H::Batch, mut p: Parked, pass: &mut Pass) -> DbResult<()> {
         let msg = Topic::ALL
             .into_iter()
             .find(|t| t.suffix() == p.topic)
@@ -588,7 +595,7 @@ impl<H: Handler> Consumer<H> {
         msg: &Inbound,
         p: Parked,
         pass: &mut Pass,
-    ) -> rusqlite::Result<()> {
+    ) -> DbResult<()> {
         if now_ms() - p.parked_at_ms > self.policy.horizon_ms {
             match self.handler.expired(tx, batch, msg) {
                 Ok(()) | Err(HandleError::Poison(_)) => {}
@@ -638,11 +645,11 @@ impl<H: Handler> Consumer<H> {
 
 impl<H: Handler> Consumer<H> {
     /// One pass of the parking timer.
-    pub async fn retry_due_parked(&self) -> rusqlite::Result<()> {
+    pub async fn retry_due_parked(&self) -> DbResult<()> {
         let this = self.clone();
         let (pass, retried) = self
             .db
-            .write(move |tx| -> rusqlite::Result<(Pass, bool)> {
+            .write(move |tx| -> DbResult<(Pass, bool)> {
                 let mut pass = Pass::default();
                 // Every write goes through this one thread: no park can slip
                 // in between this read and the replacement.
@@ -667,6 +674,12 @@ impl<H: Handler> Consumer<H> {
         }
         Ok(())
     }
+}
+
+/// 0–15 ms, from the clock's low bits (no generator to share or seed).
+fn rand_jitter_ms() -> u64 {
+    (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 16)
+        as u64
 }
 
 /// A delivery's topic and payload, and its envelope if valid.

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusOptions};
 use crate::consumer::{Consumer, Handler, ParkingPolicy, Stats, StatsSnapshot};
-use crate::db::Db;
+use crate::db::{Db, DbError, DbResult};
 use crate::outbox::{self, Backlog, Wakeup};
 use crate::{dead_letter, parking};
 
@@ -107,7 +107,7 @@ impl Node {
             return Some(reason);
         }
         // An empty write transaction: takes the write lock, writes nothing.
-        let writable = self.db.write(|_| Ok::<_, rusqlite::Error>(()));
+        let writable = self.db.write(|_| Ok::<_, DbError>(()));
         match tokio::time::timeout(Duration::from_secs(2), writable).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("database not writable: {e}")),
@@ -115,17 +115,17 @@ impl Node {
         }
     }
 
-    pub async fn stats(&self) -> sqlx::Result<NodeStats> {
+    pub async fn stats(&self) -> DbResult<NodeStats> {
         Ok(NodeStats {
             bus_ready: self.bus.is_ready(),
             messages: self.stats.snapshot(),
             outbox: outbox::backlog(&self.db.reader).await?,
             parked: parking::count(&self.db.reader).await?,
-            dead_letters: sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&self.db.reader).await?,
+            dead_letters: dead_letter::count(&self.db.reader).await?,
         })
     }
 
-    pub async fn dead_letters(&self, limit: i64) -> sqlx::Result<Vec<dead_letter::DeadLetter>> {
+    pub async fn dead_letters(&self, limit: i64) -> DbResult<Vec<dead_letter::DeadLetter>> {
         dead_letter::list(&self.db.reader, limit).await
     }
 }

@@ -43,7 +43,7 @@ pub async fn capture(broker: &str, prefix: &str, duration: Duration, out: &Path)
         };
         if let Event::Incoming(Packet::Publish(p)) = event {
             let line = Captured {
-                at_ms: shared::db::now_ms(),
+                at_ms: shared::clock::now_ms(),
                 topic: p.topic.clone(),
                 payload: String::from_utf8_lossy(&p.payload).into_owned(),
             };

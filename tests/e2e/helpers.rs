@@ -176,6 +176,8 @@ pub struct Shop {
     pub scheme: &'static str,
     /// The CA and certificate of a TLS shop.
     pub pki: Option<TestPki>,
+    /// Where the services keep their data.
+    pub store: StoreAt,
 }
 
 /// HTTPS with `pki`'s certificate, for a node's `tls` section.
@@ -197,26 +199,22 @@ fn bus(port: u16, id: &str) -> shared::config::BusConfig {
     shared::config::BusConfig { port, client_id: id.into(), ..Default::default() }
 }
 
-pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::Config {
+pub fn inventory_config(store: &StoreAt, dir: &std::path::Path, broker_port: u16) -> inventory::Config {
     inventory::Config {
         admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-inventory"),
-        db: shared::config::DbConfig {
-            path: dir.join("inventory.db"),
-            synchronous: "NORMAL".into(),
-            ..Default::default()
-        },
+        db: db_config(store, dir, "inventory"),
         ..Default::default()
     }
 }
 
-pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
+pub fn order_config(store: &StoreAt, dir: &std::path::Path, broker_port: u16) -> order::Config {
     order::Config {
         admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-order"),
-        db: shared::config::DbConfig { path: dir.join("order.db"), synchronous: "NORMAL".into(), ..Default::default() },
+        db: db_config(store, dir, "order"),
         follow_up_secs: 1.0,
         ..Default::default()
     }
@@ -244,17 +242,29 @@ impl Shop {
 
     /// The shop with its nodes connected through a chaos proxy, when given.
     pub async fn start_with(kind: BrokerKind, faults: Option<webshop::tools::chaos::Faults>) -> Option<Shop> {
-        Self::launch(kind, faults, None).await
+        Self::launch(kind, StoreAt::sqlite(), faults, None).await
+    }
+
+    /// The shop on the embedded broker with its data on PostgreSQL; `None`
+    /// when PostgreSQL isn't installed.
+    pub async fn start_postgres() -> Option<Shop> {
+        Self::start_on(StoreAt::postgres().await?).await
+    }
+
+    /// The shop on the embedded broker with its data in `store`.
+    pub async fn start_on(store: StoreAt) -> Option<Shop> {
+        Self::launch(BrokerKind::Embedded, store, None, None).await
     }
 
     /// The shop with TLS everywhere, from a fresh test CA: MQTT over TLS,
     /// and HTTPS on every node (the front calls the nodes over HTTPS).
     pub async fn start_tls(kind: BrokerKind) -> Option<Shop> {
-        Self::launch(kind, None, Some(TestPki::generate())).await
+        Self::launch(kind, StoreAt::sqlite(), None, Some(TestPki::generate())).await
     }
 
     async fn launch(
         kind: BrokerKind,
+        store: StoreAt,
         faults: Option<webshop::tools::chaos::Faults>,
         pki: Option<TestPki>,
     ) -> Option<Shop> {
@@ -295,11 +305,11 @@ impl Shop {
             bus.ca_path = ca_path.clone();
             bus
         };
-        let mut inventory_cfg = inventory_config(dir.path(), node_port);
+        let mut inventory_cfg = inventory_config(&store, dir.path(), node_port);
         inventory_cfg.tls = tls.clone();
         inventory_cfg.bus = with_tls(inventory_cfg.bus);
         let inventory = start_inventory(inventory_cfg).await;
-        let mut order_cfg = order_config(dir.path(), node_port);
+        let mut order_cfg = order_config(&store, dir.path(), node_port);
         order_cfg.tls = tls.clone();
         order_cfg.bus = with_tls(order_cfg.bus);
         let order = start_order(order_cfg).await;
@@ -333,6 +343,7 @@ impl Shop {
             http: http_client(pki.as_ref()),
             scheme,
             pki,
+            store,
         };
         shop.wait_ready().await;
         Some(shop)
@@ -531,4 +542,226 @@ pub async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Valu
         }
     }
     panic!("order {key} never accepted");
+}
+
+/// A service's database settings for a test shop: a SQLite file in `dir`,
+/// or a fresh PostgreSQL database of its own (both services share it, each
+/// in its own schema, as in production).
+pub fn db_config(store: &StoreAt, dir: &std::path::Path, service: &str) -> shared::config::DbConfig {
+    let schema = if service == "order" { "orders" } else { service };
+    shared::config::DbConfig {
+        path: dir.join(format!("{service}.db")),
+        synchronous: shared::config::Synchronous::Normal,
+        url: store.url.clone(),
+        schema: schema.into(),
+        ..Default::default()
+    }
+}
+
+/// Where a test shop keeps its data: SQLite files in its directory, or
+/// the PostgreSQL database it was given.
+#[derive(Debug, Clone)]
+pub struct StoreAt {
+    /// `postgres://...` of the shop's own database; `None`: SQLite.
+    pub url: Option<String>,
+}
+
+impl StoreAt {
+    pub fn sqlite() -> StoreAt {
+        StoreAt { url: None }
+    }
+
+    /// A fresh database on the test cluster; `None` (the test is skipped)
+    /// when PostgreSQL isn't installed, unless `WEBSHOP_REQUIRE_POSTGRES=1`.
+    pub async fn postgres() -> Option<StoreAt> {
+        let cluster = postgres::cluster()?;
+        Some(StoreAt { url: Some(cluster.fresh_database().await) })
+    }
+
+    /// The `WEBSHOP_<NODE>__DB__*` variables for a node process.
+    pub fn env(&self, node: &str, dir: &std::path::Path) -> Vec<(String, String)> {
+        let upper = node.to_ascii_uppercase();
+        let cfg = db_config(self, dir, node);
+        let mut env = vec![(format!("WEBSHOP_{upper}__DB__PATH"), cfg.path.display().to_string())];
+        if let Some(url) = &cfg.url {
+            env.push((format!("WEBSHOP_{upper}__DB__URL"), url.clone()));
+            env.push((format!("WEBSHOP_{upper}__DB__SCHEMA"), cfg.schema));
+        }
+        env
+    }
+}
+
+/// A throwaway PostgreSQL cluster for the whole test process, started on
+/// first use and stopped when the process exits.
+pub mod postgres {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    pub struct Cluster {
+        pub port: u16,
+        data: PathBuf,
+        bin: PathBuf,
+        as_postgres: bool,
+    }
+
+    /// The server binaries of the newest installed PostgreSQL.
+    fn bin_dir() -> Option<PathBuf> {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    }
+
+    fn run(c: &Cluster, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = c.bin.join(tool);
+        let mut cmd = if c.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(exe);
+            cmd
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(args).output().unwrap_or_else(|e| panic!("running {tool}: {e}"))
+    }
+
+    /// The cluster the test process shares.
+    pub fn cluster() -> Option<&'static Cluster> {
+        static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+        CLUSTER.get_or_init(start).as_ref()
+    }
+
+    /// A cluster of the caller's own, for a test that restarts it.
+    pub fn own() -> Option<Cluster> {
+        start()
+    }
+
+    fn start() -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            if std::env::var("WEBSHOP_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("PostgreSQL is required (WEBSHOP_REQUIRE_POSTGRES) but not installed");
+            }
+            eprintln!("PostgreSQL not installed: skipping the PostgreSQL run (apt-get install postgresql)");
+            return None;
+        };
+        // Kept past the tempdir guard: removed by `stop` at exit.
+        let root = tempfile::Builder::new().prefix("webshop-pg").tempdir().unwrap().keep();
+        let data = root.join("data");
+        // initdb refuses to run as root: the cluster belongs to `postgres`.
+        let as_postgres = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_postgres {
+            let ok = Command::new("chown").args(["postgres:", &root.display().to_string()]).status();
+            assert!(ok.is_ok_and(|s| s.success()), "chown of the cluster directory to postgres");
+        }
+        let port = super::free_port();
+        let c = Cluster { port, data, bin, as_postgres };
+        let data = c.data.display().to_string();
+        let out = run(&c, "initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"]);
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=300 -c fsync=off -c full_page_writes=off",
+            root.display()
+        );
+        let log = root.join("log").display().to_string();
+        let out = run(&c, "pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"]);
+        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        // Stopped, and its files removed, once this test process is gone.
+        let stop = format!(
+            "tail --pid={pid} -f /dev/null; {runuser}{pg_ctl} -D {data} -m immediate -w stop; rm -rf {root}",
+            pid = std::process::id(),
+            runuser = if as_postgres { "runuser -u postgres -- " } else { "" },
+            pg_ctl = c.bin.join("pg_ctl").display(),
+            root = root.display(),
+        );
+        // In the background of a shell that exits at once: the reaper
+        // outlives this process, and nothing is left to wait for.
+        let started = Command::new("sh")
+            .args(["-c", &format!("({stop}) >/dev/null 2>&1 &")])
+            .status()
+            .expect("the cluster's reaper starts");
+        assert!(started.success(), "the cluster's reaper did not start");
+        Some(c)
+    }
+
+    impl Cluster {
+        /// Restarts the server as a crash would (`immediate`: no
+        /// shutdown checkpoint; it recovers from its WAL), and waits until
+        /// it accepts connections again.
+        pub fn crash_restart(&self) {
+            let data = self.data.display().to_string();
+            // A log file, or the server would hold our output pipe open.
+            let log = self.data.with_file_name("log").display().to_string();
+            let out = run(self, "pg_ctl", &["-D", &data, "-l", &log, "-m", "immediate", "-w", "restart"]);
+            assert!(out.status.success(), "pg_ctl restart failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+
+        pub fn url(&self, database: &str) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        }
+
+        /// A new, empty database.
+        pub async fn fresh_database(&self) -> String {
+            use sqlx::Connection;
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let name = format!("shop_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let mut admin =
+                sqlx::PgConnection::connect(&self.url("postgres")).await.expect("connect to the test cluster");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+            let _ = admin.close().await;
+            self.url(&name)
+        }
+    }
+}
+
+/// SKUs the load helpers order, one line each.
+pub const LOAD_SKUS: [&str; 4] = ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001"];
+
+/// `clients` customers place orders until `until` says stop; returns the
+/// ids of every order that got a 202.
+pub async fn load(
+    shop: &std::sync::Arc<Shop>,
+    clients: usize,
+    tag: &str,
+    until: impl Fn() -> bool + Send + Sync + 'static,
+) -> Vec<String> {
+    let until = std::sync::Arc::new(until);
+    let tally = std::sync::Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (shop, tally, until, tag) = (shop.clone(), tally.clone(), until.clone(), tag.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut i = 0;
+            while !until() {
+                let body = serde_json::json!({"customer_email": format!("c{c}@example.com"),
+                                  "items": [{"sku": LOAD_SKUS[(c + i) % LOAD_SKUS.len()], "quantity": 1}]});
+                ids.push(place_until_accepted(&shop, &format!("{tag}-{c}-{i}"), body, &tally).await);
+                i += 1;
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    println!(
+        "{tag}: {} orders accepted, {} POSTs retried after 503",
+        ids.len(),
+        tally.retries_after_503.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    ids
+}
+
+pub async fn all_settle(shop: &Shop, ids: &[String]) {
+    for id in ids {
+        eventually(&format!("order {id} to settle"), || async {
+            let (code, body) = shop.get(shop.front_url(&format!("/api/orders/{id}"))).await;
+            (code == 200 && body["status"] != "pending").then_some(())
+        })
+        .await;
+    }
 }

@@ -88,8 +88,12 @@ struct Model {
 
 async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handlers::InventoryHandler>) {
     let db = Db::open(
-        &DbConfig { path: dir.join("inventory.db"), synchronous: "OFF".into(), ..Default::default() },
-        inventory::store::SCHEMA,
+        &DbConfig {
+            path: dir.join("inventory.db"),
+            synchronous: shared::config::Synchronous::Off,
+            ..Default::default()
+        },
+        &inventory::store::migrations(),
     )
     .await
     .unwrap();
@@ -108,8 +112,8 @@ async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handl
 
 async fn open_order(dir: &std::path::Path) -> (Db, Consumer<order::handlers::OrderHandler>) {
     let db = Db::open(
-        &DbConfig { path: dir.join("order.db"), synchronous: "OFF".into(), ..Default::default() },
-        order::store::SCHEMA,
+        &DbConfig { path: dir.join("order.db"), synchronous: shared::config::Synchronous::Off, ..Default::default() },
+        &order::store::migrations(),
     )
     .await
     .unwrap();
@@ -245,7 +249,8 @@ impl Model {
     }
 
     async fn check(&self, when: &str) -> public_front::audit::Report {
-        let report = public_front::audit::check(&self.books().await, shared::db::now_ms(), Duration::from_secs(3600));
+        let report =
+            public_front::audit::check(&self.books().await, shared::clock::now_ms(), Duration::from_secs(3600));
         assert!(report.passed, "invariant broken {when}:\n{report}");
         report
     }

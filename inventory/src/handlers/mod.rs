@@ -5,12 +5,13 @@
 mod orders_cancelled;
 mod orders_send;
 
-use rusqlite::Connection;
 use shared::consumer::{HandleError, Handler, Outcome};
-use shared::db::Tx;
-use shared::message::Inbound;
+use shared::db::{Backend, DbResult, Tx};
+use shared::ids::Sku;
+use shared::message::{Inbound, SendOrder};
 use shared::topics::Topic;
 
+use crate::domain::Reservation;
 use crate::store::Stock;
 
 /// The topics inventory subscribes to.
@@ -30,7 +31,35 @@ impl Handler for InventoryHandler {
         }
     }
 
-    fn store(&self, conn: &Connection, stock: Stock) -> rusqlite::Result<()> {
-        stock.write(conn)
+    /// PostgreSQL: locks every product row the batch may change, sorted by
+    /// SKU, before the first message is handled: the SKUs of its orders and
+    /// of the reservations its cancellations release. (SQLite has one
+    /// writer; there is nothing to order.)
+    fn prepare(&self, tx: &mut Tx<'_>, stock: &mut Stock, msgs: &[&Inbound]) -> DbResult<()> {
+        if tx.backend() != Backend::Postgres {
+            return Ok(());
+        }
+        let mut skus: Vec<Sku> = Vec::new();
+        for msg in msgs {
+            match msg.topic {
+                Topic::OrdersSend => {
+                    // A body that doesn't parse is refused by its handler.
+                    if let Ok(order) = msg.body::<SendOrder>() {
+                        skus.extend(order.items.into_iter().map(|l| l.sku));
+                    }
+                }
+                Topic::OrdersCancelled => {
+                    if let Some(Reservation::Reserved { lines, .. }) = stock.reservation(tx, msg.order_id())? {
+                        skus.extend(lines.into_iter().map(|(sku, _)| sku));
+                    }
+                }
+                _ => {}
+            }
+        }
+        stock.lock(tx, skus.iter())
+    }
+
+    fn store(&self, tx: &mut Tx<'_>, stock: Stock) -> DbResult<()> {
+        stock.write(tx)
     }
 }

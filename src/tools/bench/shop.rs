@@ -95,11 +95,9 @@ impl Shop {
             client_id: id.to_owned(),
             ..Default::default()
         };
-        let db = |name: &str| shared::config::DbConfig {
-            path: dir.path().join(name),
-            synchronous: s.synchronous.clone(),
-            ..Default::default()
-        };
+        let synchronous = s.synchronous.parse()?;
+        let db =
+            |name: &str| shared::config::DbConfig { path: dir.path().join(name), synchronous, ..Default::default() };
         let any_port: SocketAddr = "127.0.0.1:0".parse()?;
         let token = Some(shared::config::Secret::new(&s.admin_token));
         let shutdown = CancellationToken::new();
