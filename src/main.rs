@@ -223,6 +223,11 @@ struct Up {
     /// Use this MQTT broker (host:port) instead of starting the embedded one.
     #[arg(long)]
     external_broker: Option<String>,
+    /// Keep the services' data in this PostgreSQL database instead of
+    /// SQLite files (postgres://user@host:port/database; each service in
+    /// its own schema). The password from PGPASSWORD, not the URL.
+    #[arg(long, value_name = "URL", env = "WEBSHOP_DB_URL", hide_env_values = true)]
+    db_url: Option<String>,
     /// Bearer token for the front's /admin routes (unset: admin disabled).
     #[arg(long, env = "WEBSHOP_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -233,6 +238,16 @@ struct Up {
     /// http://127.0.0.1:4318); `OTEL_EXPORTER_OTLP_ENDPOINT` works too.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+}
+
+/// `url` with its password, if any, hidden.
+fn redact(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
+        Some((scheme, (user, host))) if user.contains(':') => {
+            format!("{scheme}://{}:***@{host}", user.split(':').next().unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[tokio::main]
@@ -470,7 +485,12 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
         client_id: client_id.to_owned(),
         ..Default::default()
     };
-    let db = |name: &str| shared::config::DbConfig { path: up.data_dir.join(name), ..Default::default() };
+    let db = |name: &str, schema: &str| shared::config::DbConfig {
+        path: up.data_dir.join(format!("{name}.db")),
+        url: up.db_url.clone(),
+        schema: schema.to_owned(),
+        ..Default::default()
+    };
 
     let shutdown = CancellationToken::new();
     shared::shutdown::cancel_on_signal(shutdown.clone());
@@ -479,7 +499,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
         inventory::Config {
             listen: SocketAddr::new(up.host, up.inventory_port),
             bus: bus("webshop-inventory"),
-            db: db("inventory.db"),
+            db: db("inventory", "inventory"),
             log: log.clone(),
             admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             ..Default::default()
@@ -492,7 +512,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
         order::Config {
             listen: SocketAddr::new(up.host, up.order_port),
             bus: bus("webshop-order"),
-            db: db("order.db"),
+            db: db("order", "orders"),
             log: log.clone(),
             admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             ..Default::default()
@@ -525,7 +545,10 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     println!("  public API    http://{}/api/catalog", front.local_addr());
     println!("  inventory     http://{}", inventory.local_addr());
     println!("  order         http://{}", order.local_addr());
-    println!("  data          {}", up.data_dir.display());
+    match &up.db_url {
+        Some(url) => println!("  data          {} (PostgreSQL, schemas inventory and orders)", redact(url)),
+        None => println!("  data          {} (SQLite)", up.data_dir.display()),
+    }
 
     let (a, b, c) = tokio::join!(inventory.run(), order.run(), front.run());
     a.context("inventory")?;
