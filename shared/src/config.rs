@@ -261,7 +261,7 @@ pub struct LogConfig {
     /// `tracing` filter directive. Default `info`. `RUST_LOG` wins if set.
     pub filter: String,
     /// `text` (default) or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
     /// `http://otel-collector:4318`; spans go to `<url>/v1/traces` as
     /// protobuf. Unset (default): no export, unless the standard
@@ -271,8 +271,16 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into(), format: "text".into(), otlp_endpoint: None }
+        Self { filter: "info".into(), format: LogFormat::Text, otlp_endpoint: None }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Seconds as a `Duration`, for config fields kept as plain numbers.

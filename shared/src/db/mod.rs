@@ -562,3 +562,33 @@ pub(crate) async fn test_db(dir: &std::path::Path) -> Db {
     let cfg = DbConfig { path: dir.join("test.db"), ..Default::default() };
     Db::open(&cfg, &Migrations { sqlite: Migrator::DEFAULT, postgres: Migrator::DEFAULT }).await.expect("test database")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made before migrations (its tables created by the
+    /// nodes' start-up, no `_sqlx_migrations`) opens with its rows.
+    #[tokio::test]
+    async fn a_database_from_before_migrations_opens_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("test.db")).unwrap();
+            conn.execute_batch(include_str!("../../migrations/sqlite/0001_shared.sql")).unwrap();
+            conn.execute(
+                "INSERT INTO dead_letters (topic, payload, payload_bytes, reason, at) VALUES ('t', x'00', 1, 'r', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = test_db(dir.path()).await;
+        assert_eq!(db.reader.scalar("SELECT COUNT(*) FROM dead_letters", &[]).await.unwrap(), 1);
+        let applied = db.reader.scalar("SELECT COUNT(*) FROM _sqlx_migrations", &[]).await.unwrap();
+        assert_eq!(applied, 1, "the shared migration is recorded");
+        db.close().await;
+        // And again: nothing left to apply.
+        let db = test_db(dir.path()).await;
+        assert_eq!(db.reader.scalar("SELECT COUNT(*) FROM dead_letters", &[]).await.unwrap(), 1);
+        db.close().await;
+    }
+}
