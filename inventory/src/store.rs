@@ -10,7 +10,7 @@ use sqlx::{Row, SqlitePool};
 use shared::db::{now_ms, Db};
 use shared::ids::{OrderId, Sku};
 
-use crate::domain::{Change, Level, Reservation};
+use crate::domain::{Change, Level, PriceHistory, Reservation};
 
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS products (
@@ -33,6 +33,12 @@ CREATE TABLE IF NOT EXISTS reservations (
     decided_at  INTEGER,
     released_at INTEGER
 );
+CREATE TABLE IF NOT EXISTS price_history (
+    sku         TEXT NOT NULL,
+    price_cents INTEGER NOT NULL,
+    replaced_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS price_history_by_sku ON price_history (sku, replaced_at);
 "#;
 
 /// A product as the catalog shows it.
@@ -447,6 +453,7 @@ pub async fn update_product(
             .optional()?
             .ok_or_else(|| AdminError::Unknown(key.to_string()))?;
         if let Some(price) = price_cents {
+            record_replaced_price(tx, &key, price, now_ms())?;
             tx.execute("UPDATE products SET price_cents = ? WHERE sku = ?", params![price, key.as_str()])?;
         }
         if let Some(new) = available {
@@ -476,4 +483,46 @@ pub async fn update_gauges(db: shared::db::Db) {
     {
         metrics::gauge!("reservations_live").set(n as f64);
     }
+}
+
+// price history: what inventory needs to be the price authority (an order
+// may quote a price a product had within the grace window).
+
+/// Before a price change: keeps the price `sku` had until `now_ms`, if
+/// `new_price` replaces it.
+fn record_replaced_price(conn: &Connection, sku: &Sku, new_price: i64, now_ms: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO price_history (sku, price_cents, replaced_at)
+         SELECT sku, price_cents, ?1 FROM products WHERE sku = ?2 AND price_cents != ?3",
+    )?
+    .execute(params![now_ms, sku.as_str(), new_price])?;
+    Ok(())
+}
+
+/// The current price and currency of each of `skus` that exists, with the
+/// prices replaced at or after `since_ms`.
+pub fn price_histories<'a>(
+    conn: &Connection,
+    skus: impl Iterator<Item = &'a Sku>,
+    since_ms: i64,
+) -> rusqlite::Result<BTreeMap<Sku, PriceHistory>> {
+    let mut current = conn.prepare_cached("SELECT price_cents, currency FROM products WHERE sku = ?")?;
+    let mut replaced =
+        conn.prepare_cached("SELECT price_cents, replaced_at FROM price_history WHERE sku = ? AND replaced_at >= ?")?;
+    let mut out = BTreeMap::new();
+    for sku in skus {
+        if out.contains_key(sku) {
+            continue;
+        }
+        let Some((current_cents, currency)) =
+            current.query_row([sku.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional()?
+        else {
+            continue;
+        };
+        let replaced = replaced
+            .query_map(params![sku.as_str(), since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+        out.insert(sku.clone(), PriceHistory { currency, current_cents, replaced });
+    }
+    Ok(out)
 }

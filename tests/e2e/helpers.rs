@@ -490,14 +490,26 @@ impl Tester {
     }
 }
 
-/// An `orders/send` body for one line, as the front would publish it.
+/// The price of `sku` in the sample catalog (1000 for a SKU it lacks).
+pub fn catalog_price(sku: &str) -> i64 {
+    let catalog: Vec<Value> = serde_json::from_str(inventory::SAMPLE_CATALOG).expect("the sample catalog parses");
+    catalog.iter().find(|p| p["sku"] == sku).and_then(|p| p["price_cents"].as_i64()).unwrap_or(1000)
+}
+
+/// An `orders/send` body for one line at its catalog price, as the front
+/// would publish it.
 pub fn send_body(sku: &str, qty: i64, fingerprint: &str) -> shared::message::SendOrder {
+    send_body_at(sku, qty, fingerprint, catalog_price(sku))
+}
+
+/// An `orders/send` body for one line at `unit_price_cents`.
+pub fn send_body_at(sku: &str, qty: i64, fingerprint: &str, unit_price_cents: i64) -> shared::message::SendOrder {
     shared::message::SendOrder {
         customer_email: shared::ids::Email::parse("tester@example.com").unwrap(),
         items: vec![shared::message::OrderLine {
             sku: shared::ids::Sku::parse(sku).unwrap(),
             quantity: shared::ids::Quantity::new(qty).unwrap(),
-            unit_price_cents: 1000,
+            unit_price_cents,
         }],
         currency: "EUR".into(),
         fingerprint: fingerprint.into(),
