@@ -1,6 +1,7 @@
 //! End-to-end tests: the real broker, the real nodes, real HTTP and MQTT,
 //! temp-dir SQLite, free ports. Every wait has a deadline.
 
+mod acl;
 mod admin;
 mod bench;
 mod crash;
