@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use shared::ids::Sku;
-use shared::message::{OrderLine, SendOrder};
+use shared::message::{LinePrice, OrderLine, SendOrder};
 
 /// Stock of one product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -49,8 +49,16 @@ pub enum Change {
 /// An event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    InStock { fingerprint: String },
-    OutOfStock { fingerprint: String, reason: String },
+    /// `prices`: the lines' unit prices inventory accepted (empty when a
+    /// decision is only announced again).
+    InStock {
+        fingerprint: String,
+        prices: Vec<LinePrice>,
+    },
+    OutOfStock {
+        fingerprint: String,
+        reason: String,
+    },
     Released,
 }
 
@@ -126,7 +134,7 @@ pub fn on_send(
         // Already decided: say it again (the order service re-requests
         // when it lost our answer), change nothing.
         Some(Reservation::Reserved { fingerprint, .. }) => {
-            (None, Some(Event::InStock { fingerprint: fingerprint.clone() }))
+            (None, Some(Event::InStock { fingerprint: fingerprint.clone(), prices: Vec::new() }))
         }
         Some(Reservation::Rejected { fingerprint, reason }) => {
             (None, Some(Event::OutOfStock { fingerprint: fingerprint.clone(), reason: reason.clone() }))
@@ -162,7 +170,11 @@ pub fn on_send(
                     Some(Event::OutOfStock { fingerprint, reason }),
                 );
             }
-            (Some(Change::Reserve { lines, fingerprint: fingerprint.clone() }), Some(Event::InStock { fingerprint }))
+            let prices = LinePrice::of(&order.items);
+            (
+                Some(Change::Reserve { lines, fingerprint: fingerprint.clone() }),
+                Some(Event::InStock { fingerprint, prices }),
+            )
         }
     }
 }
@@ -292,7 +304,7 @@ mod tests {
         // A decided order is answered the same way again, whatever it says.
         let reserved = Reservation::Reserved { lines: vec![(sku(1), 2)], fingerprint: "fp".into() };
         let (change, event) = on_send(Some(&reserved), &cheap, &stock, &pricing(&prices));
-        assert_eq!((change, event), (None, Some(Event::InStock { fingerprint: "fp".into() })));
+        assert_eq!((change, event), (None, Some(Event::InStock { fingerprint: "fp".into(), prices: vec![] })));
     }
 
     #[test]
@@ -302,8 +314,11 @@ mod tests {
         let (change, event) = on_send(None, &order(&[(1, 2), (1, 2)]), &stock, &pricing(&priced([1])));
         assert!(matches!(change, Some(Change::Reject { .. })));
         assert!(matches!(event, Some(Event::OutOfStock { .. })));
-        let (change, _) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock, &pricing(&priced([1])));
+        let (change, event) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock, &pricing(&priced([1])));
         assert_eq!(change, Some(Change::Reserve { lines: vec![(sku(1), 3)], fingerprint: "fp".into() }));
+        // The in-stock names the price of each line it accepted.
+        let price = LinePrice { sku: sku(1), unit_price_cents: 100 };
+        assert_eq!(event, Some(Event::InStock { fingerprint: "fp".into(), prices: vec![price.clone(), price] }));
     }
 
     #[test]

@@ -62,7 +62,9 @@ fn forged(topic: Topic, confirmed: OrderId, fingerprint: &str) -> Vec<u8> {
             };
             Envelope::new(topic, confirmed, status).to_json()
         }
-        Topic::InStock => Envelope::new(topic, fresh, InStock { fingerprint: "forged".into() }).to_json(),
+        Topic::InStock => {
+            Envelope::new(topic, fresh, InStock { fingerprint: "forged".into(), prices: vec![] }).to_json()
+        }
         Topic::OutOfStock => {
             Envelope::new(topic, fresh, OutOfStock { fingerprint: "forged".into(), reason: "forged".into() }).to_json()
         }

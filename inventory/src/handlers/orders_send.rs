@@ -33,7 +33,9 @@ pub fn handle(tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound, price_grace_ms:
         stock.apply(order_id, change);
     }
     match event {
-        Some(Event::InStock { fingerprint }) => outbox::enqueue(tx, Topic::InStock, order_id, InStock { fingerprint }),
+        Some(Event::InStock { fingerprint, prices }) => {
+            outbox::enqueue(tx, Topic::InStock, order_id, InStock { fingerprint, prices })
+        }
         Some(Event::OutOfStock { fingerprint, reason }) => {
             tracing::info!(%reason, "order rejected");
             outbox::enqueue(tx, Topic::OutOfStock, order_id, OutOfStock { fingerprint, reason })
