@@ -9,7 +9,7 @@ use shared::clock::now_ms;
 use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
 use shared::ids::{OrderId, Sku};
 
-use crate::domain::{Change, Level, Reservation};
+use crate::domain::{Change, Level, PriceHistory, Reservation};
 
 /// Inventory's migrations, one set per backend (`inventory/migrations/`).
 pub fn migrations() -> shared::db::Migrations {
@@ -436,6 +436,7 @@ pub async fn update_product(
             .query_opt(&format!("SELECT available FROM products WHERE sku = $1{lock}"), &[&key.as_str()], |r| r.get(0))?
             .ok_or_else(|| AdminError::Unknown(key.to_string()))?;
         if let Some(price) = price_cents {
+            record_replaced_price(tx, &key, price, now_ms())?;
             tx.execute("UPDATE products SET price_cents = $1 WHERE sku = $2", &[&price, &key.as_str()])?;
         }
         if let Some(new) = available {
@@ -468,4 +469,47 @@ pub async fn update_gauges(db: Db) {
     if let Ok(n) = db.reader.scalar("SELECT COUNT(*) FROM reservations WHERE state = 'reserved'", &[]).await {
         metrics::gauge!("reservations_live").set(n as f64);
     }
+}
+
+// price history: what inventory needs to be the price authority (an order
+// may quote a price a product had within the grace window).
+
+/// Before a price change: keeps the price `sku` had until `now_ms`, if
+/// `new_price` replaces it.
+fn record_replaced_price(tx: &mut Tx<'_>, sku: &Sku, new_price: i64, now_ms: i64) -> DbResult<()> {
+    tx.execute(
+        "INSERT INTO price_history (sku, price_cents, replaced_at)
+         SELECT sku, price_cents, $1 FROM products WHERE sku = $2 AND price_cents <> $3",
+        &[&now_ms, &sku.as_str(), &new_price],
+    )?;
+    Ok(())
+}
+
+/// The current price and currency of each of `skus` that exists, with the
+/// prices replaced at or after `since_ms`.
+pub fn price_histories<'a>(
+    tx: &mut Tx<'_>,
+    skus: impl Iterator<Item = &'a Sku>,
+    since_ms: i64,
+) -> DbResult<BTreeMap<Sku, PriceHistory>> {
+    let mut out = BTreeMap::new();
+    for sku in skus {
+        if out.contains_key(sku) {
+            continue;
+        }
+        let Some((current_cents, currency)) =
+            tx.query_opt("SELECT price_cents, currency FROM products WHERE sku = $1", &[&sku.as_str()], |r| {
+                Ok((r.get::<i64>(0)?, r.get::<String>(1)?))
+            })?
+        else {
+            continue;
+        };
+        let replaced = tx.query(
+            "SELECT price_cents, replaced_at FROM price_history WHERE sku = $1 AND replaced_at >= $2",
+            &[&sku.as_str(), &since_ms],
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+        )?;
+        out.insert(sku.clone(), PriceHistory { currency, current_cents, replaced });
+    }
+    Ok(out)
 }

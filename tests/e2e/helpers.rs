@@ -11,7 +11,7 @@ use serde_json::Value;
 use shared::ids::OrderId;
 use shared::message::Envelope;
 use shared::test_pki::TestPki;
-use shared::topics::Topic;
+use shared::topics::{Role, Topic};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +123,17 @@ fn mosquitto_binary() -> Option<std::path::PathBuf> {
 /// certificate); `None` if it isn't installed (an error when
 /// `WEBSHOP_REQUIRE_MOSQUITTO` is set, as in CI).
 pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&TestPki>) -> Option<Mosquitto> {
+    start_mosquitto_with(dir, port, tls, None).await
+}
+
+/// [`start_mosquitto`]; with `logins`, only those users get in, each held
+/// to its role by an `acl_file` written from `shared::topics::Role`.
+pub async fn start_mosquitto_with(
+    dir: &std::path::Path,
+    port: u16,
+    tls: Option<&TestPki>,
+    logins: Option<&Logins>,
+) -> Option<Mosquitto> {
     let Some(bin) = mosquitto_binary() else {
         if std::env::var("WEBSHOP_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
             panic!("mosquitto is required (WEBSHOP_REQUIRE_MOSQUITTO) but not installed");
@@ -134,6 +145,25 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&Test
     let tls = tls.map_or(String::new(), |pki| {
         format!("certfile {}\nkeyfile {}\ncafile {}\n", pki.cert.display(), pki.key.display(), pki.ca.display())
     });
+    let access = match logins {
+        None => "allow_anonymous true\n".to_owned(),
+        Some(logins) => {
+            let passwords = dir.join("mosquitto.passwd");
+            for (i, role) in Role::ALL.into_iter().enumerate() {
+                let status = std::process::Command::new("mosquitto_passwd")
+                    .args(if i == 0 { vec!["-c", "-b"] } else { vec!["-b"] })
+                    .arg(&passwords)
+                    .args([role.name(), logins.password(role)])
+                    .status()
+                    .expect("mosquitto_passwd runs");
+                assert!(status.success(), "mosquitto_passwd failed");
+            }
+            let acl = dir.join("mosquitto.acl");
+            let users: Vec<(&str, Role)> = Role::ALL.iter().map(|r| (r.name(), *r)).collect();
+            std::fs::write(&acl, shared::topics::mosquitto_acl(shared::topics::DEFAULT_PREFIX, &users, None)).unwrap();
+            format!("allow_anonymous false\npassword_file {}\nacl_file {}\n", passwords.display(), acl.display())
+        }
+    };
     std::fs::write(
         &conf,
         // Mosquitto accepts any size by default; `max_packet_size` bounds
@@ -141,7 +171,7 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&Test
         // (`message_size_limit` bounds only the payload: a packet over
         // the nodes' limit could still get through.)
         format!(
-            "listener {port} 127.0.0.1\n{tls}allow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_packet_size 4194304\n"
+            "listener {port} 127.0.0.1\n{tls}{access}persistence false\nmax_queued_messages 100000\nmax_packet_size 4194304\n"
         ),
     )
     .unwrap();
@@ -178,6 +208,34 @@ pub struct Shop {
     pub pki: Option<TestPki>,
     /// Where the services keep their data.
     pub store: StoreAt,
+    /// The broker's users, when it has some ([`Shop::start_with_logins`]).
+    pub logins: Option<Logins>,
+}
+
+/// A password per role, for a broker that holds each user to its role:
+/// the user named after the role logs in with it.
+#[derive(Clone, Debug)]
+pub struct Logins(std::collections::HashMap<Role, String>);
+
+impl Logins {
+    pub fn generate() -> Logins {
+        Logins(Role::ALL.into_iter().map(|r| (r, uuid::Uuid::new_v4().simple().to_string())).collect())
+    }
+
+    pub fn password(&self, role: Role) -> &str {
+        &self.0[&role]
+    }
+
+    /// `role`'s login on a node's bus.
+    pub fn apply(&self, role: Role, bus: &mut shared::config::BusConfig) {
+        bus.username = Some(role.name().to_owned());
+        bus.password = Some(self.password(role).to_owned());
+    }
+
+    /// The embedded broker's `users`.
+    pub fn users(&self) -> std::collections::HashMap<String, String> {
+        self.0.iter().map(|(r, p)| (r.name().to_owned(), p.clone())).collect()
+    }
 }
 
 /// HTTPS with `pki`'s certificate, for a node's `tls` section.
@@ -242,7 +300,7 @@ impl Shop {
 
     /// The shop with its nodes connected through a chaos proxy, when given.
     pub async fn start_with(kind: BrokerKind, faults: Option<webshop::tools::chaos::Faults>) -> Option<Shop> {
-        Self::launch(kind, StoreAt::sqlite(), faults, None).await
+        Self::launch(kind, StoreAt::sqlite(), faults, None, None).await
     }
 
     /// The shop on the embedded broker with its data on PostgreSQL; `None`
@@ -253,13 +311,19 @@ impl Shop {
 
     /// The shop on the embedded broker with its data in `store`.
     pub async fn start_on(store: StoreAt) -> Option<Shop> {
-        Self::launch(BrokerKind::Embedded, store, None, None).await
+        Self::launch(BrokerKind::Embedded, store, None, None, None).await
+    }
+
+    /// The shop on a broker with a user per role and no anonymous access:
+    /// each node logs in as its role, [`Shop::tester`] as the tester.
+    pub async fn start_with_logins(kind: BrokerKind) -> Option<Shop> {
+        Self::launch(kind, StoreAt::sqlite(), None, None, Some(Logins::generate())).await
     }
 
     /// The shop with TLS everywhere, from a fresh test CA: MQTT over TLS,
     /// and HTTPS on every node (the front calls the nodes over HTTPS).
     pub async fn start_tls(kind: BrokerKind) -> Option<Shop> {
-        Self::launch(kind, StoreAt::sqlite(), None, Some(TestPki::generate())).await
+        Self::launch(kind, StoreAt::sqlite(), None, Some(TestPki::generate()), None).await
     }
 
     async fn launch(
@@ -267,6 +331,7 @@ impl Shop {
         store: StoreAt,
         faults: Option<webshop::tools::chaos::Faults>,
         pki: Option<TestPki>,
+        logins: Option<Logins>,
     ) -> Option<Shop> {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
@@ -276,12 +341,16 @@ impl Shop {
                 broker::spawn(&broker::BrokerConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
                     tls: pki.as_ref().map(server_tls).unwrap_or_default(),
+                    users: logins.as_ref().map(Logins::users).unwrap_or_default(),
                     ..Default::default()
                 })
                 .expect("broker starts");
                 None
             }
-            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?),
+            BrokerKind::Mosquitto => Some(match &logins {
+                None => start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?,
+                Some(l) => start_mosquitto_with(dir.path(), broker_port, pki.as_ref(), Some(l)).await?,
+            }),
         };
         let chaos = match faults {
             Some(faults) => Some(
@@ -301,24 +370,27 @@ impl Shop {
         let scheme = if pki.is_some() { "https" } else { "http" };
         let tls = pki.as_ref().map(server_tls).unwrap_or_default();
         let ca_path = pki.as_ref().map(|p| p.ca.clone());
-        let with_tls = |mut bus: shared::config::BusConfig| {
+        let with_tls = |mut bus: shared::config::BusConfig, role: Role| {
             bus.ca_path = ca_path.clone();
+            if let Some(logins) = &logins {
+                logins.apply(role, &mut bus);
+            }
             bus
         };
         let mut inventory_cfg = inventory_config(&store, dir.path(), node_port);
         inventory_cfg.tls = tls.clone();
-        inventory_cfg.bus = with_tls(inventory_cfg.bus);
+        inventory_cfg.bus = with_tls(inventory_cfg.bus, Role::Inventory);
         let inventory = start_inventory(inventory_cfg).await;
         let mut order_cfg = order_config(&store, dir.path(), node_port);
         order_cfg.tls = tls.clone();
-        order_cfg.bus = with_tls(order_cfg.bus);
+        order_cfg.bus = with_tls(order_cfg.bus, Role::Order);
         let order = start_order(order_cfg).await;
         let shutdown = CancellationToken::new();
         let front_app = public_front::App::build(
             public_front::Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls,
-                bus: with_tls(bus(node_port, "")),
+                bus: with_tls(bus(node_port, ""), Role::Front),
                 inventory_url: format!("{scheme}://{}", inventory.addr),
                 order_url: format!("{scheme}://{}", order.addr),
                 downstream_ca_path: ca_path.clone(),
@@ -344,6 +416,7 @@ impl Shop {
             scheme,
             pki,
             store,
+            logins,
         };
         shop.wait_ready().await;
         Some(shop)
@@ -449,9 +522,21 @@ impl Shop {
         report
     }
 
-    /// A raw MQTT client on the shop's broker (over TLS in a TLS shop).
+    /// A raw MQTT client on the shop's broker (over TLS in a TLS shop),
+    /// logged in as the tester where the broker has users.
     pub async fn tester(&self) -> Tester {
-        Tester::connect_with(self.broker_port, self.pki.as_ref()).await
+        self.client_as(Role::Tester).await
+    }
+
+    /// A raw MQTT client logged in as `role` (without a login on a broker
+    /// without users).
+    pub async fn client_as(&self, role: Role) -> Tester {
+        match &self.logins {
+            None => Tester::connect_with(self.broker_port, self.pki.as_ref()).await,
+            Some(l) => {
+                Tester::connect_as(self.broker_port, self.pki.as_ref(), Some((role.name(), l.password(role)))).await
+            }
+        }
     }
 }
 
@@ -463,8 +548,16 @@ pub struct Tester {
 impl Tester {
     /// A raw MQTT client on `port`; with `pki`, over TLS trusting its CA.
     pub async fn connect_with(port: u16, pki: Option<&TestPki>) -> Tester {
+        Self::connect_as(port, pki, None).await
+    }
+
+    /// [`Tester::connect_with`], logged in with `login` (user, password).
+    pub async fn connect_as(port: u16, pki: Option<&TestPki>, login: Option<(&str, &str)>) -> Tester {
         let mut opts = MqttOptions::new(format!("tester-{}", uuid::Uuid::new_v4().simple()), "127.0.0.1", port);
         opts.set_max_packet_size(8 << 20, 8 << 20);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         if let Some(pki) = pki {
             let bus = shared::config::BusConfig { ca_path: Some(pki.ca.clone()), ..Default::default() };
             opts.set_transport(shared::tls::bus_transport(&bus).unwrap());
@@ -501,14 +594,26 @@ impl Tester {
     }
 }
 
-/// An `orders/send` body for one line, as the front would publish it.
+/// The price of `sku` in the sample catalog (1000 for a SKU it lacks).
+pub fn catalog_price(sku: &str) -> i64 {
+    let catalog: Vec<Value> = serde_json::from_str(inventory::SAMPLE_CATALOG).expect("the sample catalog parses");
+    catalog.iter().find(|p| p["sku"] == sku).and_then(|p| p["price_cents"].as_i64()).unwrap_or(1000)
+}
+
+/// An `orders/send` body for one line at its catalog price, as the front
+/// would publish it.
 pub fn send_body(sku: &str, qty: i64, fingerprint: &str) -> shared::message::SendOrder {
+    send_body_at(sku, qty, fingerprint, catalog_price(sku))
+}
+
+/// An `orders/send` body for one line at `unit_price_cents`.
+pub fn send_body_at(sku: &str, qty: i64, fingerprint: &str, unit_price_cents: i64) -> shared::message::SendOrder {
     shared::message::SendOrder {
         customer_email: shared::ids::Email::parse("tester@example.com").unwrap(),
         items: vec![shared::message::OrderLine {
             sku: shared::ids::Sku::parse(sku).unwrap(),
             quantity: shared::ids::Quantity::new(qty).unwrap(),
-            unit_price_cents: 1000,
+            unit_price_cents,
         }],
         currency: "EUR".into(),
         fingerprint: fingerprint.into(),

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real broker, the real nodes, real HTTP and MQTT,
 //! temp-dir SQLite, free ports. Every wait has a deadline.
 
+mod acl;
 mod admin;
 mod bench;
 mod crash;
@@ -181,7 +182,10 @@ async fn in_stock_before_send_is_parked_then_confirms(shop: Shop) {
     let tester = shop.tester().await;
     let id = new_order_id();
     tester
-        .publish(Topic::InStock, &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-early".into() }))
+        .publish(
+            Topic::InStock,
+            &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-early".into(), prices: vec![] }),
+        )
         .await;
     eventually("the early in-stock to be parked", || async {
         let s = shop.stats(shop.order.addr).await;

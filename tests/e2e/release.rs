@@ -82,7 +82,12 @@ async fn a_lost_release_for_an_order_never_seen_is_resent_until_inventory_confir
     // expires, and the order service releases. That release reaches only
     // inventory's old session.
     shop.inventory.stop().await;
-    tester.publish(Topic::InStock, &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-lost".into() })).await;
+    tester
+        .publish(
+            Topic::InStock,
+            &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-lost".into(), prices: vec![] }),
+        )
+        .await;
     eventually("the order service to re-send the release", || async {
         (releases_sent(&shop, &id_str).await >= 3).then_some(())
     })

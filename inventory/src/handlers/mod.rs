@@ -18,14 +18,24 @@ use crate::store::Stock;
 pub const SUBSCRIPTIONS: [Topic; 2] = [Topic::OrdersSend, Topic::OrdersCancelled];
 
 /// Dispatches a decoded message to its topic's handler.
-pub struct InventoryHandler;
+pub struct InventoryHandler {
+    /// How long a replaced price is still honoured (`price_grace_secs`).
+    pub price_grace_ms: i64,
+}
+
+impl Default for InventoryHandler {
+    /// With the default `price_grace_secs`.
+    fn default() -> Self {
+        Self { price_grace_ms: (crate::Config::default().price_grace_secs * 1000.0) as i64 }
+    }
+}
 
 impl Handler for InventoryHandler {
     type Batch = Stock;
 
     fn handle(&self, tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
-            Topic::OrdersSend => orders_send::handle(tx, stock, msg),
+            Topic::OrdersSend => orders_send::handle(tx, stock, msg, self.price_grace_ms),
             Topic::OrdersCancelled => orders_cancelled::handle(tx, stock, msg),
             other => Ok(Outcome::Ignored(other.suffix())),
         }

@@ -195,7 +195,7 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
         "bench-inventory",
         inv_db.clone(),
         DEFAULT_PREFIX,
-        inventory::handlers::InventoryHandler,
+        inventory::handlers::InventoryHandler::default(),
         Wakeup::default(),
         stats(),
         policy,
