@@ -6,6 +6,7 @@
 //! per-node binaries (`broker`, `inventory`, `order`, `public-front`) with
 //! the files in `config/` instead.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared::topics::Role;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -73,6 +75,8 @@ enum Command {
         fresh_ids: bool,
         #[command(flatten)]
         bus: BusArgs,
+        #[command(flatten)]
+        login: Login,
     },
     /// Record everything on the bus to a JSON-lines file.
     Capture {
@@ -83,6 +87,8 @@ enum Command {
         seconds: f64,
         #[command(flatten)]
         bus: BusArgs,
+        #[command(flatten)]
+        login: Login,
     },
     /// Publish a capture again: all of it, or a selection, in any order.
     Replay {
@@ -102,6 +108,8 @@ enum Command {
         reverse: bool,
         #[command(flatten)]
         bus: BusArgs,
+        #[command(flatten)]
+        login: Login,
     },
     /// A fault-injecting MQTT proxy: point nodes at --listen instead of the
     /// broker.
@@ -169,6 +177,8 @@ enum Command {
         replay: Option<i64>,
         #[command(flatten)]
         bus: BusArgs,
+        #[command(flatten)]
+        login: Login,
     },
     /// Measure throughput and latency percentiles (catalog reads, orders and
     /// cancels end to end) next to reference limits of this machine.
@@ -193,6 +203,24 @@ enum NodeKind {
     Inventory,
     Order,
     Front,
+}
+
+/// A login on the broker for the tester tools: a user with the tester role
+/// where the broker has users (`webshop up` lets clients without a login in
+/// as testers).
+#[derive(clap::Args)]
+struct Login {
+    /// MQTT user name.
+    #[arg(long, env = "WEBSHOP_MQTT_USERNAME")]
+    username: Option<String>,
+    #[arg(long, env = "WEBSHOP_MQTT_PASSWORD", hide_env_values = true, requires = "username")]
+    password: Option<String>,
+}
+
+impl Login {
+    fn credentials(self) -> Option<(String, String)> {
+        self.username.map(|u| (u, self.password.unwrap_or_default()))
+    }
 }
 
 #[derive(clap::Args)]
@@ -223,6 +251,11 @@ struct Up {
     /// Use this MQTT broker (host:port) instead of starting the embedded one.
     #[arg(long)]
     external_broker: Option<String>,
+    /// Keep the services' data in this PostgreSQL database instead of
+    /// SQLite files (postgres://user@host:port/database; each service in
+    /// its own schema). The password from PGPASSWORD, not the URL.
+    #[arg(long, value_name = "URL", env = "WEBSHOP_DB_URL", hide_env_values = true)]
+    db_url: Option<String>,
     /// Bearer token for the front's /admin routes (unset: admin disabled).
     #[arg(long, env = "WEBSHOP_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -233,6 +266,16 @@ struct Up {
     /// http://127.0.0.1:4318); `OTEL_EXPORTER_OTLP_ENDPOINT` works too.
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+}
+
+/// `url` with its password, if any, hidden.
+fn redact(url: &str) -> String {
+    match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
+        Some((scheme, (user, host))) if user.contains(':') => {
+            format!("{scheme}://{}:***@{host}", user.split(':').next().unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
 }
 
 #[tokio::main]
@@ -324,7 +367,7 @@ async fn main() -> anyhow::Result<()> {
             }
             std::process::exit(if report.passed { 0 } else { 1 });
         }
-        Command::Inject { topic, file, times, fresh_ids, bus } => {
+        Command::Inject { topic, file, times, fresh_ids, bus, login } => {
             let payload = match file.filter(|f| f.as_os_str() != "-") {
                 Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
                 None => {
@@ -340,24 +383,25 @@ async fn main() -> anyhow::Result<()> {
                 payload,
                 times,
                 fresh_ids,
+                credentials: login.credentials(),
             })
             .await?;
             println!("published {n} message(s), all acknowledged by the broker");
             Ok(())
         }
-        Command::Capture { out, seconds, bus } => {
-            let n =
-                webshop::tools::capture::capture(&bus.broker, &bus.prefix, shared::config::secs(seconds), &out).await?;
+        Command::Capture { out, seconds, bus, login } => {
+            let (secs, credentials) = (shared::config::secs(seconds), login.credentials());
+            let n = webshop::tools::capture::capture(&bus.broker, credentials, &bus.prefix, secs, &out).await?;
             println!("captured {n} message(s) to {}", out.display());
             Ok(())
         }
-        Command::Replay { file, topic, order_id, shuffle, reverse, bus } => {
+        Command::Replay { file, topic, order_id, shuffle, reverse, bus, login } => {
             use webshop::tools::capture;
             let msgs = capture::read_capture(&file)?;
             let total = msgs.len();
             let sel = capture::Selection { topics: topic, order_id, shuffle_seed: shuffle, reverse };
             let msgs = capture::select(msgs, &sel);
-            let n = capture::replay(&bus.broker, msgs).await?;
+            let n = capture::replay(&bus.broker, login.credentials(), msgs).await?;
             println!("replayed {n} of {total} captured message(s)");
             Ok(())
         }
@@ -403,7 +447,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{report}");
             Ok(())
         }
-        Command::DeadLetters { node, replay, bus } => {
+        Command::DeadLetters { node, replay, bus, login } => {
             let url = format!("{}/dead-letters?limit=1000", node.trim_end_matches('/'));
             let letters: Vec<serde_json::Value> =
                 reqwest::get(&url).await.with_context(|| format!("reading {url}"))?.error_for_status()?.json().await?;
@@ -432,7 +476,8 @@ async fn main() -> anyhow::Result<()> {
                         anyhow::bail!("dead letter #{id} was stored truncated; it can't be replayed");
                     }
                     let topic = d["topic"].as_str().unwrap_or("").to_owned();
-                    webshop::tools::mqtt::publish_all(&bus.broker, vec![(topic.clone(), payload)]).await?;
+                    let messages = vec![(topic.clone(), payload)];
+                    webshop::tools::mqtt::publish_all(&bus.broker, login.credentials(), messages).await?;
                     println!("dead letter #{id} published again to {topic}");
                     Ok(())
                 }
@@ -450,6 +495,15 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     // One subscriber and one exporter for all three nodes; spans tell the
     // nodes apart by their `node` attribute. Dropped at the end: flushes.
     let _telemetry = shared::telemetry::init("webshop", &log)?;
+    // Each node logs in to the embedded broker as its role, with a password
+    // made up for this run, so the broker holds it to its role's topics.
+    let logins: HashMap<Role, String> = match up.external_broker {
+        Some(_) => HashMap::new(),
+        None => [Role::Front, Role::Order, Role::Inventory]
+            .into_iter()
+            .map(|r| (r, uuid::Uuid::new_v4().simple().to_string()))
+            .collect(),
+    };
     let (broker_host, broker_port) = match &up.external_broker {
         Some(addr) => {
             let (h, p) = addr.rsplit_once(':').context("--external-broker must be host:port")?;
@@ -458,19 +512,32 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
         None => {
             // The nodes run in this process: the broker stays on loopback
             // whatever --host says (beyond loopback it would need users).
+            // Clients without a login are testers (every topic).
             let loopback = IpAddr::from([127, 0, 0, 1]);
-            let cfg = broker::BrokerConfig { listen: SocketAddr::new(loopback, up.broker_port), ..Default::default() };
+            let cfg = broker::BrokerConfig {
+                listen: SocketAddr::new(loopback, up.broker_port),
+                users: logins.iter().map(|(r, p)| (r.name().to_owned(), p.clone())).collect(),
+                anonymous_tester: true,
+                ..Default::default()
+            };
             broker::spawn(&cfg)?;
             (loopback.to_string(), up.broker_port)
         }
     };
-    let bus = |client_id: &str| shared::config::BusConfig {
+    let bus = |client_id: &str, role: Role| shared::config::BusConfig {
         host: broker_host.clone(),
         port: broker_port,
         client_id: client_id.to_owned(),
+        username: logins.get(&role).map(|_| role.name().to_owned()),
+        password: logins.get(&role).cloned(),
         ..Default::default()
     };
-    let db = |name: &str| shared::config::DbConfig { path: up.data_dir.join(name), ..Default::default() };
+    let db = |name: &str, schema: &str| shared::config::DbConfig {
+        path: up.data_dir.join(format!("{name}.db")),
+        url: up.db_url.clone(),
+        schema: schema.to_owned(),
+        ..Default::default()
+    };
 
     let shutdown = CancellationToken::new();
     shared::shutdown::cancel_on_signal(shutdown.clone());
@@ -478,8 +545,8 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     let inventory = inventory::App::build(
         inventory::Config {
             listen: SocketAddr::new(up.host, up.inventory_port),
-            bus: bus("webshop-inventory"),
-            db: db("inventory.db"),
+            bus: bus("webshop-inventory", Role::Inventory),
+            db: db("inventory", "inventory"),
             log: log.clone(),
             admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             ..Default::default()
@@ -491,8 +558,8 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     let order = order::App::build(
         order::Config {
             listen: SocketAddr::new(up.host, up.order_port),
-            bus: bus("webshop-order"),
-            db: db("order.db"),
+            bus: bus("webshop-order", Role::Order),
+            db: db("order", "orders"),
             log: log.clone(),
             admin_token: up.admin_token.clone().map(shared::config::Secret::new),
             ..Default::default()
@@ -504,7 +571,7 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     let front = public_front::App::build(
         public_front::Config {
             listen: SocketAddr::new(up.host, up.front_port),
-            bus: bus(""),
+            bus: bus("", Role::Front),
             inventory_url: format!("http://{}", inventory.local_addr()),
             order_url: format!("http://{}", order.local_addr()),
             admin_token: up.admin_token.clone().map(shared::config::Secret::new),
@@ -519,13 +586,20 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     println!("webshop is up (Ctrl-C to stop)");
     match &up.external_broker {
         Some(addr) => println!("  broker        mqtt://{addr} (external)"),
-        None => println!("  broker        mqtt://127.0.0.1:{} (embedded, in memory)", up.broker_port),
+        None => println!(
+            "  broker        mqtt://127.0.0.1:{} (embedded, in memory; nodes log in with their roles, \
+             clients without a login are testers)",
+            up.broker_port
+        ),
     }
     println!("  storefront    http://{}/", front.local_addr());
     println!("  public API    http://{}/api/catalog", front.local_addr());
     println!("  inventory     http://{}", inventory.local_addr());
     println!("  order         http://{}", order.local_addr());
-    println!("  data          {}", up.data_dir.display());
+    match &up.db_url {
+        Some(url) => println!("  data          {} (PostgreSQL, schemas inventory and orders)", redact(url)),
+        None => println!("  data          {} (SQLite)", up.data_dir.display()),
+    }
 
     let (a, b, c) = tokio::join!(inventory.run(), order.run(), front.run());
     a.context("inventory")?;

@@ -20,7 +20,12 @@
 //!
 //! With an empty `users` map any client may connect, so [`spawn`] refuses to
 //! listen on a non-loopback address unless `users` is set (TLS encrypts but
-//! doesn't tell clients apart, so it doesn't lift that rule). With
+//! doesn't tell clients apart, so it doesn't lift that rule). With `users`
+//! set, each user has a [`Role`] (`shared::topics`) and may publish and
+//! subscribe only to that role's topics: the vendored rumqttd asks
+//! [`acl_handler`] about every publish and subscription (see
+//! vendor/README.md). A refused publish is acked and dropped, logged and
+//! counted in `broker_refused_total`. With
 //! `tls.cert_path` and `tls.key_path` the broker speaks MQTT over TLS on
 //! `listen` (see [`tls`] for how, and why not rumqttd's own TLS); clients
 //! are not asked for certificates.
@@ -33,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use shared::topics::{Role, Topic};
 
 pub mod tls;
 
@@ -74,11 +80,25 @@ pub struct BrokerConfig {
     /// its connection tables by it up front. Default 1000.
     pub max_connections: usize,
     /// User name -> password. Empty (default) means no authentication,
-    /// which is only allowed on a loopback `listen` address.
+    /// which is only allowed on a loopback `listen` address; every client
+    /// then has the `tester` role (every topic).
     pub users: HashMap<String, String>,
+    /// User name -> role (`front`, `order`, `inventory`, `tester`): the
+    /// topics the user may publish and subscribe to (`shared::topics::Role`).
+    /// A user named after a role has that role unless listed here; any
+    /// other user must be. Default empty.
+    pub roles: HashMap<String, Role>,
+    /// With `users` set, also let clients without a login in, with the
+    /// `tester` role. Only on a loopback `listen` address (`webshop up` sets
+    /// it: testers inject on every topic while the nodes' own logins keep
+    /// their roles). Default `false`.
+    pub anonymous_tester: bool,
+    /// The topic prefix of the shop, which the roles' topics are under.
+    /// Default `webshop/v1/`.
+    pub topic_prefix: String,
     /// Where the `broker` binary serves `GET /metrics` (Prometheus:
     /// `broker_connections`, `broker_subscriptions`, `broker_publishes_total`,
-    /// `broker_failed_publishes_total`) and `GET /healthz`. Default
+    /// `broker_failed_publishes_total`, `broker_refused_total`) and `GET /healthz`. Default
     /// `127.0.0.1:9042`. Under `webshop up` these series appear on every
     /// node's `/metrics` instead (one process, one registry).
     pub metrics_listen: SocketAddr,
@@ -99,6 +119,9 @@ impl Default for BrokerConfig {
             topic_log_segments: 4,
             max_connections: 1000,
             users: HashMap::new(),
+            roles: HashMap::new(),
+            anonymous_tester: false,
+            topic_prefix: shared::topics::DEFAULT_PREFIX.into(),
             metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9042),
             tls: shared::config::TlsConfig::default(),
             log: shared::config::LogConfig::default(),
@@ -119,6 +142,9 @@ impl std::fmt::Debug for BrokerConfig {
             .field("topic_log_segments", &self.topic_log_segments)
             .field("max_connections", &self.max_connections)
             .field("users", &users)
+            .field("roles", &self.roles.iter().collect::<std::collections::BTreeMap<_, _>>())
+            .field("anonymous_tester", &self.anonymous_tester)
+            .field("topic_prefix", &self.topic_prefix)
             .field("metrics_listen", &self.metrics_listen)
             .field("tls", &self.tls)
             .field("log", &self.log)
@@ -138,9 +164,27 @@ impl BrokerConfig {
                 self.listen
             );
         }
+        if self.anonymous_tester && !self.listen.ip().is_loopback() {
+            bail!(
+                "broker config: anonymous_tester is only allowed on a loopback `listen` address, not {}",
+                self.listen
+            );
+        }
+        for user in self.roles.keys() {
+            if !self.users.contains_key(user) {
+                bail!("broker config: `roles` names {user:?}, which is not in `users`");
+            }
+        }
         for (user, password) in &self.users {
             if user.is_empty() {
                 bail!("broker config: `users` contains an empty user name");
+            }
+            if self.role_of(user).is_none() {
+                bail!(
+                    "broker config: user {user:?} has no role: set roles.{user} to front, order, inventory \
+                     or tester (e.g. WEBSHOP_BROKER__ROLES__{}=front), or name the user after its role",
+                    user.to_uppercase()
+                );
             }
             if password.is_empty() {
                 bail!("broker config: user {user:?} has an empty password");
@@ -167,6 +211,11 @@ impl BrokerConfig {
         Ok(())
     }
 
+    /// The role of a user in `users`.
+    pub fn role_of(&self, user: &str) -> Option<Role> {
+        self.roles.get(user).copied().or_else(|| Role::parse(user))
+    }
+
     /// The `rumqttd` configuration: one MQTT 3.1.1 (v4) TCP listener on
     /// `listen` (behind the TLS listener, a loopback port).
     fn to_rumqttd(&self, listen: SocketAddr) -> rumqttd::Config {
@@ -184,6 +233,9 @@ impl BrokerConfig {
             auth: (!self.users.is_empty()).then(|| self.users.clone()),
             external_auth: None,
             dynamic_filters: true,
+            allow_anonymous: self.anonymous_tester,
+            // Without users every client is a tester: nothing to check.
+            acl: (!self.users.is_empty()).then(|| acl_handler(self)),
         };
         let server = rumqttd::ServerSettings {
             name: "mqtt-v4".into(),
@@ -210,6 +262,54 @@ impl BrokerConfig {
             ..Default::default()
         }
     }
+}
+
+/// The permission check the vendored rumqttd runs for every publish,
+/// subscription and last will: the user's role decides (a client without a
+/// login is a tester; it only gets in with `anonymous_tester`). A refusal
+/// is counted in `broker_refused_total{user, action, topic}` (`topic`: the
+/// shop's topic below the prefix, or `other`) and logged, the first time
+/// and then at every power of two per series, so a client that keeps
+/// trying can't flood the log.
+pub fn acl_handler(cfg: &BrokerConfig) -> rumqttd::AclHandler {
+    let prefix = cfg.topic_prefix.clone();
+    let roles: HashMap<String, Role> = cfg.users.keys().filter_map(|u| Some((u.clone(), cfg.role_of(u)?))).collect();
+    let refusals: std::sync::Mutex<HashMap<(String, &'static str, &'static str), u64>> = Default::default();
+    std::sync::Arc::new(move |user: Option<&str>, access: rumqttd::Access, topic: &str| {
+        let role = match user {
+            None => Some(Role::Tester),
+            Some(u) => roles.get(u).copied(),
+        };
+        let (action, allowed) = match access {
+            rumqttd::Access::Publish => ("publish", role.is_some_and(|r| r.may_publish(&prefix, topic))),
+            rumqttd::Access::Subscribe => ("subscribe", role.is_some_and(|r| r.may_subscribe(&prefix, topic))),
+        };
+        if !allowed {
+            let who = user.unwrap_or("anonymous").to_owned();
+            let label = Topic::from_path(&prefix, topic).map_or("other", Topic::suffix);
+            metrics::counter!("broker_refused_total", "user" => who.clone(), "action" => action, "topic" => label)
+                .increment(1);
+            let n = {
+                let mut counts = refusals.lock().unwrap_or_else(|e| e.into_inner());
+                let n = counts.entry((who.clone(), action, label)).or_default();
+                *n += 1;
+                *n
+            };
+            if n.is_power_of_two() {
+                let role = role.map_or("none", Role::name);
+                let what = match access {
+                    rumqttd::Access::Publish => "acked and dropped the message",
+                    rumqttd::Access::Subscribe => "answered with a failure code",
+                };
+                tracing::warn!(
+                    user = %who, role, action, topic, refused = n,
+                    "refused {action} to {topic:?}: role {role} may not {action} there; {what} \
+                     (a node that logs in with the wrong user, or a client probing the bus)"
+                );
+            }
+        }
+        allowed
+    })
 }
 
 /// Starts rumqttd on its own thread and returns once `listen` accepts TCP
@@ -507,6 +607,104 @@ mod tests {
             let outcome = connack_or_error(&mut eventloop, "the broker to refuse the login").await;
             assert!(outcome.is_err(), "login {login:?} accepted: {outcome:?}");
         }
+    }
+
+    /// Each user may publish and subscribe to its role's topics only: a
+    /// refused QoS 1 publish is still acked (the client goes on) but
+    /// reaches no subscriber, a refused subscription gets 0x80, and
+    /// anonymous clients get in as testers only with `anonymous_tester`.
+    #[tokio::test]
+    async fn roles_are_enforced_per_user() {
+        let mut cfg = local_config();
+        cfg.users.insert("front".into(), "f-secret".into());
+        cfg.users.insert("shop-order".into(), "o-secret".into());
+        cfg.roles.insert("shop-order".into(), Role::Order);
+        cfg.anonymous_tester = true;
+        spawn(&cfg).unwrap();
+        let path = |t: Topic| t.path(shared::topics::DEFAULT_PREFIX);
+
+        // An anonymous tester sees everything.
+        let (tester, mut tester_loop) = client(&cfg, "broker-test-acl-tester", None);
+        wait_for(&mut tester_loop, "CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
+        tester.subscribe("webshop/v1/#", QoS::AtLeastOnce).await.unwrap();
+        let codes = wait_for(&mut tester_loop, "SUBACK", |p| match p {
+            Packet::SubAck(s) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+
+        let (front, mut front_loop) = client(&cfg, "broker-test-acl-front", Some(("front", "f-secret")));
+        wait_for(&mut front_loop, "CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
+        front.subscribe(path(Topic::InStock), QoS::AtLeastOnce).await.unwrap();
+        let codes = wait_for(&mut front_loop, "SUBACK", |p| match p {
+            Packet::SubAck(s) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure], "front subscribed to in-stock");
+        // Forbidden, then allowed, on one connection: both acked, only the
+        // second delivered (the broker keeps one publisher's order).
+        front.publish(path(Topic::InStock), QoS::AtLeastOnce, false, b"forged".to_vec()).await.unwrap();
+        front.publish(path(Topic::OrdersSend), QoS::AtLeastOnce, false, b"allowed".to_vec()).await.unwrap();
+        let mut acks = 0;
+        wait_for(&mut front_loop, "two PUBACKs", |p| {
+            acks += matches!(p, Packet::PubAck(_)) as usize;
+            (acks == 2).then_some(())
+        })
+        .await;
+        let got = wait_for(&mut tester_loop, "the allowed send", |p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!((got.topic.as_str(), &got.payload[..]), (path(Topic::OrdersSend).as_str(), &b"allowed"[..]));
+
+        // A user with an explicit role.
+        let (order, mut order_loop) = client(&cfg, "broker-test-acl-order", Some(("shop-order", "o-secret")));
+        wait_for(&mut order_loop, "CONNACK", |p| matches!(p, Packet::ConnAck(_)).then_some(())).await;
+        order.publish(path(Topic::Released), QoS::AtLeastOnce, false, b"forged".to_vec()).await.unwrap();
+        order.publish(path(Topic::OrdersStatus), QoS::AtLeastOnce, false, b"status".to_vec()).await.unwrap();
+        let mut acks = 0;
+        wait_for(&mut order_loop, "two PUBACKs", |p| {
+            acks += matches!(p, Packet::PubAck(_)) as usize;
+            (acks == 2).then_some(())
+        })
+        .await;
+        let got = wait_for(&mut tester_loop, "the status", |p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(&got.payload[..], b"status");
+
+        let metrics = shared::metrics::render();
+        for series in [
+            r#"broker_refused_total{user="front",action="publish",topic="inventory/in-stock"} 1"#,
+            r#"broker_refused_total{user="front",action="subscribe",topic="inventory/in-stock"} 1"#,
+            r#"broker_refused_total{user="shop-order",action="publish",topic="inventory/released"} 1"#,
+        ] {
+            assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+        }
+    }
+
+    #[test]
+    fn users_need_a_role_and_anonymous_testers_need_loopback() {
+        let mut cfg = local_config();
+        cfg.users.insert("shop".into(), "pw".into());
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("\"shop\" has no role") && err.contains("WEBSHOP_BROKER__ROLES__SHOP"), "{err}");
+        cfg.roles.insert("shop".into(), Role::Front);
+        cfg.validate().unwrap();
+        cfg.roles.insert("ghost".into(), Role::Tester);
+        assert!(cfg.validate().unwrap_err().to_string().contains("\"ghost\", which is not in `users`"));
+        let cfg = BrokerConfig {
+            listen: "0.0.0.0:1883".parse().unwrap(),
+            users: HashMap::from([("front".into(), "pw".into())]),
+            anonymous_tester: true,
+            ..Default::default()
+        };
+        assert!(cfg.validate().unwrap_err().to_string().contains("anonymous_tester"));
     }
 
     /// The connection's CONNACK, or the error that ended it first.

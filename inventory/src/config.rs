@@ -24,6 +24,12 @@ pub struct Config {
     /// A JSON catalog loaded on first start (empty database). Default: the
     /// sample catalog built into the binary.
     pub catalog: Option<PathBuf>,
+    /// Inventory is the price authority: an `orders/send` must quote, per
+    /// SKU, its current price or one it had within this many seconds, or it
+    /// is rejected. Longer than the front's price cache and its
+    /// `stale_price_max_secs` (300), plus the time an order may wait on the
+    /// bus. Default 900.
+    pub price_grace_secs: f64,
 }
 
 impl Default for Config {
@@ -32,10 +38,15 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             tls: TlsConfig::default(),
             bus: BusConfig { client_id: "webshop-inventory".into(), ..BusConfig::default() },
-            db: DbConfig { path: PathBuf::from("data/inventory.db"), ..DbConfig::default() },
+            db: DbConfig {
+                path: PathBuf::from("data/inventory.db"),
+                schema: "inventory".into(),
+                ..DbConfig::default()
+            },
             log: LogConfig::default(),
             admin_token: None,
             catalog: None,
+            price_grace_secs: 900.0,
         }
     }
 }

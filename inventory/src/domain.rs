@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use shared::ids::Sku;
-use shared::message::{OrderLine, SendOrder};
+use shared::message::{LinePrice, OrderLine, SendOrder};
 
 /// Stock of one product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -49,8 +49,16 @@ pub enum Change {
 /// An event to publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    InStock { fingerprint: String },
-    OutOfStock { fingerprint: String, reason: String },
+    /// `prices`: the lines' unit prices inventory accepted (empty when a
+    /// decision is only announced again).
+    InStock {
+        fingerprint: String,
+        prices: Vec<LinePrice>,
+    },
+    OutOfStock {
+        fingerprint: String,
+        reason: String,
+    },
     Released,
 }
 
@@ -63,18 +71,70 @@ pub fn aggregate(items: &[OrderLine]) -> Vec<(Sku, i64)> {
     by_sku.into_iter().collect()
 }
 
+/// The prices a product had lately: what it costs now, and the prices it
+/// had until a recent change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PriceHistory {
+    pub currency: String,
+    pub current_cents: i64,
+    /// `(price_cents, replaced_at_ms)`: a price the product had until then.
+    pub replaced: Vec<(i64, i64)>,
+}
+
+/// What inventory knows of prices when it decides an order.
+#[derive(Clone, Copy, Debug)]
+pub struct Pricing<'a> {
+    /// The history of each SKU the order names that exists.
+    pub prices: &'a BTreeMap<Sku, PriceHistory>,
+    pub now_ms: i64,
+    /// How long a replaced price is still honoured: the front quotes from
+    /// a cache and, while inventory is down, from prices up to
+    /// `stale_price_max_secs` old.
+    pub grace_ms: i64,
+}
+
+/// Inventory is the price authority: an order may carry, for each SKU, its
+/// current price or a price it had within the grace window, in its
+/// currency. Returns why not, for the first line that breaks the rule.
+/// Unknown SKUs are left to the stock check.
+pub fn price_refusal(order: &SendOrder, pricing: &Pricing<'_>) -> Option<String> {
+    let since = pricing.now_ms - pricing.grace_ms;
+    for line in &order.items {
+        let Some(history) = pricing.prices.get(&line.sku) else { continue };
+        if order.currency != history.currency {
+            return Some(format!(
+                "currency {} is not the currency of {} ({})",
+                order.currency, line.sku, history.currency
+            ));
+        }
+        let price = line.unit_price_cents;
+        let recent = history.replaced.iter().any(|&(old, until)| old == price && until >= since);
+        if price != history.current_cents && !recent {
+            return Some(format!(
+                "unit price {price} cents for {} is not a price it had in the last {} s (it costs {} cents)",
+                line.sku,
+                pricing.grace_ms / 1000,
+                history.current_cents
+            ));
+        }
+    }
+    None
+}
+
 /// `orders/send`: reserve every line or none. `stock` holds the level of
-/// each SKU the order names that exists.
+/// each SKU the order names that exists; an order whose prices inventory
+/// never charged ([`price_refusal`]) is rejected and reserves nothing.
 pub fn on_send(
     existing: Option<&Reservation>,
     order: &SendOrder,
     stock: &BTreeMap<Sku, Level>,
+    pricing: &Pricing<'_>,
 ) -> (Option<Change>, Option<Event>) {
     match existing {
         // Already decided: say it again (the order service re-requests
         // when it lost our answer), change nothing.
         Some(Reservation::Reserved { fingerprint, .. }) => {
-            (None, Some(Event::InStock { fingerprint: fingerprint.clone() }))
+            (None, Some(Event::InStock { fingerprint: fingerprint.clone(), prices: Vec::new() }))
         }
         Some(Reservation::Rejected { fingerprint, reason }) => {
             (None, Some(Event::OutOfStock { fingerprint: fingerprint.clone(), reason: reason.clone() }))
@@ -91,6 +151,12 @@ pub fn on_send(
         None => {
             let lines = aggregate(&order.items);
             let fingerprint = order.fingerprint.clone();
+            if let Some(reason) = price_refusal(order, pricing) {
+                return (
+                    Some(Change::Reject { fingerprint: fingerprint.clone(), reason: reason.clone() }),
+                    Some(Event::OutOfStock { fingerprint, reason }),
+                );
+            }
             for (sku, qty) in &lines {
                 let reason = match stock.get(sku) {
                     None => format!("unknown product {sku}"),
@@ -104,7 +170,11 @@ pub fn on_send(
                     Some(Event::OutOfStock { fingerprint, reason }),
                 );
             }
-            (Some(Change::Reserve { lines, fingerprint: fingerprint.clone() }), Some(Event::InStock { fingerprint }))
+            let prices = LinePrice::of(&order.items);
+            (
+                Some(Change::Reserve { lines, fingerprint: fingerprint.clone() }),
+                Some(Event::InStock { fingerprint, prices }),
+            )
         }
     }
 }
@@ -185,15 +255,70 @@ mod tests {
         }
     }
 
+    /// Every SKU costs 100 EUR cents, as `order` quotes.
+    fn priced(skus: impl IntoIterator<Item = u8>) -> BTreeMap<Sku, PriceHistory> {
+        skus.into_iter()
+            .map(|i| (sku(i), PriceHistory { currency: "EUR".into(), current_cents: 100, replaced: vec![] }))
+            .collect()
+    }
+
+    fn pricing(prices: &BTreeMap<Sku, PriceHistory>) -> Pricing<'_> {
+        Pricing { prices, now_ms: 1_000_000, grace_ms: 600_000 }
+    }
+
+    #[test]
+    fn prices_must_be_current_or_replaced_within_the_grace_window() {
+        let now = 1_000_000;
+        let mut prices = priced([1]);
+        let history = prices.get_mut(&sku(1)).unwrap();
+        history.current_cents = 150;
+        // 120 until 10 s ago, 80 until 700 s ago (beyond the 600 s window).
+        history.replaced = vec![(120, now - 10_000), (80, now - 700_000)];
+        let p = pricing(&prices);
+        let at = |cents: i64| {
+            let mut o = order(&[(1, 1)]);
+            o.items[0].unit_price_cents = cents;
+            o
+        };
+        assert_eq!(price_refusal(&at(150), &p), None);
+        assert_eq!(price_refusal(&at(120), &p), None);
+        let reason = price_refusal(&at(80), &p).expect("an old price is refused");
+        assert!(reason.contains("unit price 80 cents for SKU-1") && reason.contains("600 s"), "{reason}");
+        assert!(price_refusal(&at(1), &p).is_some());
+        let mut yen = at(150);
+        yen.currency = "JPY".into();
+        assert!(price_refusal(&yen, &p).unwrap().contains("currency JPY"));
+        // Unknown SKUs are the stock check's to refuse.
+        assert_eq!(price_refusal(&order(&[(9, 1)]), &p), None);
+    }
+
+    #[test]
+    fn a_cheap_order_reserves_nothing() {
+        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0 })]);
+        let prices = priced([1]);
+        let mut cheap = order(&[(1, 2)]);
+        cheap.items[0].unit_price_cents = 1;
+        let (change, event) = on_send(None, &cheap, &stock, &pricing(&prices));
+        assert!(matches!(&change, Some(Change::Reject { reason, .. }) if reason.contains("unit price 1 cents")));
+        assert!(matches!(event, Some(Event::OutOfStock { .. })));
+        // A decided order is answered the same way again, whatever it says.
+        let reserved = Reservation::Reserved { lines: vec![(sku(1), 2)], fingerprint: "fp".into() };
+        let (change, event) = on_send(Some(&reserved), &cheap, &stock, &pricing(&prices));
+        assert_eq!((change, event), (None, Some(Event::InStock { fingerprint: "fp".into(), prices: vec![] })));
+    }
+
     #[test]
     fn two_lines_of_one_sku_count_together() {
         let mut stock = BTreeMap::new();
         stock.insert(sku(1), Level { available: 3, reserved: 0 });
-        let (change, event) = on_send(None, &order(&[(1, 2), (1, 2)]), &stock);
+        let (change, event) = on_send(None, &order(&[(1, 2), (1, 2)]), &stock, &pricing(&priced([1])));
         assert!(matches!(change, Some(Change::Reject { .. })));
         assert!(matches!(event, Some(Event::OutOfStock { .. })));
-        let (change, _) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock);
+        let (change, event) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock, &pricing(&priced([1])));
         assert_eq!(change, Some(Change::Reserve { lines: vec![(sku(1), 3)], fingerprint: "fp".into() }));
+        // The in-stock names the price of each line it accepted.
+        let price = LinePrice { sku: sku(1), unit_price_cents: 100 };
+        assert_eq!(event, Some(Event::InStock { fingerprint: "fp".into(), prices: vec![price.clone(), price] }));
     }
 
     #[test]
@@ -202,13 +327,13 @@ mod tests {
         let (change, event) = on_cancelled(None);
         assert_eq!(event, Event::Released);
         let res = next_reservation(None, &change.unwrap());
-        let (change, _) = on_send(res.as_ref(), &order(&[(1, 1)]), &stock);
+        let (change, _) = on_send(res.as_ref(), &order(&[(1, 1)]), &stock, &pricing(&priced([1])));
         assert_eq!(change, None);
     }
 
     #[test]
     fn unknown_sku_is_rejected() {
-        let (change, _) = on_send(None, &order(&[(9, 1)]), &BTreeMap::new());
+        let (change, _) = on_send(None, &order(&[(9, 1)]), &BTreeMap::new(), &pricing(&BTreeMap::new()));
         match change {
             Some(Change::Reject { reason, .. }) => {
                 assert!(reason.contains("unknown product SKU-9"))
@@ -241,9 +366,10 @@ mod tests {
                 .map(|(i, &n)| (sku(i as u8), Level { available: n, reserved: 0 })).collect();
             let mut reservations: HashMap<u8, Reservation> = HashMap::new();
             let mut reserve_count: HashMap<u8, u32> = HashMap::new();
+            let prices = priced(0..4);
             for s in steps {
                 let (id, change) = match s {
-                    Step::Send { order: id, lines } => (id, on_send(reservations.get(&id), &order(&lines), &stock).0),
+                    Step::Send { order: id, lines } => (id, on_send(reservations.get(&id), &order(&lines), &stock, &pricing(&prices)).0),
                     Step::Cancel { order: id } => (id, on_cancelled(reservations.get(&id)).0),
                 };
                 if let Some(change) = change {

@@ -112,7 +112,6 @@ fn admin_error(e: store::AdminError) -> ApiError {
         store::AdminError::Exists(_) => ApiError::conflict("product_exists", e.to_string()),
         store::AdminError::Unknown(_) => ApiError::not_found("unknown_product", e.to_string()),
         store::AdminError::Db(e) => ApiError::internal(e),
-        store::AdminError::Read(e) => ApiError::internal(e),
     }
 }
 

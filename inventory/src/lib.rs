@@ -44,7 +44,8 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         // Bad TLS files stop the node before it touches anything.
         let tls = shared::tls::acceptor("tls", &cfg.tls)?;
-        let db = Db::open(&cfg.db, store::SCHEMA).await?;
+        cfg.db.validate()?;
+        let db = Db::open(&cfg.db, &store::migrations()).await?;
         let catalog = match &cfg.catalog {
             Some(path) => {
                 std::fs::read_to_string(path).with_context(|| format!("reading catalog {}", path.display()))?
@@ -67,7 +68,8 @@ impl App {
         };
         // Inventory never parks: everything it receives can be decided.
         let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
-        let node = Node::start("inventory", db, bus, handlers::InventoryHandler, policy, &shutdown, &mut tasks)?
+        let handler = handlers::InventoryHandler { price_grace_ms: (cfg.price_grace_secs * 1000.0) as i64 };
+        let node = Node::start("inventory", db, bus, handler, policy, &shutdown, &mut tasks)?
             .with_admin_token(cfg.admin_token.clone())
             .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         let router = http::router(node.clone());

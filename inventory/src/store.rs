@@ -3,37 +3,21 @@
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqlitePool};
 
-use shared::db::{now_ms, Db};
+use shared::clock::now_ms;
+use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
 use shared::ids::{OrderId, Sku};
 
-use crate::domain::{Change, Level, Reservation};
+use crate::domain::{Change, Level, PriceHistory, Reservation};
 
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS products (
-    sku         TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    description TEXT NOT NULL,
-    price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
-    currency    TEXT NOT NULL,
-    available   INTEGER NOT NULL CHECK (available >= 0),
-    reserved    INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0),
-    initial     INTEGER NOT NULL,
-    restocked   INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS reservations (
-    order_id    TEXT PRIMARY KEY,
-    state       TEXT NOT NULL CHECK (state IN ('reserved', 'rejected', 'released')),
-    lines       TEXT NOT NULL,
-    fingerprint TEXT,
-    reason      TEXT,
-    decided_at  INTEGER,
-    released_at INTEGER
-);
-"#;
+/// Inventory's migrations, one set per backend (`inventory/migrations/`).
+pub fn migrations() -> shared::db::Migrations {
+    shared::db::Migrations {
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
+    }
+}
 
 /// A product as the catalog shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,11 +43,10 @@ pub struct SeedProduct {
 }
 
 /// Loads `products` if the catalog is empty (first start only).
-pub async fn seed_if_empty(db: &Db, products: &[SeedProduct]) -> rusqlite::Result<usize> {
+pub async fn seed_if_empty(db: &Db, products: &[SeedProduct]) -> DbResult<usize> {
     let products = products.to_vec();
     db.write(move |tx| {
-        let count: i64 = tx.query_row("SELECT COUNT(*) FROM products", [], |r| r.get(0))?;
-        if count > 0 {
+        if tx.scalar("SELECT COUNT(*) FROM products", &[])? > 0 {
             return Ok(0);
         }
         for p in &products {
@@ -75,24 +58,24 @@ pub async fn seed_if_empty(db: &Db, products: &[SeedProduct]) -> rusqlite::Resul
 }
 
 /// A new product row: its starting stock is both `available` and `initial`.
-fn insert_product(conn: &Connection, p: &SeedProduct) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+fn insert_product(tx: &mut Tx<'_>, p: &SeedProduct) -> DbResult<()> {
+    tx.execute(
         "INSERT INTO products (sku, name, description, price_cents, currency, available, initial)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )?
-    .execute(params![p.sku.as_str(), p.name, p.description, p.price_cents, p.currency, p.stock, p.stock])?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&p.sku.as_str(), &p.name, &p.description, &p.price_cents, &p.currency, &p.stock, &p.stock],
+    )?;
     Ok(())
 }
 
-fn product(r: &sqlx::sqlite::SqliteRow) -> Product {
-    Product {
-        sku: r.get(0),
-        name: r.get(1),
-        description: r.get(2),
-        price_cents: r.get(3),
-        currency: r.get(4),
-        available: r.get(5),
-    }
+fn product(r: &Row<'_>) -> DbResult<Product> {
+    Ok(Product {
+        sku: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        price_cents: r.get(3)?,
+        currency: r.get(4)?,
+        available: r.get(5)?,
+    })
 }
 
 const PRODUCT_COLUMNS: &str = "sku, name, description, price_cents, currency, available";
@@ -100,63 +83,67 @@ const PRODUCT_COLUMNS: &str = "sku, name, description, price_cents, currency, av
 /// One page of the catalog, by SKU, optionally filtered by `q` on name and
 /// description. Returns the page and whether more follow.
 pub async fn list_products(
-    pool: &SqlitePool,
+    reader: &Reader,
     q: Option<&str>,
     after: Option<&str>,
     limit: i64,
-) -> sqlx::Result<(Vec<Product>, bool)> {
+) -> DbResult<(Vec<Product>, bool)> {
     let pattern = q.map(|q| {
         let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         format!("%{escaped}%")
     });
-    let rows = sqlx::query(&format!(
-        "SELECT {PRODUCT_COLUMNS} FROM products
-         WHERE (?1 IS NULL OR name LIKE ?1 ESCAPE '\\' OR description LIKE ?1 ESCAPE '\\')
-           AND (?2 IS NULL OR sku > ?2)
-         ORDER BY sku LIMIT ?3"
-    ))
-    .bind(pattern)
-    .bind(after)
-    .bind(limit + 1)
-    .fetch_all(pool)
-    .await?;
-    let more = rows.len() as i64 > limit;
-    Ok((rows.iter().take(limit as usize).map(product).collect(), more))
-}
-
-pub async fn get_product(pool: &SqlitePool, sku: &Sku) -> sqlx::Result<Option<Product>> {
-    let row = sqlx::query(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = ?"))
-        .bind(sku.as_str())
-        .fetch_optional(pool)
+    let rows = reader
+        .fetch(
+            &format!(
+                "SELECT {PRODUCT_COLUMNS} FROM products
+                 WHERE ($1 IS NULL OR name LIKE $1 ESCAPE '\\' OR description LIKE $1 ESCAPE '\\')
+                   AND ($2 IS NULL OR sku > $2)
+                 ORDER BY sku LIMIT $3"
+            ),
+            &[&pattern, &after, &(limit + 1)],
+            product,
+        )
         .await?;
-    Ok(row.as_ref().map(product))
+    let more = rows.len() as i64 > limit;
+    Ok((rows.into_iter().take(limit as usize).collect(), more))
 }
 
-pub async fn get_products(pool: &SqlitePool, skus: &[Sku]) -> sqlx::Result<Vec<Product>> {
+pub async fn get_product(reader: &Reader, sku: &Sku) -> DbResult<Option<Product>> {
+    reader.fetch_opt(&format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = $1"), &[&sku.as_str()], product).await
+}
+
+pub async fn get_products(reader: &Reader, skus: &[Sku]) -> DbResult<Vec<Product>> {
     let mut out = Vec::with_capacity(skus.len());
     for sku in skus {
-        if let Some(p) = get_product(pool, sku).await? {
+        if let Some(p) = get_product(reader, sku).await? {
             out.push(p);
         }
     }
     Ok(out)
 }
 
-fn parse_lines(s: &str) -> Vec<(Sku, i64)> {
-    // Written only by `Stock::write`; a row we can't read would be a bug,
-    // and an empty list is the safe reading (nothing to give back twice).
-    serde_json::from_str(s).unwrap_or_default()
+fn parse_lines(order_id: &str, s: &str) -> DbResult<Vec<(Sku, i64)>> {
+    serde_json::from_str(s).map_err(|e| DbError::corrupt("reservations", order_id, e))
 }
 
-fn reservation_from(state: &str, lines: &str, fingerprint: Option<String>, reason: Option<String>) -> Reservation {
-    let lines = parse_lines(lines);
-    match state {
-        "reserved" => Reservation::Reserved { lines, fingerprint: fingerprint.unwrap_or_default() },
-        "rejected" => {
-            Reservation::Rejected { fingerprint: fingerprint.unwrap_or_default(), reason: reason.unwrap_or_default() }
-        }
-        _ => Reservation::Released { lines, fingerprint },
-    }
+fn reservation_from(
+    order_id: &str,
+    state: &str,
+    lines: &str,
+    fingerprint: Option<String>,
+    reason: Option<String>,
+) -> DbResult<Reservation> {
+    let lines = parse_lines(order_id, lines)?;
+    let missing = |what| DbError::corrupt("reservations", order_id, format!("{what} is NULL"));
+    Ok(match state {
+        "reserved" => Reservation::Reserved { lines, fingerprint: fingerprint.ok_or_else(|| missing("fingerprint"))? },
+        "rejected" => Reservation::Rejected {
+            fingerprint: fingerprint.ok_or_else(|| missing("fingerprint"))?,
+            reason: reason.ok_or_else(|| missing("reason"))?,
+        },
+        "released" => Reservation::Released { lines, fingerprint },
+        other => return Err(DbError::corrupt("reservations", order_id, format!("unknown state {other}"))),
+    })
 }
 
 /// The stock and reservations one consumer transaction touches: read
@@ -182,43 +169,50 @@ struct Held {
 
 impl Stock {
     /// What inventory holds for `order_id`.
-    pub fn reservation(&mut self, conn: &Connection, order_id: OrderId) -> rusqlite::Result<Option<Reservation>> {
+    pub fn reservation(&mut self, tx: &mut Tx<'_>, order_id: OrderId) -> DbResult<Option<Reservation>> {
         let held = match self.reservations.entry(order_id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let found = conn
-                    .prepare_cached("SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = ?")?
-                    .query_row([order_id.to_string()], |r| {
-                        Ok(reservation_from(&r.get::<_, String>(0)?, &r.get::<_, String>(1)?, r.get(2)?, r.get(3)?))
-                    })
-                    .optional()?;
+                let id = order_id.to_string();
+                let found = tx.query_opt(
+                    "SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = $1",
+                    &[&id],
+                    |r| reservation_from(&id, &r.get::<String>(0)?, &r.get::<String>(1)?, r.get(2)?, r.get(3)?),
+                )?;
                 e.insert(Held::unchanged(found))
             }
         };
         Ok(held.reservation.clone())
     }
 
+    /// Reads the stock levels of `skus` into the batch; on PostgreSQL
+    /// locks their rows, in SKU order (the same order in every instance,
+    /// so two batches never deadlock over them).
+    pub fn lock<'a>(&mut self, tx: &mut Tx<'_>, skus: impl Iterator<Item = &'a Sku>) -> DbResult<()> {
+        let mut wanted: Vec<&Sku> = skus.filter(|s| !self.levels.contains_key(*s)).collect();
+        wanted.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        wanted.dedup();
+        let sql = match tx.backend() {
+            Backend::Sqlite => "SELECT available, reserved FROM products WHERE sku = $1",
+            Backend::Postgres => "SELECT available, reserved FROM products WHERE sku = $1 FOR UPDATE",
+        };
+        for sku in wanted {
+            let level =
+                tx.query_opt(sql, &[&sku.as_str()], |r| Ok(Level { available: r.get(0)?, reserved: r.get(1)? }))?;
+            self.levels.insert(sku.clone(), level);
+        }
+        Ok(())
+    }
+
     /// Stock levels of the given SKUs (unknown ones are absent), with this
     /// batch's changes.
     pub fn levels<'a>(
         &mut self,
-        conn: &Connection,
-        skus: impl Iterator<Item = &'a Sku>,
-    ) -> rusqlite::Result<BTreeMap<Sku, Level>> {
-        let mut out = BTreeMap::new();
-        for sku in skus {
-            if !self.levels.contains_key(sku) {
-                let level = conn
-                    .prepare_cached("SELECT available, reserved FROM products WHERE sku = ?")?
-                    .query_row([sku.as_str()], |r| Ok(Level { available: r.get(0)?, reserved: r.get(1)? }))
-                    .optional()?;
-                self.levels.insert(sku.clone(), level);
-            }
-            if let Some(Some(level)) = self.levels.get(sku) {
-                out.insert(sku.clone(), *level);
-            }
-        }
-        Ok(out)
+        tx: &mut Tx<'_>,
+        skus: impl Iterator<Item = &'a Sku> + Clone,
+    ) -> DbResult<BTreeMap<Sku, Level>> {
+        self.lock(tx, skus.clone())?;
+        Ok(skus.filter_map(|sku| self.levels.get(sku).copied().flatten().map(|level| (sku.clone(), level))).collect())
     }
 
     fn move_stock(&mut self, lines: &[(Sku, i64)], to_available: i64) {
@@ -269,21 +263,16 @@ impl Stock {
 
     /// Writes every change: one update per product whose stock moved, one
     /// upsert per changed reservation.
-    pub fn write(self, conn: &Connection) -> rusqlite::Result<()> {
-        // The CHECK (available >= 0) is the last line of defence.
-        let mut stock = conn.prepare_cached(
-            "UPDATE products SET available = available + ?1, reserved = reserved - ?1 WHERE sku = ?2",
-        )?;
+    pub fn write(self, tx: &mut Tx<'_>) -> DbResult<()> {
+        // The CHECK (available >= 0) is the last line of defence. SKU
+        // order (a BTreeMap): rows not locked ahead are locked in the same
+        // order everywhere.
         for (sku, delta) in self.deltas.iter().filter(|(_, d)| **d != 0) {
-            stock.execute(params![delta, sku.as_str()])?;
+            tx.execute(
+                "UPDATE products SET available = available + $1, reserved = reserved - $1 WHERE sku = $2",
+                &[delta, &sku.as_str()],
+            )?;
         }
-        let mut upsert = conn.prepare_cached(
-            "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at, released_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (order_id) DO UPDATE SET
-                 state = excluded.state, lines = excluded.lines,
-                 released_at = COALESCE(excluded.released_at, released_at)",
-        )?;
         for (id, h) in self.reservations.into_iter().filter(|(_, h)| h.changed) {
             let Some(reservation) = h.reservation else { continue };
             let (state, lines, fingerprint, reason) = match reservation {
@@ -293,8 +282,15 @@ impl Stock {
                 }
                 Reservation::Released { lines, fingerprint } => ("released", lines, fingerprint, None),
             };
-            let lines = serde_json::to_string(&lines).unwrap_or_else(|_| "[]".to_owned());
-            upsert.execute(params![id.to_string(), state, lines, fingerprint, reason, h.decided_at, h.released_at])?;
+            let lines = serde_json::to_string(&lines).map_err(|e| DbError::corrupt("reservations", id, e))?;
+            tx.execute(
+                "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at, released_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (order_id) DO UPDATE SET
+                     state = excluded.state, lines = excluded.lines,
+                     released_at = COALESCE(excluded.released_at, reservations.released_at)",
+                &[&id.to_string(), &state, &lines, &fingerprint, &reason, &h.decided_at, &h.released_at],
+            )?;
         }
         Ok(())
     }
@@ -318,41 +314,37 @@ pub struct ReservationView {
 }
 
 /// Every reservation (paged by order id), for the audit.
-pub async fn list_reservations(
-    pool: &SqlitePool,
-    after: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<ReservationView>> {
-    let rows = sqlx::query(
-        "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations
-         WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(reservation_row).collect())
+pub async fn list_reservations(reader: &Reader, after: Option<&str>, limit: i64) -> DbResult<Vec<ReservationView>> {
+    reader
+        .fetch(
+            "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations
+             WHERE ($1 IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2",
+            &[&after, &limit],
+            reservation_row,
+        )
+        .await
 }
 
-fn reservation_row(r: sqlx::sqlite::SqliteRow) -> ReservationView {
-    ReservationView {
-        order_id: r.get(0),
-        state: r.get(1),
-        lines: parse_lines(r.get(2)),
-        reason: r.get(3),
-        decided_at_ms: r.get(4),
-        released_at_ms: r.get(5),
-    }
+fn reservation_row(r: &Row<'_>) -> DbResult<ReservationView> {
+    let order_id: String = r.get(0)?;
+    Ok(ReservationView {
+        state: r.get(1)?,
+        lines: parse_lines(&order_id, &r.get::<String>(2)?)?,
+        reason: r.get(3)?,
+        decided_at_ms: r.get(4)?,
+        released_at_ms: r.get(5)?,
+        order_id,
+    })
 }
 
-pub async fn reservation_view(pool: &SqlitePool, order_id: OrderId) -> sqlx::Result<Option<ReservationView>> {
-    let row = sqlx::query(
-        "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations WHERE order_id = ?",
-    )
-    .bind(order_id.to_string())
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(reservation_row))
+pub async fn reservation_view(reader: &Reader, order_id: OrderId) -> DbResult<Option<ReservationView>> {
+    reader
+        .fetch_opt(
+            "SELECT order_id, state, lines, reason, decided_at, released_at FROM reservations WHERE order_id = $1",
+            &[&order_id.to_string()],
+            reservation_row,
+        )
+        .await
 }
 
 /// Stock bookkeeping of one product, for the audit.
@@ -365,20 +357,18 @@ pub struct StockView {
     pub restocked: i64,
 }
 
-pub async fn stock(pool: &SqlitePool) -> sqlx::Result<Vec<StockView>> {
-    let rows = sqlx::query("SELECT sku, available, reserved, initial, restocked FROM products ORDER BY sku")
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| StockView {
-            sku: r.get(0),
-            available: r.get(1),
-            reserved: r.get(2),
-            initial: r.get(3),
-            restocked: r.get(4),
+pub async fn stock(reader: &Reader) -> DbResult<Vec<StockView>> {
+    reader
+        .fetch("SELECT sku, available, reserved, initial, restocked FROM products ORDER BY sku", &[], |r| {
+            Ok(StockView {
+                sku: r.get(0)?,
+                available: r.get(1)?,
+                reserved: r.get(2)?,
+                initial: r.get(3)?,
+                restocked: r.get(4)?,
+            })
         })
-        .collect())
+        .await
 }
 
 /// Why an admin change was refused.
@@ -389,9 +379,7 @@ pub enum AdminError {
     #[error("no product with SKU {0}")]
     Unknown(String),
     #[error(transparent)]
-    Db(#[from] rusqlite::Error),
-    #[error(transparent)]
-    Read(#[from] sqlx::Error),
+    Db(#[from] DbError),
 }
 
 /// Adds a product with its initial stock; returns it as the catalog shows
@@ -402,21 +390,19 @@ pub async fn add_product(db: &Db, p: &SeedProduct) -> Result<(Product, bool), Ad
     let row = p.clone();
     let created = db
         .write(move |tx| -> Result<bool, AdminError> {
-            let existing = tx
-                .query_row(
-                    "SELECT name, description, price_cents, currency, initial FROM products WHERE sku = ?",
-                    [row.sku.as_str()],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
-                )
-                .optional()?;
+            let existing = tx.query_opt(
+                "SELECT name, description, price_cents, currency, initial FROM products WHERE sku = $1",
+                &[&row.sku.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<i64>(2)?,
+                        r.get::<String>(3)?,
+                        r.get::<i64>(4)?,
+                    ))
+                },
+            )?;
             match existing {
                 None => {
                     insert_product(tx, &row)?;
@@ -442,17 +428,21 @@ pub async fn update_product(
 ) -> Result<Product, AdminError> {
     let key = sku.clone();
     db.write(move |tx| -> Result<(), AdminError> {
+        let lock = match tx.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        };
         let old: i64 = tx
-            .query_row("SELECT available FROM products WHERE sku = ?", [key.as_str()], |r| r.get(0))
-            .optional()?
+            .query_opt(&format!("SELECT available FROM products WHERE sku = $1{lock}"), &[&key.as_str()], |r| r.get(0))?
             .ok_or_else(|| AdminError::Unknown(key.to_string()))?;
         if let Some(price) = price_cents {
-            tx.execute("UPDATE products SET price_cents = ? WHERE sku = ?", params![price, key.as_str()])?;
+            record_replaced_price(tx, &key, price, now_ms())?;
+            tx.execute("UPDATE products SET price_cents = $1 WHERE sku = $2", &[&price, &key.as_str()])?;
         }
         if let Some(new) = available {
             tx.execute(
-                "UPDATE products SET available = ?1, restocked = restocked + (?1 - ?2) WHERE sku = ?3",
-                params![new, old, key.as_str()],
+                "UPDATE products SET available = $1, restocked = restocked + ($1 - $2) WHERE sku = $3",
+                &[&new, &old, &key.as_str()],
             )?;
         }
         Ok(())
@@ -462,18 +452,64 @@ pub async fn update_product(
 }
 
 /// Stock gauges for `/metrics`.
-pub async fn update_gauges(db: shared::db::Db) {
-    if let Ok(row) = sqlx::query("SELECT COALESCE(SUM(available), 0), COALESCE(SUM(reserved), 0) FROM products")
-        .fetch_one(&db.reader)
-        .await
-    {
-        metrics::gauge!("stock_available_units").set(row.get::<i64, _>(0) as f64);
-        metrics::gauge!("stock_reserved_units").set(row.get::<i64, _>(1) as f64);
+pub async fn update_gauges(db: Db) {
+    let sums = db
+        .reader
+        .fetch_opt(
+            "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT), CAST(COALESCE(SUM(reserved), 0) AS BIGINT)
+             FROM products",
+            &[],
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+        )
+        .await;
+    if let Ok(Some((available, reserved))) = sums {
+        metrics::gauge!("stock_available_units").set(available as f64);
+        metrics::gauge!("stock_reserved_units").set(reserved as f64);
     }
-    if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM reservations WHERE state = 'reserved'")
-        .fetch_one(&db.reader)
-        .await
-    {
+    if let Ok(n) = db.reader.scalar("SELECT COUNT(*) FROM reservations WHERE state = 'reserved'", &[]).await {
         metrics::gauge!("reservations_live").set(n as f64);
     }
+}
+
+// price history: what inventory needs to be the price authority (an order
+// may quote a price a product had within the grace window).
+
+/// Before a price change: keeps the price `sku` had until `now_ms`, if
+/// `new_price` replaces it.
+fn record_replaced_price(tx: &mut Tx<'_>, sku: &Sku, new_price: i64, now_ms: i64) -> DbResult<()> {
+    tx.execute(
+        "INSERT INTO price_history (sku, price_cents, replaced_at)
+         SELECT sku, price_cents, $1 FROM products WHERE sku = $2 AND price_cents <> $3",
+        &[&now_ms, &sku.as_str(), &new_price],
+    )?;
+    Ok(())
+}
+
+/// The current price and currency of each of `skus` that exists, with the
+/// prices replaced at or after `since_ms`.
+pub fn price_histories<'a>(
+    tx: &mut Tx<'_>,
+    skus: impl Iterator<Item = &'a Sku>,
+    since_ms: i64,
+) -> DbResult<BTreeMap<Sku, PriceHistory>> {
+    let mut out = BTreeMap::new();
+    for sku in skus {
+        if out.contains_key(sku) {
+            continue;
+        }
+        let Some((current_cents, currency)) =
+            tx.query_opt("SELECT price_cents, currency FROM products WHERE sku = $1", &[&sku.as_str()], |r| {
+                Ok((r.get::<i64>(0)?, r.get::<String>(1)?))
+            })?
+        else {
+            continue;
+        };
+        let replaced = tx.query(
+            "SELECT price_cents, replaced_at FROM price_history WHERE sku = $1 AND replaced_at >= $2",
+            &[&sku.as_str(), &since_ms],
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+        )?;
+        out.insert(sku.clone(), PriceHistory { currency, current_cents, replaced });
+    }
+    Ok(out)
 }

@@ -36,7 +36,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8082)),
             tls: TlsConfig::default(),
             bus: BusConfig { client_id: "webshop-order".into(), ..BusConfig::default() },
-            db: DbConfig { path: PathBuf::from("data/order.db"), ..DbConfig::default() },
+            db: DbConfig { path: PathBuf::from("data/order.db"), schema: "orders".into(), ..DbConfig::default() },
             log: LogConfig::default(),
             admin_token: None,
             follow_up_secs: 5.0,

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use shared::ids::OrderId;
-use shared::message::{OrderLine, OrderStatus, SendOrder};
+use shared::message::{LinePrice, OrderLine, OrderStatus, SendOrder};
 
 /// An order as the order service holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +59,8 @@ pub enum Input<'a> {
     Send(&'a SendOrder),
     InStock {
         fingerprint: &'a str,
+        /// The prices inventory accepted (empty: not said).
+        prices: &'a [LinePrice],
     },
     OutOfStock {
         fingerprint: &'a str,
@@ -145,7 +147,27 @@ pub fn decide(
             Tombstone::ReleaseChased => Step::ReleaseConfirmed,
             Tombstone::Absent | Tombstone::Cancelled => Step::Ignore("release confirmed for an order never seen"),
         },
-        (Some(order), Input::InStock { fingerprint }) => match order.status {
+        (Some(order), Input::InStock { fingerprint, prices }) => match order.status {
+            // Inventory accepted other prices than this order holds (two
+            // bodies under one order id, with the same fingerprint, reached
+            // the two services first): a confirmed order carries only
+            // prices inventory accepted, so refuse and give the stock back.
+            OrderStatus::Pending
+                if fingerprint == order.fingerprint
+                    && !prices.is_empty()
+                    && prices != LinePrice::of(&order.items).as_slice() =>
+            {
+                Step::Save {
+                    order: Order {
+                        status: OrderStatus::Rejected,
+                        reason: Some("inventory accepted other prices than this order holds".into()),
+                        release_pending: true,
+                        ..changed(order, now_ms)
+                    },
+                    emit_status: true,
+                    request_release: true,
+                }
+            }
             OrderStatus::Pending if fingerprint == order.fingerprint => Step::Save {
                 order: Order { status: OrderStatus::Confirmed, ..changed(order, now_ms) },
                 emit_status: true,
@@ -243,6 +265,28 @@ mod tests {
     }
 
     #[test]
+    fn a_confirmed_order_holds_the_prices_inventory_accepted() {
+        let id = OrderId(uuid::Uuid::nil());
+        let s = send("fp");
+        let Step::Save { order, .. } = decide(None, Tombstone::Absent, id, Input::Send(&s), 1) else { panic!() };
+        let same = LinePrice::of(&s.items);
+        for prices in [&same[..], &[]] {
+            match decide(Some(&order), Tombstone::Absent, id, Input::InStock { fingerprint: "fp", prices }, 2) {
+                Step::Save { order, .. } => assert_eq!(order.status, OrderStatus::Confirmed),
+                other => panic!("{other:?}"),
+            }
+        }
+        let cheaper = [LinePrice { sku: Sku::parse("ABC").unwrap(), unit_price_cents: 1 }];
+        match decide(Some(&order), Tombstone::Absent, id, Input::InStock { fingerprint: "fp", prices: &cheaper }, 2) {
+            Step::Save { order, request_release, .. } => {
+                assert_eq!(order.status, OrderStatus::Rejected);
+                assert!(request_release && order.release_pending, "the reserved stock goes back");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn cancel_before_send_creates_a_cancelled_order_that_releases() {
         let id = OrderId(uuid::Uuid::nil());
         assert_eq!(decide(None, Tombstone::Absent, id, Input::Cancel, 1), Step::Tombstone { chase_release: false });
@@ -335,7 +379,7 @@ mod tests {
             for (t, m) in msgs.iter().enumerate() {
                 let input = match m {
                     Msg::Send => Input::Send(&s),
-                    Msg::InStock => Input::InStock { fingerprint: "fp" },
+                    Msg::InStock => Input::InStock { fingerprint: "fp", prices: &[] },
                     Msg::OutOfStock => Input::OutOfStock { fingerprint: "fp", reason: "none left" },
                     Msg::Cancel => Input::Cancel,
                     Msg::Released => Input::Released,

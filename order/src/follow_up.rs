@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use shared::db::{now_ms, Db};
+use shared::clock::now_ms;
+use shared::db::{Db, DbResult};
 use shared::message::{OrderStatus, ReleaseRequested};
 use shared::outbox::{self, Wakeup};
 use shared::topics::Topic;
@@ -41,7 +42,7 @@ fn backoff(follow_up_ms: i64, attempts: i64) -> i64 {
 
 /// One round: chase every order (and every tombstone's release) whose
 /// follow-up is due; returns how many.
-pub async fn pass(db: &Db, follow_up_ms: i64) -> rusqlite::Result<usize> {
+pub async fn pass(db: &Db, follow_up_ms: i64) -> DbResult<usize> {
     db.write(move |tx| {
         let chases = store::due_release_chases(tx, 200)?;
         for &(id, attempts) in &chases {

@@ -40,8 +40,8 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         // Bad TLS files stop the node before it touches anything.
         let tls = shared::tls::acceptor("tls", &cfg.tls)?;
-        let db = Db::open(&cfg.db, store::SCHEMA).await?;
-        db.write(|tx| store::upgrade(tx)).await.context("upgrading the orders table")?;
+        cfg.db.validate()?;
+        let db = Db::open(&cfg.db, &store::migrations()).await?;
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let follow_up_ms = (cfg.follow_up_secs * 1000.0).max(10.0) as i64;
         let mut tasks = JoinSet::new();

@@ -2,135 +2,45 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 
-use rusqlite::{params, Connection};
 use serde::Serialize;
-use sqlx::{Row, SqlitePool};
 
-use shared::db::now_ms;
+use shared::clock::now_ms;
+use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
 use shared::ids::OrderId;
 use shared::message::{OrderStatus, SendOrder};
 
 use crate::domain::{needs_follow_up, Order, Tombstone};
 
-pub const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS orders (
-    order_id        TEXT NOT NULL UNIQUE,
-    status          TEXT NOT NULL CHECK (status IN ('pending', 'confirmed', 'rejected', 'cancelled')),
-    version         INTEGER NOT NULL,
-    customer_email  TEXT NOT NULL,
-    items           TEXT NOT NULL,
-    currency        TEXT NOT NULL,
-    total_cents     INTEGER NOT NULL,
-    fingerprint     TEXT NOT NULL,
-    reason          TEXT,
-    release_pending INTEGER NOT NULL DEFAULT 0,
-    created_at      INTEGER NOT NULL,
-    updated_at      INTEGER NOT NULL,
-    -- When to chase inventory again (stock decision or release); NULL when
-    -- nothing is outstanding.
-    follow_up_at    INTEGER,
-    follow_ups      INTEGER NOT NULL DEFAULT 0
-);
--- A rowid table in arrival order plus a unique index on order_id, not a
--- b-tree keyed by order_id: order ids are hashes, so in that b-tree every
--- insert and every status change rewrote a random page. Here an order's
--- row sits near the other recent ones, and only its index entry (small)
--- lands at a random place, once. See `upgrade` for older databases.
-CREATE INDEX IF NOT EXISTS orders_follow_up ON orders(follow_up_at) WHERE follow_up_at IS NOT NULL;
--- No index on status: only the operators' counts read it (a scan), and
--- every status change would rewrite an entry at a random place.
-DROP INDEX IF EXISTS orders_status;
-CREATE TABLE IF NOT EXISTS cancel_tombstones (
-    order_id TEXT PRIMARY KEY,
-    at       INTEGER NOT NULL
-) WITHOUT ROWID;
--- Releases chased for orders known only by their tombstone (inventory
--- reserved for an order that never arrived here): `orders/cancelled` is
--- re-sent at `follow_up_at` until inventory confirms. A row of `orders`
--- chases its own release, so an order never has both. A table of its own
--- rather than columns of `cancel_tombstones`, which older databases have
--- without them. Few rows (and only while inventory is unreachable): no
--- index on `follow_up_at`.
-CREATE TABLE IF NOT EXISTS release_chases (
-    order_id     TEXT PRIMARY KEY,
-    since        INTEGER NOT NULL,
-    follow_up_at INTEGER NOT NULL,
-    follow_ups   INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-"#;
-
-/// Rebuilds an `orders` table made before it became a rowid table (see
-/// `SCHEMA`), in one transaction, on start. Same columns, same order.
-pub fn upgrade(conn: &Connection) -> rusqlite::Result<()> {
-    let sql: String =
-        conn.query_row("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'orders'", [], |r| r.get(0))?;
-    if !sql.contains("WITHOUT ROWID") {
-        return Ok(());
+/// The order service's migrations, one set per backend (`order/migrations/`).
+pub fn migrations() -> shared::db::Migrations {
+    shared::db::Migrations {
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
     }
-    tracing::info!("rebuilding the orders table as a rowid table (once)");
-    conn.execute_batch(&format!(
-        "ALTER TABLE orders RENAME TO orders_without_rowid;
-         DROP INDEX IF EXISTS orders_follow_up;
-         {SCHEMA}
-         INSERT INTO orders SELECT * FROM orders_without_rowid ORDER BY created_at;
-         DROP TABLE orders_without_rowid;"
-    ))
 }
 
 const COLUMNS: &str = "order_id, status, version, customer_email, items, currency, total_cents, fingerprint, reason, release_pending, created_at, updated_at";
 
-/// `COLUMNS` as read by either driver (sqlx on the read pool, rusqlite on
-/// the writer).
-type OrderRow = (String, String, i64, String, String, String, i64, String, Option<String>, i64, i64, i64);
-
-/// The first 12 columns of a writer row, as `COLUMNS`.
-fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OrderRow> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-        r.get(6)?,
-        r.get(7)?,
-        r.get(8)?,
-        r.get(9)?,
-        r.get(10)?,
-        r.get(11)?,
-    ))
-}
-
-fn order(r: OrderRow) -> Order {
-    let (
-        id,
-        status,
-        version,
-        customer_email,
-        items,
-        currency,
-        total_cents,
-        fingerprint,
-        reason,
-        release,
-        created,
-        updated,
-    ) = r;
-    Order {
-        // Written only by `save`, from parsed values.
-        order_id: OrderId::parse(&id).unwrap_or(OrderId(uuid::Uuid::nil())),
-        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
-        version,
-        customer_email,
-        items: serde_json::from_str(&items).unwrap_or_default(),
-        currency,
-        total_cents,
-        fingerprint,
-        reason,
-        release_pending: release != 0,
-        created_at_ms: created,
-        updated_at_ms: updated,
-    }
+/// An order from a row whose first 12 columns are `COLUMNS`.
+fn order(r: &Row<'_>) -> DbResult<Order> {
+    let id: String = r.get(0)?;
+    let corrupt = |why: String| DbError::corrupt("orders", &id, why);
+    let items: String = r.get(4)?;
+    let status: String = r.get(1)?;
+    Ok(Order {
+        order_id: OrderId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
+        status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status}")))?,
+        version: r.get(2)?,
+        customer_email: r.get(3)?,
+        items: serde_json::from_str(&items).map_err(|e| corrupt(e.to_string()))?,
+        currency: r.get(5)?,
+        total_cents: r.get(6)?,
+        fingerprint: r.get(7)?,
+        reason: r.get(8)?,
+        release_pending: r.get::<i64>(9)? != 0,
+        created_at_ms: r.get(10)?,
+        updated_at_ms: r.get(11)?,
+    })
 }
 
 /// The orders one consumer transaction touches: read on first use, changed
@@ -168,7 +78,7 @@ impl Slot {
 }
 
 impl Orders {
-    fn slot(&mut self, conn: &Connection, id: OrderId) -> rusqlite::Result<&mut Slot> {
+    fn slot(&mut self, tx: &mut Tx<'_>, id: OrderId) -> DbResult<&mut Slot> {
         match self.slots.entry(id) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
@@ -177,19 +87,25 @@ impl Orders {
                 // 1 a tombstone, 2 a tombstone whose release is chased. The
                 // chase is looked up only behind a tombstone (every chase
                 // has one), so the common case costs no extra lookup.
-                let (order, tombstone) = conn
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS},
-                                CASE WHEN EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = ?1)
-                                     THEN 1 + EXISTS (SELECT 1 FROM release_chases c WHERE c.order_id = ?1)
-                                     ELSE 0 END
-                         FROM (SELECT ?1 AS id) k LEFT JOIN orders o ON o.order_id = k.id"
-                    ))?
-                    .query_row([id.to_string()], |r| {
-                        let found = r.get::<_, Option<String>>(0)?.is_some();
-                        let order = if found { Some(order(order_row(r)?)) } else { None };
-                        Ok((order, r.get::<_, i64>(12)?))
-                    })?;
+                let key = id.to_string();
+                let (order, tombstone) = tx
+                    .query_opt(
+                        &format!(
+                            "SELECT {COLUMNS}, CAST(
+                                 CASE WHEN EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = k.id)
+                                      THEN CASE WHEN EXISTS (SELECT 1 FROM release_chases c WHERE c.order_id = k.id)
+                                                THEN 2 ELSE 1 END
+                                      ELSE 0 END AS BIGINT)
+                             FROM (SELECT CAST($1 AS TEXT) AS id) k LEFT JOIN orders o ON o.order_id = k.id"
+                        ),
+                        &[&key],
+                        |r| {
+                            let found = r.get::<Option<String>>(0)?.is_some();
+                            let order = if found { Some(order(r)?) } else { None };
+                            Ok((order, r.get::<i64>(12)?))
+                        },
+                    )?
+                    .ok_or_else(|| DbError::Misuse(format!("no row for order {key}")))?;
                 Ok(e.insert(Slot {
                     stored: order.is_some(),
                     order,
@@ -202,8 +118,8 @@ impl Orders {
     }
 
     /// The order, and what its tombstone says.
-    pub fn get(&mut self, conn: &Connection, id: OrderId) -> rusqlite::Result<(Option<Order>, Tombstone)> {
-        let slot = self.slot(conn, id)?;
+    pub fn get(&mut self, tx: &mut Tx<'_>, id: OrderId) -> DbResult<(Option<Order>, Tombstone)> {
+        let slot = self.slot(tx, id)?;
         Ok((slot.order.clone(), slot.tombstone()))
     }
 
@@ -248,64 +164,66 @@ impl Orders {
 
     /// Writes every change: a new order whole, a stored one's lifecycle
     /// columns only (what an order is for never changes after it is made).
-    pub fn write(self, conn: &Connection) -> rusqlite::Result<()> {
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
-                                 fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )?;
-        let mut update = conn.prepare_cached(
-            "UPDATE orders SET status = ?1, version = ?2, reason = ?3, release_pending = ?4, updated_at = ?5,
-                 follow_up_at = ?6, follow_ups = CASE WHEN ?6 IS NULL THEN follow_ups ELSE 0 END
-             WHERE order_id = ?7",
-        )?;
+    pub fn write(self, tx: &mut Tx<'_>) -> DbResult<()> {
         for (id, slot) in self.slots {
+            let key = id.to_string();
             if slot.new_tombstone {
-                conn.prepare_cached(
-                    "INSERT INTO cancel_tombstones (order_id, at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-                )?
-                .execute(params![id.to_string(), now_ms()])?;
+                tx.execute(
+                    "INSERT INTO cancel_tombstones (order_id, at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&key, &now_ms()],
+                )?;
             }
             match slot.chase {
                 Some(Some(follow_up_at)) => {
-                    conn.prepare_cached(
-                        "INSERT INTO release_chases (order_id, since, follow_up_at) VALUES (?, ?, ?)
+                    tx.execute(
+                        "INSERT INTO release_chases (order_id, since, follow_up_at) VALUES ($1, $2, $3)
                          ON CONFLICT DO NOTHING",
-                    )?
-                    .execute(params![id.to_string(), now_ms(), follow_up_at])?;
+                        &[&key, &now_ms(), &follow_up_at],
+                    )?;
                 }
                 Some(None) => {
-                    conn.prepare_cached("DELETE FROM release_chases WHERE order_id = ?")?.execute([id.to_string()])?;
+                    tx.execute("DELETE FROM release_chases WHERE order_id = $1", &[&key])?;
                 }
                 None => {}
             }
             let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) else { continue };
             if slot.stored {
-                update.execute(params![
-                    o.status.as_str(),
-                    o.version,
-                    o.reason,
-                    o.release_pending as i64,
-                    o.updated_at_ms,
-                    follow_up_at,
-                    o.order_id.to_string()
-                ])?;
+                tx.execute(
+                    "UPDATE orders SET status = $1, version = $2, reason = $3, release_pending = $4, updated_at = $5,
+                         follow_up_at = $6, follow_ups = CASE WHEN $6 IS NULL THEN follow_ups ELSE 0 END
+                     WHERE order_id = $7",
+                    &[
+                        &o.status.as_str(),
+                        &o.version,
+                        &o.reason,
+                        &(o.release_pending as i64),
+                        &o.updated_at_ms,
+                        &follow_up_at,
+                        &key,
+                    ],
+                )?;
             } else {
-                insert.execute(params![
-                    o.order_id.to_string(),
-                    o.status.as_str(),
-                    o.version,
-                    o.customer_email,
-                    serde_json::to_string(&o.items).unwrap_or_default(),
-                    o.currency,
-                    o.total_cents,
-                    o.fingerprint,
-                    o.reason,
-                    o.release_pending as i64,
-                    o.created_at_ms,
-                    o.updated_at_ms,
-                    follow_up_at
-                ])?;
+                let items = serde_json::to_string(&o.items).map_err(|e| DbError::corrupt("orders", &key, e))?;
+                tx.execute(
+                    "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
+                                         fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                    &[
+                        &key,
+                        &o.status.as_str(),
+                        &o.version,
+                        &o.customer_email,
+                        &items,
+                        &o.currency,
+                        &o.total_cents,
+                        &o.fingerprint,
+                        &o.reason,
+                        &(o.release_pending as i64),
+                        &o.created_at_ms,
+                        &o.updated_at_ms,
+                        &follow_up_at,
+                    ],
+                )?;
             }
         }
         Ok(())
@@ -313,50 +231,79 @@ impl Orders {
 }
 
 /// One order, on the read pool.
-pub async fn read(pool: &SqlitePool, id: OrderId) -> sqlx::Result<Option<Order>> {
-    let row = sqlx::query_as::<_, OrderRow>(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = ?"))
-        .bind(id.to_string())
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(order))
+pub async fn read(reader: &Reader, id: OrderId) -> DbResult<Option<Order>> {
+    reader.fetch_opt(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"), &[&id.to_string()], order).await
+}
+
+/// PostgreSQL: rows another instance's timer holds are skipped (its pass
+/// reschedules them in the same transaction).
+fn skip_locked(tx: &Tx<'_>) -> &'static str {
+    match tx.backend() {
+        Backend::Sqlite => "",
+        Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    }
 }
 
 /// Orders whose follow-up is due, with how many follow-ups they had.
-pub fn due_follow_ups(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<(Order, i64)>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?"
-    ))?;
-    let rows = stmt.query_map([now_ms(), limit], |r| Ok((order(order_row(r)?), r.get(12)?)))?;
-    rows.collect()
+pub fn due_follow_ups(tx: &mut Tx<'_>, limit: i64) -> DbResult<Vec<(Order, i64)>> {
+    let lock = skip_locked(tx);
+    tx.query(
+        &format!(
+            "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= $1 ORDER BY follow_up_at LIMIT $2{lock}"
+        ),
+        &[&now_ms(), &limit],
+        |r| Ok((order(r)?, r.get(12)?)),
+    )
 }
 
-pub fn reschedule(conn: &Connection, id: OrderId, at_ms: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE orders SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")?
-        .execute(params![at_ms, id.to_string()])?;
+pub fn reschedule(tx: &mut Tx<'_>, id: OrderId, at_ms: i64) -> DbResult<()> {
+    tx.execute(
+        "UPDATE orders SET follow_up_at = $1, follow_ups = follow_ups + 1 WHERE order_id = $2",
+        &[&at_ms, &id.to_string()],
+    )?;
     Ok(())
 }
 
 /// Releases chased for tombstones whose follow-up is due, with how many
 /// follow-ups they had.
-pub fn due_release_chases(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<(OrderId, i64)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT order_id, follow_ups FROM release_chases WHERE follow_up_at <= ? ORDER BY follow_up_at LIMIT ?",
-    )?;
-    let rows = stmt.query_map([now_ms(), limit], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
-    let mut due = Vec::new();
-    for row in rows {
-        let (id, follow_ups) = row?;
-        // Written only by `Orders::write`, from parsed ids.
-        if let Ok(id) = OrderId::parse(&id) {
-            due.push((id, follow_ups));
-        }
-    }
-    Ok(due)
+pub fn due_release_chases(tx: &mut Tx<'_>, limit: i64) -> DbResult<Vec<(OrderId, i64)>> {
+    let lock = skip_locked(tx);
+    tx.query(
+        &format!(
+            "SELECT order_id, follow_ups FROM release_chases WHERE follow_up_at <= $1 ORDER BY follow_up_at LIMIT $2{lock}"
+        ),
+        &[&now_ms(), &limit],
+        |r| {
+            let id: String = r.get(0)?;
+            Ok((OrderId::parse(&id).map_err(|e| DbError::corrupt("release_chases", &id, e))?, r.get(1)?))
+        },
+    )
 }
 
-pub fn reschedule_chase(conn: &Connection, id: OrderId, at_ms: i64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE release_chases SET follow_up_at = ?, follow_ups = follow_ups + 1 WHERE order_id = ?")?
-        .execute(params![at_ms, id.to_string()])?;
+pub fn reschedule_chase(tx: &mut Tx<'_>, id: OrderId, at_ms: i64) -> DbResult<()> {
+    tx.execute(
+        "UPDATE release_chases SET follow_up_at = $1, follow_ups = follow_ups + 1 WHERE order_id = $2",
+        &[&at_ms, &id.to_string()],
+    )?;
+    Ok(())
+}
+
+/// PostgreSQL: takes a transaction-scoped advisory lock per order, in
+/// ascending order (the rows may not exist yet, so a row lock can't do):
+/// two instances handling messages of one order take turns, and never
+/// deadlock. Released at commit.
+pub fn lock_orders(tx: &mut Tx<'_>, ids: &mut Vec<String>) -> DbResult<()> {
+    if tx.backend() != Backend::Postgres || ids.is_empty() {
+        return Ok(());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    tx.query(
+        "SELECT CAST(0 AS BIGINT) FROM (SELECT pg_advisory_xact_lock(hashtextextended(id, 0))
+         FROM (SELECT id FROM unnest(string_to_array($1, ',')) AS id ORDER BY id) ids) locked",
+        &[&ids.join(",")],
+        |_| Ok(()),
+    )?;
     Ok(())
 }
 
@@ -373,24 +320,22 @@ pub struct ReleaseChase {
 }
 
 /// Every release chased for a tombstone (paged by order id), for the audit.
-pub async fn release_chases(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::Result<Vec<ReleaseChase>> {
-    let rows = sqlx::query_as::<_, (String, i64, i64, i64)>(
-        "SELECT order_id, since, follow_ups, follow_up_at FROM release_chases
-         WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2",
-    )
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(order_id, since_ms, follow_ups, next_follow_up_at_ms)| ReleaseChase {
-            order_id,
-            since_ms,
-            follow_ups,
-            next_follow_up_at_ms,
-        })
-        .collect())
+pub async fn release_chases(reader: &Reader, after: Option<&str>, limit: i64) -> DbResult<Vec<ReleaseChase>> {
+    reader
+        .fetch(
+            "SELECT order_id, since, follow_ups, follow_up_at FROM release_chases
+             WHERE ($1 IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2",
+            &[&after, &limit],
+            |r| {
+                Ok(ReleaseChase {
+                    order_id: r.get(0)?,
+                    since_ms: r.get(1)?,
+                    follow_ups: r.get(2)?,
+                    next_follow_up_at_ms: r.get(3)?,
+                })
+            },
+        )
+        .await
 }
 
 /// The `orders/send` body that recreates `o`, for re-requests.
@@ -413,37 +358,41 @@ pub struct Counts {
     pub release_pending: i64,
 }
 
-pub async fn counts(pool: &SqlitePool) -> sqlx::Result<Counts> {
-    let rows = sqlx::query("SELECT status, COUNT(*) FROM orders GROUP BY status").fetch_all(pool).await?;
+pub async fn counts(reader: &Reader) -> DbResult<Counts> {
+    let rows = reader
+        .fetch("SELECT status, COUNT(*) FROM orders GROUP BY status", &[], |r| {
+            let status: String = r.get(0)?;
+            let status =
+                OrderStatus::parse(&status).ok_or_else(|| DbError::corrupt("orders", "status", status.clone()))?;
+            Ok((status, r.get::<i64>(1)?))
+        })
+        .await?;
     let mut c = Counts::default();
-    for r in rows {
-        let n: i64 = r.get(1);
-        match r.get::<String, _>(0).as_str() {
-            "pending" => c.pending = n,
-            "confirmed" => c.confirmed = n,
-            "rejected" => c.rejected = n,
-            _ => c.cancelled = n,
+    for (status, n) in rows {
+        match status {
+            OrderStatus::Pending => c.pending = n,
+            OrderStatus::Confirmed => c.confirmed = n,
+            OrderStatus::Rejected => c.rejected = n,
+            OrderStatus::Cancelled => c.cancelled = n,
         }
     }
-    c.release_pending =
-        sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE release_pending = 1").fetch_one(pool).await?;
+    c.release_pending = reader.scalar("SELECT COUNT(*) FROM orders WHERE release_pending = 1", &[]).await?;
     Ok(c)
 }
 
 /// Every order (paged by id), for the audit.
-pub async fn list(pool: &SqlitePool, after: Option<&str>, limit: i64) -> sqlx::Result<Vec<Order>> {
-    let rows = sqlx::query_as::<_, OrderRow>(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE (?1 IS NULL OR order_id > ?1) ORDER BY order_id LIMIT ?2"
-    ))
-    .bind(after)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(order).collect())
+pub async fn list(reader: &Reader, after: Option<&str>, limit: i64) -> DbResult<Vec<Order>> {
+    reader
+        .fetch(
+            &format!("SELECT {COLUMNS} FROM orders WHERE ($1 IS NULL OR order_id > $1) ORDER BY order_id LIMIT $2"),
+            &[&after, &limit],
+            order,
+        )
+        .await
 }
 
 /// Order gauges for `/metrics`.
-pub async fn update_gauges(db: shared::db::Db) {
+pub async fn update_gauges(db: Db) {
     if let Ok(c) = counts(&db.reader).await {
         for (status, n) in
             [("pending", c.pending), ("confirmed", c.confirmed), ("rejected", c.rejected), ("cancelled", c.cancelled)]
@@ -455,121 +404,77 @@ pub async fn update_gauges(db: shared::db::Db) {
 }
 
 /// The most recently changed orders, newest first.
-pub async fn recent(pool: &SqlitePool, limit: i64) -> sqlx::Result<Vec<Order>> {
-    let rows = sqlx::query_as::<_, OrderRow>(&format!("SELECT {COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT ?"))
-        .bind(limit)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(order).collect())
+pub async fn recent(reader: &Reader, limit: i64) -> DbResult<Vec<Order>> {
+    reader.fetch(&format!("SELECT {COLUMNS} FROM orders ORDER BY updated_at DESC LIMIT $1"), &[&limit], order).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn upgrade_rebuilds_an_orders_table_without_rowid_keeping_its_rows() {
-        let conn = Connection::open_in_memory().unwrap();
-        let old =
-            SCHEMA.replace("order_id        TEXT NOT NULL UNIQUE,", "order_id        TEXT PRIMARY KEY,").replacen(
-                "follow_ups      INTEGER NOT NULL DEFAULT 0\n);",
-                "follow_ups      INTEGER NOT NULL DEFAULT 0\n) WITHOUT ROWID;",
-                1,
-            );
-        assert_ne!(old, SCHEMA, "the old layout must differ");
-        conn.execute_batch(&old).unwrap();
-        for (id, at, follow_up) in [("b", 2, None), ("a", 1, Some(5))] {
-            conn.execute(
-                "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
-                                     fingerprint, created_at, updated_at, follow_up_at)
-                 VALUES (?, 'pending', 1, 'x@example.com', '[]', 'EUR', 100, 'f', ?, ?, ?)",
-                params![id, at, at, follow_up],
-            )
-            .unwrap();
-        }
-        upgrade(&conn).unwrap();
-        let sql: String =
-            conn.query_row("SELECT sql FROM sqlite_master WHERE name = 'orders'", [], |r| r.get(0)).unwrap();
-        assert!(!sql.contains("WITHOUT ROWID"));
-        let rows: Vec<(i64, String)> = conn
-            .prepare("SELECT rowid, order_id FROM orders ORDER BY rowid")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(rows, [(1, "a".to_string()), (2, "b".to_string())], "rows kept, in arrival order");
-        let due: i64 = conn
-            .query_row("SELECT COUNT(*) FROM orders INDEXED BY orders_follow_up WHERE follow_up_at <= 5", [], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(due, 1, "the follow-up index is back");
-        let dup = conn.execute("INSERT INTO orders SELECT * FROM orders WHERE order_id = 'a'", []);
-        assert!(dup.is_err(), "order ids stay unique");
-        upgrade(&conn).unwrap();
+    fn chases(tx: &mut Tx<'_>) -> Vec<(String, i64)> {
+        tx.query("SELECT order_id, follow_ups FROM release_chases ORDER BY order_id", &[], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
     }
 
-    fn chases(conn: &Connection) -> Vec<(String, i64)> {
-        conn.prepare("SELECT order_id, follow_ups FROM release_chases ORDER BY order_id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
+    #[tokio::test]
+    async fn a_tombstone_chases_its_release_until_confirmed_or_its_order_takes_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = shared::config::DbConfig { path: dir.path().join("order.db"), ..Default::default() };
+        let db = Db::open(&cfg, &migrations()).await.unwrap();
+        db.write(|tx| -> DbResult<()> {
+            // A tombstone without a chase, as every tombstone was before
+            // chases existed.
+            tx.execute(
+                "INSERT INTO cancel_tombstones (order_id, at) VALUES ($1, 1)",
+                &[&OrderId(uuid::Uuid::nil()).to_string()],
+            )?;
+            let (old, confirmed, taken_over) =
+                (OrderId(uuid::Uuid::nil()), OrderId(uuid::Uuid::from_u128(1)), OrderId(uuid::Uuid::from_u128(2)));
+            let mut orders = Orders::default();
+            assert_eq!(orders.get(tx, old)?.1, Tombstone::Cancelled);
+            for id in [confirmed, taken_over] {
+                assert_eq!(orders.get(tx, id)?.1, Tombstone::Absent);
+                orders.tombstone(id);
+                orders.chase_release(id, -1);
+            }
+            orders.write(tx)?;
+            assert_eq!(chases(tx), [(confirmed.to_string(), 0), (taken_over.to_string(), 0)]);
 
-    #[test]
-    fn a_tombstone_chases_its_release_until_confirmed_or_its_order_takes_over() {
-        let conn = Connection::open_in_memory().unwrap();
-        // A database from before release chases: the schema adds the table
-        // and its tombstones keep working.
-        let chase_table = SCHEMA.find("-- Releases chased").unwrap();
-        conn.execute_batch(&SCHEMA[..chase_table]).unwrap();
-        conn.execute(
-            "INSERT INTO cancel_tombstones (order_id, at) VALUES (?, 1)",
-            [OrderId(uuid::Uuid::nil()).to_string()],
-        )
+            let due = due_release_chases(tx, 10)?;
+            assert_eq!(due.len(), 2, "both due: {due:?}");
+            reschedule_chase(tx, confirmed, now_ms() + 60_000)?;
+            assert_eq!(due_release_chases(tx, 10)?, [(taken_over, 0)]);
+
+            let mut orders = Orders::default();
+            assert_eq!(orders.get(tx, confirmed)?.1, Tombstone::ReleaseChased);
+            orders.end_chase(confirmed);
+            assert_eq!(orders.get(tx, taken_over)?.1, Tombstone::ReleaseChased);
+            let s = SendOrder {
+                customer_email: shared::ids::Email::parse("a@b.example").unwrap(),
+                items: Vec::new(),
+                currency: "EUR".into(),
+                fingerprint: "fp".into(),
+            };
+            let crate::domain::Step::Save { order, .. } =
+                crate::domain::decide(None, Tombstone::ReleaseChased, taken_over, crate::domain::Input::Send(&s), 5)
+            else {
+                panic!("the order is created");
+            };
+            orders.save(order, -1);
+            orders.write(tx)?;
+            let left = chases(tx);
+            assert!(left.is_empty(), "confirmed, or chased by the order's row: {left:?}");
+            let due = due_follow_ups(tx, 10)?;
+            assert!(due.len() == 1 && due[0].0.order_id == taken_over && due[0].0.release_pending, "{due:?}");
+            let mut orders = Orders::default();
+            assert_eq!(orders.get(tx, confirmed)?.1, Tombstone::Cancelled);
+            Ok(())
+        })
+        .await
         .unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        let (old, confirmed, taken_over) =
-            (OrderId(uuid::Uuid::nil()), OrderId(uuid::Uuid::from_u128(1)), OrderId(uuid::Uuid::from_u128(2)));
-        let mut orders = Orders::default();
-        assert_eq!(orders.get(&conn, old).unwrap().1, Tombstone::Cancelled);
-        for id in [confirmed, taken_over] {
-            assert_eq!(orders.get(&conn, id).unwrap().1, Tombstone::Absent);
-            orders.tombstone(id);
-            orders.chase_release(id, -1);
-        }
-        orders.write(&conn).unwrap();
-        assert_eq!(chases(&conn), [(confirmed.to_string(), 0), (taken_over.to_string(), 0)]);
-
-        let due = due_release_chases(&conn, 10).unwrap();
-        assert_eq!(due.len(), 2, "both due: {due:?}");
-        reschedule_chase(&conn, confirmed, now_ms() + 60_000).unwrap();
-        assert_eq!(due_release_chases(&conn, 10).unwrap(), [(taken_over, 0)]);
-
-        let mut orders = Orders::default();
-        assert_eq!(orders.get(&conn, confirmed).unwrap().1, Tombstone::ReleaseChased);
-        orders.end_chase(confirmed);
-        assert_eq!(orders.get(&conn, taken_over).unwrap().1, Tombstone::ReleaseChased);
-        let s = SendOrder {
-            customer_email: shared::ids::Email::parse("a@b.example").unwrap(),
-            items: Vec::new(),
-            currency: "EUR".into(),
-            fingerprint: "fp".into(),
-        };
-        let crate::domain::Step::Save { order, .. } =
-            crate::domain::decide(None, Tombstone::ReleaseChased, taken_over, crate::domain::Input::Send(&s), 5)
-        else {
-            panic!("the order is created");
-        };
-        orders.save(order, -1);
-        orders.write(&conn).unwrap();
-        assert!(chases(&conn).is_empty(), "confirmed, or chased by the order's row: {:?}", chases(&conn));
-        let due = due_follow_ups(&conn, 10).unwrap();
-        assert!(due.len() == 1 && due[0].0.order_id == taken_over && due[0].0.release_pending, "{due:?}");
-        let mut orders = Orders::default();
-        assert_eq!(orders.get(&conn, confirmed).unwrap().1, Tombstone::Cancelled);
+        db.close().await;
     }
 }

@@ -22,7 +22,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use shared::db::now_ms;
+use shared::clock::now_ms;
 use shared::ids::Sku;
 use shared::message::OrderStatus;
 use shared::node::NodeStats;

@@ -392,7 +392,11 @@ async fn run(
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let failed = ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure));
                 if failed {
-                    tracing::error!("the broker refused a subscription; not ready");
+                    tracing::error!(
+                        user = opts.config.username.as_deref().unwrap_or("(none)"),
+                        "the broker refused a subscription (may this user subscribe to the node's topics? \
+                         see the broker's roles); not ready"
+                    );
                 } else {
                     inner.session.send_replace(true);
                 }

@@ -119,27 +119,121 @@ impl std::fmt::Debug for BusConfig {
     }
 }
 
-/// SQLite settings of a service's database.
+/// A service's database: a SQLite file (the default) or PostgreSQL.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DbConfig {
+    /// `postgres://user@host:port/database` to use PostgreSQL; unset
+    /// (default) for the SQLite file at `path`. Put the password in
+    /// `password` (from the environment) or `PGPASSWORD`, not in a file.
+    pub url: Option<String>,
+    /// The PostgreSQL password; set it through the environment
+    /// (`WEBSHOP_ORDER__DB__PASSWORD`, ...).
+    pub password: Option<Secret>,
+    /// PostgreSQL: the schema the service's tables live in (created if
+    /// missing), so that services can share one database. Default: the
+    /// service's name.
+    pub schema: String,
     /// Path of the SQLite file; created with its parent directory.
     pub path: PathBuf,
-    /// `FULL` (default: every commit is fsynced, an acknowledged order
-    /// survives power loss) or `NORMAL` (WAL default; survives a process
-    /// crash, may lose the last commits on power loss).
-    pub synchronous: String,
-    /// WAL pages (4 KiB each) after which a commit checkpoints: copies the
-    /// WAL into the database file, and the next transaction starts the WAL
-    /// over. A page changed many times in that window is copied once, so a
-    /// larger window writes less per order; the commit that checkpoints
-    /// takes longer, and the WAL file stays about this long.
+    /// SQLite: `FULL` (default: every commit is fsynced, an acknowledged
+    /// order survives power loss) or `NORMAL` (WAL default; survives a
+    /// process crash, may lose the last commits on power loss), `OFF` for
+    /// throwaway databases. PostgreSQL keeps its own `synchronous_commit`.
+    pub synchronous: Synchronous,
+    /// SQLite: WAL pages (4 KiB each) after which a commit checkpoints:
+    /// copies the WAL into the database file, and the next transaction
+    /// starts the WAL over. A page changed many times in that window is
+    /// copied once, so a larger window writes less per order; the commit
+    /// that checkpoints takes longer, and the WAL file stays about this long.
     pub checkpoint_pages: u32,
 }
 
 impl Default for DbConfig {
     fn default() -> Self {
-        Self { path: PathBuf::from("data/service.db"), synchronous: "FULL".into(), checkpoint_pages: 10_000 }
+        Self {
+            url: None,
+            password: None,
+            schema: "webshop".into(),
+            path: PathBuf::from("data/service.db"),
+            synchronous: Synchronous::Full,
+            checkpoint_pages: 10_000,
+        }
+    }
+}
+
+impl DbConfig {
+    /// The backend `url` names: PostgreSQL for `postgres://` or
+    /// `postgresql://`, SQLite otherwise.
+    pub fn backend(&self) -> crate::db::Backend {
+        match self.url.as_deref() {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => crate::db::Backend::Postgres,
+            _ => crate::db::Backend::Sqlite,
+        }
+    }
+
+    /// Checks what serde can't: a `url` that is neither unset nor a
+    /// PostgreSQL URL.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.url.as_deref() {
+            Some(u) if self.backend() == crate::db::Backend::Sqlite => {
+                anyhow::bail!("db.url must be a postgres:// URL (or unset for SQLite at db.path), not `{u}`")
+            }
+            _ if self.schema.is_empty()
+                || !self.schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+            {
+                anyhow::bail!("db.schema must be a plain lower-case name (a-z, 0-9, _), not `{}`", self.schema)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Synchronous {
+    #[serde(alias = "off")]
+    Off,
+    #[serde(alias = "normal")]
+    Normal,
+    #[serde(alias = "full")]
+    Full,
+    #[serde(alias = "extra")]
+    Extra,
+}
+
+impl std::str::FromStr for Synchronous {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "OFF" => Ok(Synchronous::Off),
+            "NORMAL" => Ok(Synchronous::Normal),
+            "FULL" => Ok(Synchronous::Full),
+            "EXTRA" => Ok(Synchronous::Extra),
+            _ => anyhow::bail!("synchronous must be OFF, NORMAL, FULL or EXTRA, not `{s}`"),
+        }
+    }
+}
+
+impl Synchronous {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Off => "OFF",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+            Synchronous::Extra => "EXTRA",
+        }
+    }
+
+    pub(crate) fn sqlx(self) -> sqlx::sqlite::SqliteSynchronous {
+        use sqlx::sqlite::SqliteSynchronous as S;
+        match self {
+            Synchronous::Off => S::Off,
+            Synchronous::Normal => S::Normal,
+            Synchronous::Full => S::Full,
+            Synchronous::Extra => S::Extra,
+        }
     }
 }
 
@@ -167,7 +261,7 @@ pub struct LogConfig {
     /// `tracing` filter directive. Default `info`. `RUST_LOG` wins if set.
     pub filter: String,
     /// `text` (default) or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// Base URL of an OpenTelemetry collector's OTLP/HTTP receiver, e.g.
     /// `http://otel-collector:4318`; spans go to `<url>/v1/traces` as
     /// protobuf. Unset (default): no export, unless the standard
@@ -177,8 +271,16 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { filter: "info".into(), format: "text".into(), otlp_endpoint: None }
+        Self { filter: "info".into(), format: LogFormat::Text, otlp_endpoint: None }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Seconds as a `Duration`, for config fields kept as plain numbers.

@@ -9,10 +9,13 @@
 //! - [`consumer`]: batch apply with [`inbox`] dedup, [`parking`] and
 //!   [`dead_letter`], ack after commit.
 //! - [`outbox`]: events written with the state change, relayed after commit.
-//! - [`db`]: the writer thread (every write transaction) and the read pool.
+//! - [`db`]: the storage seam: SQLite or PostgreSQL, the writer thread
+//!   (every write transaction) and the read pool; [`clock`] the one time
+//!   unit the tables store.
 //! - [`config`], [`telemetry`], [`shutdown`], [`tls`]: process plumbing.
 
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod consumer;
 pub mod db;

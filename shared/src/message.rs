@@ -242,6 +242,28 @@ pub struct OrderSnapshot {
 pub struct InStock {
     /// Fingerprint of the `orders/send` the reservation was made for.
     pub fingerprint: String,
+    /// The unit price of each line, as inventory accepted them. Empty when
+    /// inventory announces a decision again (it keeps no prices per order)
+    /// or comes from before prices were checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<LinePrice>,
+}
+
+/// The unit price of one order line.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LinePrice {
+    pub sku: Sku,
+    pub unit_price_cents: i64,
+}
+
+impl LinePrice {
+    /// The prices of `lines`, in a canonical order (to compare two lists).
+    pub fn of(lines: &[OrderLine]) -> Vec<LinePrice> {
+        let mut prices: Vec<LinePrice> =
+            lines.iter().map(|l| LinePrice { sku: l.sku.clone(), unit_price_cents: l.unit_price_cents }).collect();
+        prices.sort();
+        prices
+    }
 }
 
 /// `inventory/out-of-stock`: the order was refused; nothing is reserved.

@@ -11,12 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusOptions};
 use crate::consumer::{Consumer, Handler, ParkingPolicy, Stats, StatsSnapshot};
-use crate::db::Db;
+use crate::db::{Db, DbError, DbResult};
 use crate::outbox::{self, Backlog, Wakeup};
 use crate::{dead_letter, parking};
 
 /// Sets a service's own gauges before `/metrics` renders.
 pub type Gauges = Arc<dyn Fn(Db) -> futures_util::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Applies one `(topic, payload)` through the node's own consumer, as if
+/// the bus had delivered it.
+pub type Apply =
+    Arc<dyn Fn(String, bytes::Bytes) -> futures_util::future::BoxFuture<'static, DbResult<()>> + Send + Sync>;
 
 /// A started service node.
 #[derive(Clone)]
@@ -30,6 +35,10 @@ pub struct Node {
     /// product admin). `None`: those routes answer 403.
     pub admin_token: Option<crate::config::Secret>,
     pub gauges: Option<Gauges>,
+    /// Replays a dead letter locally: a node may not publish the topics it
+    /// consumes (its broker role forbids it), and only this node needs
+    /// the copy.
+    pub apply: Apply,
 }
 
 /// What `/stats` reports.
@@ -63,6 +72,11 @@ impl Node {
         let stats = Arc::new(Stats::default());
         let wakeup = Wakeup::default();
         let consumer = Consumer::new(name, db.clone(), bus.prefix(), handler, wakeup.clone(), stats.clone(), policy);
+        let local = consumer.clone();
+        let apply: Apply = Arc::new(move |topic, payload| {
+            let local = local.clone();
+            Box::pin(async move { local.apply(vec![(topic, payload)]).await.map(drop) })
+        });
         let mut inner = JoinSet::new();
         inner.spawn(consumer.clone().run(bus.clone(), deliveries, shutdown.clone()));
         inner.spawn(consumer.run_parking_timer(shutdown.clone()));
@@ -72,7 +86,7 @@ impl Node {
             bus_shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), bus_task).await;
         });
-        Ok(Node { name, db, bus, stats, wakeup, admin_token: None, gauges: None })
+        Ok(Node { name, db, bus, stats, wakeup, admin_token: None, gauges: None, apply })
     }
 
     pub fn with_admin_token(mut self, token: Option<crate::config::Secret>) -> Self {
@@ -107,7 +121,7 @@ impl Node {
             return Some(reason);
         }
         // An empty write transaction: takes the write lock, writes nothing.
-        let writable = self.db.write(|_| Ok::<_, rusqlite::Error>(()));
+        let writable = self.db.write(|_| Ok::<_, DbError>(()));
         match tokio::time::timeout(Duration::from_secs(2), writable).await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("database not writable: {e}")),
@@ -115,17 +129,17 @@ impl Node {
         }
     }
 
-    pub async fn stats(&self) -> sqlx::Result<NodeStats> {
+    pub async fn stats(&self) -> DbResult<NodeStats> {
         Ok(NodeStats {
             bus_ready: self.bus.is_ready(),
             messages: self.stats.snapshot(),
             outbox: outbox::backlog(&self.db.reader).await?,
             parked: parking::count(&self.db.reader).await?,
-            dead_letters: sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&self.db.reader).await?,
+            dead_letters: dead_letter::count(&self.db.reader).await?,
         })
     }
 
-    pub async fn dead_letters(&self, limit: i64) -> sqlx::Result<Vec<dead_letter::DeadLetter>> {
+    pub async fn dead_letters(&self, limit: i64) -> DbResult<Vec<dead_letter::DeadLetter>> {
         dead_letter::list(&self.db.reader, limit).await
     }
 }
@@ -260,9 +274,12 @@ pub fn routes(node: Node) -> axum::Router {
             crate::ids::OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
         Ok(Json(crate::timeline::for_order(&node.db.reader, &id.to_string()).await?))
     }
-    /// Publishes a dead letter again (after the cause was fixed) and
-    /// forgets it. Dead-lettered messages are not in the inbox, so the
-    /// copy is applied, not dropped as a duplicate.
+    /// Applies a dead letter again (after the cause was fixed) and forgets
+    /// it. Dead-lettered messages are not in the inbox, so the copy is
+    /// applied, not dropped as a duplicate; if it fails again it is a new
+    /// dead letter. Applied here rather than published: the node's broker
+    /// role may not publish the topics it consumes, and the other
+    /// consumers of the topic had their own copy.
     async fn replay(
         State(node): State<Node>,
         headers: HeaderMap,
@@ -278,9 +295,8 @@ pub fn routes(node: Node) -> axum::Router {
                 "This dead letter was stored truncated; it can't be replayed.",
             ));
         }
-        node.bus.publish(&letter.topic, letter.payload).await.map_err(|e| {
-            ApiError::unavailable("bus_unavailable", format!("could not publish the dead letter again: {e}"))
-        })?;
+        (node.apply)(letter.topic.clone(), letter.payload.into()).await?;
+        node.wakeup.wake();
         node.db.write(move |tx| dead_letter::remove(tx, id)).await?;
         Ok(Json(serde_json::json!({"replayed": id, "topic": letter.topic})))
     }

@@ -14,14 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use rusqlite::{params, Connection};
 use serde::Serialize;
-use sqlx::Row;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
-use crate::db::{now_ms, Db, Tx};
+use crate::clock::now_ms;
+use crate::db::{Backend, Db, DbResult, Tx};
 use crate::ids::OrderId;
 use crate::message::Envelope;
 use crate::topics::Topic;
@@ -37,6 +36,10 @@ const RELAY_INFLIGHT: usize = 4 * BATCH as usize;
 const RESCAN_AFTER: Duration = Duration::from_secs(1);
 /// Sent events are kept this long (for operators), then deleted.
 const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
+/// PostgreSQL: how long an instance owns the events it committed or
+/// claimed before another instance's relay may claim them (it died, or
+/// can't reach the broker).
+const LEASE_MS: i64 = 10_000;
 
 /// An event enqueued but not yet inserted.
 #[derive(Debug)]
@@ -64,17 +67,26 @@ pub fn enqueue<B: Serialize>(tx: &mut Tx<'_>, topic: Topic, order_id: OrderId, b
 
 /// Inserts events, in order (called by [`Db::write`]); returns them with
 /// the seqs they got, for [`Committed`] once the transaction commits.
-pub(crate) fn write_all(conn: &Connection, rows: Vec<Pending>) -> rusqlite::Result<Vec<Unsent>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-    )?;
+pub(crate) fn write_all(tx: &mut Tx<'_>, rows: Vec<Pending>) -> DbResult<Vec<Unsent>> {
+    let sql = match tx.backend() {
+        Backend::Sqlite => {
+            "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)
+             RETURNING seq"
+        }
+        // Leased to this instance: its relay publishes them from memory.
+        Backend::Postgres => {
+            "INSERT INTO outbox (message_id, topic, order_id, payload, created_at, owner, lease_until)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq"
+        }
+    };
     let mut written = Vec::with_capacity(rows.len());
     for r in rows {
-        stmt.execute(params![r.message_id, r.topic, r.order_id, r.payload, r.created_at])?;
-        written.push(Unsent { seq: conn.last_insert_rowid(), topic: r.topic.to_owned(), payload: r.payload });
+        let lease = r.created_at + LEASE_MS;
+        let params: [crate::db::P<'_>; 7] =
+            [&r.message_id, &r.topic, &r.order_id, &r.payload, &r.created_at, &crate::db::instance(), &lease];
+        let n = if tx.backend() == Backend::Sqlite { 5 } else { 7 };
+        let seq = tx.scalar(sql, &params[..n])?;
+        written.push(Unsent { seq, topic: r.topic.to_owned(), payload: r.payload });
     }
     Ok(written)
 }
@@ -157,10 +169,14 @@ pub struct Backlog {
     pub oldest_unsent_age_ms: Option<i64>,
 }
 
-pub async fn backlog(pool: &sqlx::SqlitePool) -> sqlx::Result<Backlog> {
-    let row = sqlx::query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await?;
-    let oldest: Option<i64> = row.get(1);
-    Ok(Backlog { unsent: row.get(0), oldest_unsent_age_ms: oldest.map(|t| now_ms() - t) })
+pub async fn backlog(reader: &crate::db::Reader) -> DbResult<Backlog> {
+    let (unsent, oldest) = reader
+        .fetch_opt("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL", &[], |r| {
+            Ok((r.get::<i64>(0)?, r.get::<Option<i64>>(1)?))
+        })
+        .await?
+        .unwrap_or_default();
+    Ok(Backlog { unsent, oldest_unsent_age_ms: oldest.map(|t| now_ms() - t) })
 }
 
 /// Wakes the relay when a transaction that enqueued events has committed.
@@ -201,7 +217,16 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
         let flush = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wakeup.0.notified() => false,
-            _ = tick.tick() => true,
+            _ = tick.tick() => {
+                // PostgreSQL assigns seqs before commit, and other instances
+                // write the same table: a row below the cursor may commit
+                // later, or be left by an instance that died. Each second the
+                // relay claims from the oldest unsent row again.
+                if db.backend() == Backend::Postgres {
+                    cursor = 0;
+                }
+                true
+            }
             // A fresh connection: republish what is still unsent.
             _ = session.changed() => {
                 cursor = 0;
@@ -347,13 +372,9 @@ impl Taken<'_> {
     /// Sets `sent_at` of the taken events, in `conn`'s transaction: one
     /// statement per run of consecutive seqs acknowledged together (a relay
     /// round is one run), not one per event.
-    pub(crate) fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
-        if self.marks.is_empty() {
-            return Ok(());
-        }
-        let mut stmt = conn.prepare_cached("UPDATE outbox SET sent_at = ?1 WHERE seq BETWEEN ?2 AND ?3")?;
+    pub(crate) fn write(&self, tx: &mut Tx<'_>) -> DbResult<()> {
         for (first, last, at) in runs(&self.marks) {
-            stmt.execute([at, first, last])?;
+            tx.execute("UPDATE outbox SET sent_at = $1 WHERE seq BETWEEN $2 AND $3", &[&at, &first, &last])?;
         }
         Ok(())
     }
@@ -389,7 +410,7 @@ fn runs(marks: &[(i64, i64)]) -> Vec<(i64, i64, i64)> {
 
 /// A transaction of nothing but the pending marks (when no other write
 /// came to take them).
-async fn write_marks(db: &Db) -> rusqlite::Result<()> {
+async fn write_marks(db: &Db) -> DbResult<()> {
     db.write(|_| Ok(())).await
 }
 
@@ -403,28 +424,54 @@ pub struct Unsent {
 }
 
 /// The oldest unsent events after `after`, in the order they were written.
-/// Read on the read pool: only committed rows matter, and the writer stays
-/// free for the consumer.
-pub async fn unsent(db: &Db, after: i64, limit: i64) -> sqlx::Result<Vec<Unsent>> {
-    let rows =
-        sqlx::query("SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?")
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&db.reader)
-            .await?;
-    Ok(rows.into_iter().map(|r| Unsent { seq: r.get(0), topic: r.get(1), payload: r.get(2) }).collect())
+///
+/// SQLite: read on the read pool (only committed rows matter, and the
+/// writer stays free for the consumer). PostgreSQL: claimed on the read
+/// pool, one statement: rows this instance owns or whose lease ran out,
+/// skipping rows another relay is claiming at that moment, leased to this
+/// instance for [`LEASE_MS`].
+pub async fn unsent(db: &Db, after: i64, limit: i64) -> DbResult<Vec<Unsent>> {
+    let row = |r: &crate::db::Row<'_>| Ok(Unsent { seq: r.get(0)?, topic: r.get(1)?, payload: r.get(2)? });
+    match db.backend() {
+        Backend::Sqlite => {
+            db.reader
+                .fetch(
+                    "SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
+                    &[&after, &limit],
+                    row,
+                )
+                .await
+        }
+        Backend::Postgres => {
+            let now = now_ms();
+            let mut rows = db
+                .reader
+                .fetch(
+                    "UPDATE outbox SET owner = $1, lease_until = $2
+                     WHERE seq IN (SELECT seq FROM outbox
+                                   WHERE sent_at IS NULL AND seq > $3 AND (owner = $1 OR lease_until < $4)
+                                   ORDER BY seq LIMIT $5 FOR UPDATE SKIP LOCKED)
+                     RETURNING seq, topic, payload",
+                    &[&crate::db::instance(), &(now + LEASE_MS), &after, &now, &limit],
+                    row,
+                )
+                .await?;
+            rows.sort_unstable_by_key(|r| r.seq);
+            Ok(rows)
+        }
+    }
 }
 
 /// Marks events sent now (the broker acknowledged them), in a transaction
 /// of its own: for tools and tests that publish outside the relay.
-pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> rusqlite::Result<()> {
+pub async fn mark_sent(db: &Db, seqs: Vec<i64>) -> DbResult<()> {
     db.sent.push(seqs);
     write_marks(db).await
 }
 
 /// The next events after `after`: from memory when it can vouch for
 /// them, else from the table.
-async fn next_events(db: &Db, after: i64) -> sqlx::Result<Vec<Unsent>> {
+async fn next_events(db: &Db, after: i64) -> DbResult<Vec<Unsent>> {
     if let Some(rows) = db.committed.next(after, BATCH as usize) {
         return Ok(rows);
     }
@@ -438,11 +485,11 @@ async fn next_events(db: &Db, after: i64) -> sqlx::Result<Vec<Unsent>> {
 /// Deletes events sent more than `keep_ms` ago. Events are sent in `seq`
 /// order, so those are the lowest seqs; it stops at the oldest event still
 /// unsent.
-fn prune_sent(conn: &Connection, keep_ms: i64) -> rusqlite::Result<usize> {
-    crate::db::prune_log(conn, "outbox", "seq", "sent_at IS NULL OR sent_at >= ?1", now_ms() - keep_ms)
+fn prune_sent(tx: &mut Tx<'_>, keep_ms: i64) -> DbResult<u64> {
+    crate::db::prune_log(tx, "outbox", "seq", "sent_at IS NULL OR sent_at >= $1", now_ms() - keep_ms)
 }
 
-async fn prune(db: &Db) -> rusqlite::Result<()> {
+async fn prune(db: &Db) -> DbResult<()> {
     db.write(|tx| {
         prune_sent(tx, KEEP_SENT_MS)?;
         crate::inbox::prune(tx, 7 * KEEP_SENT_MS)?;
@@ -455,39 +502,38 @@ async fn prune(db: &Db) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
-    fn events(conn: &Connection, sent_at: &[Option<i64>]) {
+    fn events(tx: &mut Tx<'_>, sent_at: &[Option<i64>]) {
         for (i, at) in sent_at.iter().enumerate() {
-            conn.execute(
-                "INSERT INTO outbox (message_id, topic, order_id, payload, created_at, sent_at) VALUES (?, 'orders/status', 'o', x'', 0, ?)",
-                params![format!("m{i}"), at],
+            tx.execute(
+                "INSERT INTO outbox (message_id, topic, order_id, payload, created_at, sent_at)
+                 VALUES ($1, 'orders/status', 'o', x'', 0, $2)",
+                &[&format!("m{i}"), at],
             )
             .unwrap();
         }
     }
 
-    fn left(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn.prepare("SELECT message_id FROM outbox ORDER BY seq").unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    fn left(tx: &mut Tx<'_>) -> Vec<String> {
+        tx.query("SELECT message_id FROM outbox ORDER BY seq", &[], |r| r.get(0)).unwrap()
     }
 
-    #[test]
-    fn marks_are_written_as_runs_of_consecutive_seqs() {
+    #[tokio::test]
+    async fn marks_are_written_as_runs_of_consecutive_seqs() {
         assert_eq!(runs(&[(5, 1), (3, 1), (4, 1), (9, 1), (6, 2), (7, 2)]), [(3, 5, 1), (6, 7, 2), (9, 9, 1)]);
         assert_eq!(runs(&[(2, 1), (2, 1), (3, 1)]), [(2, 2, 1), (2, 3, 1)], "a repeat starts a new run");
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(crate::db::SHARED_SCHEMA).unwrap();
-        events(&conn, &[None; 6]);
-        let sent = Sent::default();
-        sent.pending().extend([(1, 10), (2, 10), (4, 11), (5, 11)]);
-        sent.take().write(&conn).unwrap();
-        let at: Vec<Option<i64>> = conn
-            .prepare("SELECT sent_at FROM outbox ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(at, [Some(10), Some(10), None, Some(11), Some(11), None], "exactly the acknowledged events");
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::test_db(dir.path()).await;
+        db.write(|tx| -> DbResult<()> {
+            events(tx, &[None; 6]);
+            let sent = Sent::default();
+            sent.pending().extend([(1, 10), (2, 10), (4, 11), (5, 11)]);
+            sent.take().write(tx)?;
+            let at: Vec<Option<i64>> = tx.query("SELECT sent_at FROM outbox ORDER BY seq", &[], |r| r.get(0))?;
+            assert_eq!(at, [Some(10), Some(10), None, Some(11), Some(11), None], "exactly the acknowledged events");
+            Ok(())
+        })
+        .await
+        .unwrap();
     }
 
     fn committed(seqs: std::ops::RangeInclusive<i64>) -> Vec<Unsent> {
@@ -521,20 +567,25 @@ mod tests {
         assert_eq!(seqs(c.next(12, 50)), None, "an overflow: the table");
     }
 
-    #[test]
-    fn prune_deletes_old_sent_events_up_to_the_oldest_unsent() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(crate::db::SHARED_SCHEMA).unwrap();
-        let (old, now) = (now_ms() - 90_000, now_ms());
-        events(&conn, &[Some(old), Some(old), None, Some(old), Some(now)]);
-        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 2);
-        assert_eq!(left(&conn), ["m2", "m3", "m4"], "never past an unsent event");
-        conn.execute("UPDATE outbox SET sent_at = ? WHERE message_id = 'm2'", [old]).unwrap();
-        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 2);
-        assert_eq!(left(&conn), ["m4"], "a recent event stays");
-        conn.execute("UPDATE outbox SET sent_at = ?", [old]).unwrap();
-        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 1);
-        assert!(left(&conn).is_empty());
-        assert_eq!(prune_sent(&conn, 60_000).unwrap(), 0);
+    #[tokio::test]
+    async fn prune_deletes_old_sent_events_up_to_the_oldest_unsent() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::test_db(dir.path()).await;
+        db.write(|tx| -> DbResult<()> {
+            let (old, now) = (now_ms() - 90_000, now_ms());
+            events(tx, &[Some(old), Some(old), None, Some(old), Some(now)]);
+            assert_eq!(prune_sent(tx, 60_000)?, 2);
+            assert_eq!(left(tx), ["m2", "m3", "m4"], "never past an unsent event");
+            tx.execute("UPDATE outbox SET sent_at = $1 WHERE message_id = 'm2'", &[&old])?;
+            assert_eq!(prune_sent(tx, 60_000)?, 2);
+            assert_eq!(left(tx), ["m4"], "a recent event stays");
+            tx.execute("UPDATE outbox SET sent_at = $1", &[&old])?;
+            assert_eq!(prune_sent(tx, 60_000)?, 1);
+            assert!(left(tx).is_empty());
+            assert_eq!(prune_sent(tx, 60_000)?, 0);
+            Ok(())
+        })
+        .await
+        .unwrap();
     }
 }

@@ -3,12 +3,10 @@
 //! The consumer retries an order's parked messages right after any message
 //! for that order is applied, and [`due`] feeds a timer for the rest.
 
-use rusqlite::{params, Connection};
-use sqlx::Row;
-
 use std::collections::HashSet;
 
-use crate::db::now_ms;
+use crate::clock::now_ms;
+use crate::db::{DbError, DbResult, Reader, Row, Tx};
 use crate::ids::OrderId;
 use crate::message::Inbound;
 
@@ -23,25 +21,25 @@ pub struct Parked {
     pub attempts: i64,
 }
 
-pub fn park(conn: &Connection, msg: &Inbound, reason: &str, retry_in_ms: i64) -> rusqlite::Result<()> {
+pub fn park(tx: &mut Tx<'_>, msg: &Inbound, reason: &str, retry_in_ms: i64) -> DbResult<()> {
     let now = now_ms();
-    conn.prepare_cached(
+    tx.execute(
         "INSERT INTO parked (message_id, topic, order_id, payload, reason, parked_at, next_attempt_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
-    )?
-    .execute(params![
-        msg.message_id().to_string(),
-        msg.topic.suffix(),
-        msg.order_id().to_string(),
-        msg.payload.as_ref(),
-        reason,
-        now,
-        now + retry_in_ms
-    ])?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (message_id) DO NOTHING",
+        &[
+            &msg.message_id().to_string(),
+            &msg.topic.suffix(),
+            &msg.order_id().to_string(),
+            &msg.payload.as_ref(),
+            &reason,
+            &now,
+            &(now + retry_in_ms),
+        ],
+    )?;
     Ok(())
 }
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Parked> {
+fn from_row(r: &Row<'_>) -> DbResult<Parked> {
     Ok(Parked {
         message_id: r.get(0)?,
         topic: r.get(1)?,
@@ -55,46 +53,56 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Parked> {
 const COLUMNS: &str = "message_id, topic, order_id, payload, parked_at, attempts";
 
 /// The messages parked for `order_id`, oldest first.
-pub fn for_order(conn: &Connection, order_id: &str) -> rusqlite::Result<Vec<Parked>> {
-    let mut stmt = conn
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM parked WHERE order_id = ? ORDER BY parked_at, message_id"))?;
-    let rows = stmt.query_map([order_id], from_row)?;
-    rows.collect()
+pub fn for_order(tx: &mut Tx<'_>, order_id: &str) -> DbResult<Vec<Parked>> {
+    tx.query(
+        &format!("SELECT {COLUMNS} FROM parked WHERE order_id = $1 ORDER BY parked_at, message_id"),
+        &[&order_id],
+        from_row,
+    )
 }
 
-/// Parked messages whose retry time has come.
-pub fn due(conn: &Connection, limit: i64) -> rusqlite::Result<Vec<Parked>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM parked WHERE next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?"
-    ))?;
-    let rows = stmt.query_map([now_ms(), limit], from_row)?;
-    rows.collect()
+/// Parked messages whose retry time has come. On PostgreSQL the rows are
+/// locked, and rows another instance's timer holds are skipped.
+pub fn due(tx: &mut Tx<'_>, limit: i64) -> DbResult<Vec<Parked>> {
+    let lock = match tx.backend() {
+        crate::db::Backend::Sqlite => "",
+        crate::db::Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+    };
+    tx.query(
+        &format!("SELECT {COLUMNS} FROM parked WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2{lock}"),
+        &[&now_ms(), &limit],
+        from_row,
+    )
 }
 
-pub fn remove(conn: &Connection, message_id: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM parked WHERE message_id = ?")?.execute([message_id])?;
+pub fn remove(tx: &mut Tx<'_>, message_id: &str) -> DbResult<()> {
+    tx.execute("DELETE FROM parked WHERE message_id = $1", &[&message_id])?;
     Ok(())
 }
 
 /// Pushes the next attempt back (exponential, capped at a minute).
-pub fn postpone(conn: &Connection, message_id: &str, attempts: i64) -> rusqlite::Result<()> {
+pub fn postpone(tx: &mut Tx<'_>, message_id: &str, attempts: i64) -> DbResult<()> {
     let delay = (1000i64 << attempts.clamp(0, 6)).min(60_000);
-    conn.prepare_cached("UPDATE parked SET attempts = attempts + 1, next_attempt_at = ? WHERE message_id = ?")?
-        .execute(params![now_ms() + delay, message_id])?;
+    tx.execute(
+        "UPDATE parked SET attempts = attempts + 1, next_attempt_at = $1 WHERE message_id = $2",
+        &[&(now_ms() + delay), &message_id],
+    )?;
     Ok(())
 }
 
 /// The orders something is parked for, on the writer.
-pub fn orders(conn: &Connection) -> rusqlite::Result<HashSet<OrderId>> {
-    let mut stmt = conn.prepare_cached("SELECT DISTINCT order_id FROM parked")?;
-    let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    // Parked messages passed envelope validation: their order ids parse.
-    ids.filter_map(|id| id.map(|id| OrderId::parse(&id).ok()).transpose()).collect()
+pub fn orders(tx: &mut Tx<'_>) -> DbResult<HashSet<OrderId>> {
+    tx.query("SELECT DISTINCT order_id FROM parked", &[], |r| {
+        let id: String = r.get(0)?;
+        // Parked messages passed envelope validation: their order ids parse.
+        OrderId::parse(&id).map_err(|e| DbError::corrupt("parked", &id, e))
+    })
+    .map(|ids| ids.into_iter().collect())
 }
 
 /// How many messages are parked, for operators.
-pub async fn count(pool: &sqlx::SqlitePool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM parked").fetch_one(pool).await
+pub async fn count(reader: &Reader) -> DbResult<i64> {
+    reader.scalar("SELECT COUNT(*) FROM parked", &[]).await
 }
 
 /// A parked message as operators see it.
@@ -109,24 +117,23 @@ pub struct ParkedView {
     pub next_attempt_at_ms: i64,
 }
 
-pub async fn list(pool: &sqlx::SqlitePool, limit: i64) -> sqlx::Result<Vec<ParkedView>> {
-    let rows = sqlx::query(
-        "SELECT message_id, topic, order_id, reason, parked_at, attempts, next_attempt_at FROM parked
-         ORDER BY parked_at LIMIT ?",
-    )
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| ParkedView {
-            message_id: r.get(0),
-            topic: r.get(1),
-            order_id: r.get(2),
-            reason: r.get(3),
-            parked_at_ms: r.get(4),
-            attempts: r.get(5),
-            next_attempt_at_ms: r.get(6),
-        })
-        .collect())
+pub async fn list(reader: &Reader, limit: i64) -> DbResult<Vec<ParkedView>> {
+    reader
+        .fetch(
+            "SELECT message_id, topic, order_id, reason, parked_at, attempts, next_attempt_at FROM parked
+             ORDER BY parked_at LIMIT $1",
+            &[&limit],
+            |r| {
+                Ok(ParkedView {
+                    message_id: r.get(0)?,
+                    topic: r.get(1)?,
+                    order_id: r.get(2)?,
+                    reason: r.get(3)?,
+                    parked_at_ms: r.get(4)?,
+                    attempts: r.get(5)?,
+                    next_attempt_at_ms: r.get(6)?,
+                })
+            },
+        )
+        .await
 }

@@ -71,7 +71,8 @@ pub fn init(service: &str, cfg: &LogConfig) -> anyhow::Result<Telemetry> {
         // Without export, the plain subscriber with one global filter:
         // callsites the filter rejects cost nothing.
         let builder = fmt().with_env_filter(filter).with_target(true);
-        let _ = if cfg.format == "json" { builder.json().try_init() } else { builder.try_init() };
+        let _ =
+            if cfg.format == crate::config::LogFormat::Json { builder.json().try_init() } else { builder.try_init() };
         return Ok(Telemetry { provider: None });
     }
     let provider = build_provider(service, endpoint)?;
@@ -80,8 +81,11 @@ pub fn init(service: &str, cfg: &LogConfig) -> anyhow::Result<Telemetry> {
     let targets = Targets::new().with_targets(EXPORTED_TARGETS.map(|t| (t, LevelFilter::INFO)));
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("webshop")).with_filter(targets);
     let logs = fmt::layer().with_target(true);
-    let logs =
-        if cfg.format == "json" { logs.json().with_filter(filter).boxed() } else { logs.with_filter(filter).boxed() };
+    let logs = if cfg.format == crate::config::LogFormat::Json {
+        logs.json().with_filter(filter).boxed()
+    } else {
+        logs.with_filter(filter).boxed()
+    };
     if tracing_subscriber::registry().with(otel).with(logs).try_init().is_err() {
         // Already initialised in this process: that subscriber stays.
         let _ = provider.shutdown();

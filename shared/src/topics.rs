@@ -1,5 +1,8 @@
-//! The bus topics. Every topic carries exactly one message type; the
-//! envelope's `type` field must name it.
+//! The bus topics, and who may use them. Every topic carries exactly one
+//! message type; the envelope's `type` field must name it. [`Role`] says
+//! which topics each kind of client may publish and subscribe to: the
+//! embedded broker enforces it per user, and [`mosquitto_acl`] writes the
+//! same table for Mosquitto.
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +74,121 @@ impl Topic {
     }
 }
 
+/// What a client on the bus is, and so what it may publish and subscribe
+/// to. The table is the code's own: each node publishes what its outbox
+/// enqueues and subscribes to what its handlers consume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// public-front: places and cancels orders, follows their status.
+    Front,
+    /// The order service: owns orders, re-requests and releases.
+    Order,
+    /// The inventory service: decides stock, confirms releases.
+    Inventory,
+    /// Testers and their tools (`inject`, `replay`, `capture`, `fuzz`):
+    /// every topic, since they inject and replay on all of them.
+    Tester,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Front, Role::Order, Role::Inventory, Role::Tester];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Front => "front",
+            Role::Order => "order",
+            Role::Inventory => "inventory",
+            Role::Tester => "tester",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The topics this role may publish; `None`: any topic at all.
+    pub fn publishes(self) -> Option<&'static [Topic]> {
+        match self {
+            Role::Front => Some(&[Topic::OrdersSend, Topic::OrdersCancel]),
+            // orders/send: the re-request of an order with no stock decision.
+            Role::Order => Some(&[Topic::OrdersStatus, Topic::OrdersCancelled, Topic::OrdersSend]),
+            Role::Inventory => Some(&[Topic::InStock, Topic::OutOfStock, Topic::Released]),
+            Role::Tester => None,
+        }
+    }
+
+    /// The topics this role may subscribe to; `None`: any filter.
+    pub fn subscribes(self) -> Option<&'static [Topic]> {
+        match self {
+            Role::Front => Some(&[Topic::OrdersStatus]),
+            Role::Order => {
+                Some(&[Topic::OrdersSend, Topic::OrdersCancel, Topic::InStock, Topic::OutOfStock, Topic::Released])
+            }
+            Role::Inventory => Some(&[Topic::OrdersSend, Topic::OrdersCancelled]),
+            Role::Tester => None,
+        }
+    }
+
+    /// Whether this role may publish to the topic `path` (full, with
+    /// `prefix`).
+    pub fn may_publish(self, prefix: &str, path: &str) -> bool {
+        match self.publishes() {
+            None => true,
+            Some(topics) => Topic::from_path(prefix, path).is_some_and(|t| topics.contains(&t)),
+        }
+    }
+
+    /// Whether this role may subscribe to `filter`: exactly one of its
+    /// topics (also as a shared subscription, `$share/<group>/<topic>`);
+    /// no wildcards, which would reach topics beyond its own.
+    pub fn may_subscribe(self, prefix: &str, filter: &str) -> bool {
+        let Some(topics) = self.subscribes() else { return true };
+        let path = match filter.strip_prefix("$share/") {
+            Some(rest) => match rest.split_once('/') {
+                Some((group, path)) if !group.is_empty() => path,
+                _ => return false,
+            },
+            None => filter,
+        };
+        Topic::from_path(prefix, path).is_some_and(|t| topics.contains(&t))
+    }
+}
+
+/// A Mosquitto `acl_file` granting each `(user, role)` its topics under
+/// `prefix`, and `anonymous` (if any) to clients without a login. Users
+/// absent from it may do nothing once an `acl_file` is set.
+pub fn mosquitto_acl(prefix: &str, users: &[(&str, Role)], anonymous: Option<Role>) -> String {
+    fn grants(out: &mut String, prefix: &str, role: Role) {
+        if role.publishes().is_none() && role.subscribes().is_none() {
+            out.push_str("topic readwrite #\n");
+            return;
+        }
+        for t in Topic::ALL {
+            let write = role.publishes().is_none_or(|p| p.contains(&t));
+            let read = role.subscribes().is_none_or(|s| s.contains(&t));
+            let access = match (read, write) {
+                (true, true) => "readwrite",
+                (false, true) => "write",
+                (true, false) => "read",
+                (false, false) => continue,
+            };
+            out.push_str(&format!("topic {access} {}\n", t.path(prefix)));
+        }
+    }
+    let mut out = String::from("# Generated from shared::topics::Role: what each user may publish (write) and\n");
+    out.push_str("# subscribe to (read). Lines before the first `user` apply to anonymous clients.\n");
+    if let Some(role) = anonymous {
+        out.push_str(&format!("# anonymous: role {}\n", role.name()));
+        grants(&mut out, prefix, role);
+    }
+    for (user, role) in users {
+        out.push_str(&format!("\nuser {user}\n# role {}\n", role.name()));
+        grants(&mut out, prefix, *role);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +199,55 @@ mod tests {
             assert_eq!(Topic::from_path(DEFAULT_PREFIX, &t.path(DEFAULT_PREFIX)), Some(t));
         }
         assert_eq!(Topic::from_path(DEFAULT_PREFIX, "webshop/v1/nope"), None);
+    }
+
+    #[test]
+    fn roles_publish_what_the_code_publishes_and_nothing_else() {
+        let p = DEFAULT_PREFIX;
+        let path = |t: Topic| t.path(p);
+        assert!(Role::Front.may_publish(p, &path(Topic::OrdersSend)));
+        assert!(Role::Front.may_publish(p, &path(Topic::OrdersCancel)));
+        for t in [Topic::InStock, Topic::OutOfStock, Topic::Released, Topic::OrdersStatus, Topic::OrdersCancelled] {
+            assert!(!Role::Front.may_publish(p, &path(t)), "front may publish {t:?}");
+        }
+        for t in [Topic::InStock, Topic::OutOfStock, Topic::Released, Topic::OrdersCancel] {
+            assert!(!Role::Order.may_publish(p, &path(t)), "order may publish {t:?}");
+        }
+        for t in [Topic::OrdersSend, Topic::OrdersCancel, Topic::OrdersStatus, Topic::OrdersCancelled] {
+            assert!(!Role::Inventory.may_publish(p, &path(t)), "inventory may publish {t:?}");
+        }
+        for r in [Role::Front, Role::Order, Role::Inventory] {
+            assert!(!r.may_publish(p, "webshop/v1/nope"));
+            assert!(!r.may_publish(p, "elsewhere/orders/send"));
+        }
+        assert!(Role::Tester.may_publish(p, "anything/at/all"));
+    }
+
+    #[test]
+    fn subscriptions_are_exact_topics_of_the_role() {
+        let p = DEFAULT_PREFIX;
+        assert!(Role::Front.may_subscribe(p, "webshop/v1/orders/status"));
+        assert!(Role::Front.may_subscribe(p, "$share/fronts/webshop/v1/orders/status"));
+        for f in
+            ["webshop/v1/#", "#", "webshop/v1/+/status", "webshop/v1/orders/send", "$share//webshop/v1/orders/status"]
+        {
+            assert!(!Role::Front.may_subscribe(p, f), "front may subscribe {f}");
+        }
+        assert!(Role::Inventory.may_subscribe(p, "webshop/v1/orders/cancelled"));
+        assert!(!Role::Inventory.may_subscribe(p, "webshop/v1/orders/cancel"));
+        assert!(Role::Tester.may_subscribe(p, "webshop/v1/#"));
+        assert_eq!(Role::parse("inventory"), Some(Role::Inventory));
+        assert_eq!(Role::parse("admin"), None);
+    }
+
+    #[test]
+    fn mosquitto_acl_lists_each_users_topics() {
+        let acl = mosquitto_acl(DEFAULT_PREFIX, &[("front", Role::Front), ("qa", Role::Tester)], Some(Role::Tester));
+        let front = acl.split("user front\n").nth(1).unwrap().split("\nuser ").next().unwrap();
+        assert!(front.contains("topic write webshop/v1/orders/send\n"), "{acl}");
+        assert!(front.contains("topic read webshop/v1/orders/status\n"), "{acl}");
+        assert!(!front.contains("in-stock"), "{acl}");
+        assert!(acl.starts_with("#") && acl.contains("# anonymous: role tester\ntopic readwrite #\n"), "{acl}");
+        assert!(acl.contains("user qa\n# role tester\ntopic readwrite #\n"), "{acl}");
     }
 }

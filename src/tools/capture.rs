@@ -22,8 +22,14 @@ pub struct Captured {
 }
 
 /// Records every message under `prefix` for `duration`; returns the count.
-pub async fn capture(broker: &str, prefix: &str, duration: Duration, out: &Path) -> anyhow::Result<usize> {
-    let (client, mut eventloop) = super::mqtt::connect(broker, "capture").await?;
+pub async fn capture(
+    broker: &str,
+    credentials: Option<(String, String)>,
+    prefix: &str,
+    duration: Duration,
+    out: &Path,
+) -> anyhow::Result<usize> {
+    let (client, mut eventloop) = super::mqtt::connect_as(broker, "capture", credentials).await?;
     client.subscribe(format!("{prefix}#"), QoS::AtLeastOnce).await?;
     loop {
         if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await? {
@@ -43,7 +49,7 @@ pub async fn capture(broker: &str, prefix: &str, duration: Duration, out: &Path)
         };
         if let Event::Incoming(Packet::Publish(p)) = event {
             let line = Captured {
-                at_ms: shared::db::now_ms(),
+                at_ms: shared::clock::now_ms(),
                 topic: p.topic.clone(),
                 payload: String::from_utf8_lossy(&p.payload).into_owned(),
             };
@@ -100,6 +106,7 @@ pub fn select(mut msgs: Vec<Captured>, sel: &Selection) -> Vec<Captured> {
 }
 
 /// Publishes the selected messages; returns how many were acknowledged.
-pub async fn replay(broker: &str, msgs: Vec<Captured>) -> anyhow::Result<usize> {
-    super::mqtt::publish_all(broker, msgs.into_iter().map(|m| (m.topic, m.payload.into_bytes())).collect()).await
+pub async fn replay(broker: &str, credentials: Option<(String, String)>, msgs: Vec<Captured>) -> anyhow::Result<usize> {
+    let msgs = msgs.into_iter().map(|m| (m.topic, m.payload.into_bytes())).collect();
+    super::mqtt::publish_all(broker, credentials, msgs).await
 }

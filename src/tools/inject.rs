@@ -15,6 +15,8 @@ pub struct Inject {
     /// Give every copy a fresh `message_id` (business-key dedup instead of
     /// inbox dedup).
     pub fresh_ids: bool,
+    /// User name and password (a tester's) where the broker has users.
+    pub credentials: Option<(String, String)>,
 }
 
 /// Publishes and returns how many copies the broker acknowledged.
@@ -35,5 +37,5 @@ pub async fn run(cfg: Inject) -> anyhow::Result<usize> {
         };
         messages.push((path.clone(), payload));
     }
-    super::mqtt::publish_all(&cfg.broker, messages).await
+    super::mqtt::publish_all(&cfg.broker, cfg.credentials, messages).await
 }

@@ -6,12 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
 
-/// Connects to `host:port` and waits for the CONNACK.
-pub async fn connect(broker: &str, name: &str) -> anyhow::Result<(AsyncClient, EventLoop)> {
-    connect_as(broker, name, None).await
-}
-
-/// [`connect`], with a username and password when the broker wants them.
+/// Connects to `host:port` (with a user name and password when the broker
+/// wants them) and waits for the CONNACK.
 pub async fn connect_as(
     broker: &str,
     name: &str,
@@ -37,9 +33,14 @@ pub async fn connect_as(
 }
 
 /// Publishes every `(topic, payload)` at QoS 1, in order, and returns once
-/// the broker has acknowledged them all.
-pub async fn publish_all(broker: &str, messages: Vec<(String, Vec<u8>)>) -> anyhow::Result<usize> {
-    let (client, mut eventloop) = connect(broker, "tool").await?;
+/// the broker has acknowledged them all (a broker acks a publish the user
+/// may not make, and drops it: use a tester login where there are users).
+pub async fn publish_all(
+    broker: &str,
+    credentials: Option<(String, String)>,
+    messages: Vec<(String, Vec<u8>)>,
+) -> anyhow::Result<usize> {
+    let (client, mut eventloop) = connect_as(broker, "tool", credentials).await?;
     let total = messages.len();
     let sender = tokio::spawn(async move {
         for (topic, payload) in messages {

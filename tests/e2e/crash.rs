@@ -132,7 +132,7 @@ enum Victim {
 }
 
 impl Cluster {
-    fn start(victim: Victim, failpoints: Option<&str>) -> Cluster {
+    fn start(victim: Victim, failpoints: Option<&str>, store: &StoreAt) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let [broker, inventory, order, front] = [free_port(), free_port(), free_port(), free_port()];
         let fp = |v| if v == victim { failpoints } else { None };
@@ -154,8 +154,10 @@ impl Cluster {
             e(&[
                 ("WEBSHOP_INVENTORY__LISTEN", format!("127.0.0.1:{inventory}")),
                 ("WEBSHOP_INVENTORY__BUS__PORT", broker.to_string()),
-                ("WEBSHOP_INVENTORY__DB__PATH", dir.path().join("inventory.db").display().to_string()),
-            ]),
+            ])
+            .into_iter()
+            .chain(store.env("inventory", dir.path()))
+            .collect(),
             fp(Victim::Inventory),
         );
         let o = Proc::spawn(
@@ -165,9 +167,11 @@ impl Cluster {
             e(&[
                 ("WEBSHOP_ORDER__LISTEN", format!("127.0.0.1:{order}")),
                 ("WEBSHOP_ORDER__BUS__PORT", broker.to_string()),
-                ("WEBSHOP_ORDER__DB__PATH", dir.path().join("order.db").display().to_string()),
                 ("WEBSHOP_ORDER__FOLLOW_UP_SECS", "1".into()),
-            ]),
+            ])
+            .into_iter()
+            .chain(store.env("order", dir.path()))
+            .collect(),
             fp(Victim::Order),
         );
         let f = Proc::spawn(
@@ -234,8 +238,9 @@ impl Cluster {
 /// Places `n` orders from 4 concurrent clients while `victim` crashes (by
 /// its failpoint, or by `kill` after a few orders), restarts it, and checks
 /// that everything accepted settles and the books balance.
-async fn crash_and_recover(victim: Victim, failpoints: Option<&'static str>, n: usize) {
-    let cluster = Arc::new(Mutex::new(Cluster::start(victim, failpoints)));
+async fn crash_and_recover(victim: Victim, failpoints: Option<&'static str>, n: usize, store: Option<StoreAt>) {
+    let Some(store) = store else { return };
+    let cluster = Arc::new(Mutex::new(Cluster::start(victim, failpoints, &store)));
     cluster.lock().await.wait_ready().await;
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let mut clients = Vec::new();
@@ -398,9 +403,25 @@ macro_rules! crash_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                crash_and_recover($victim, $fp, 24).await;
+                crash_and_recover($victim, $fp, 24, Some(StoreAt::sqlite())).await;
             }
         )*
+    };
+}
+
+/// The same crashes with the services' data on PostgreSQL (skipped when it
+/// isn't installed, unless `WEBSHOP_REQUIRE_POSTGRES=1`).
+macro_rules! crash_tests_on_postgres {
+    ($($name:ident: $victim:expr, $fp:expr;)*) => {
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crash_and_recover($victim, $fp, 24, StoreAt::postgres().await).await;
+                }
+            )*
+        }
     };
 }
 
@@ -415,6 +436,15 @@ crash_tests! {
     order_crashes_between_publish_and_marking_sent: Victim::Order, Some("outbox::before_mark_sent=5*off->1*return");
     front_is_killed_with_requests_in_flight: Victim::Front, None;
     broker_is_killed_with_orders_in_flight: Victim::Broker, None;
+    inventory_is_killed: Victim::Inventory, None;
+    order_is_killed: Victim::Order, None;
+}
+
+crash_tests_on_postgres! {
+    inventory_crashes_between_receive_and_commit: Victim::Inventory, Some("consumer::before_commit=3*off->1*return");
+    inventory_crashes_between_commit_and_ack: Victim::Inventory, Some("consumer::before_ack=3*off->1*return");
+    order_crashes_between_receive_and_commit: Victim::Order, Some("consumer::before_commit=5*off->1*return");
+    order_crashes_between_commit_and_publish: Victim::Order, Some("outbox::before_publish=5*off->1*return");
     inventory_is_killed: Victim::Inventory, None;
     order_is_killed: Victim::Order, None;
 }

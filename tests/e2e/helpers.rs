@@ -11,7 +11,7 @@ use serde_json::Value;
 use shared::ids::OrderId;
 use shared::message::Envelope;
 use shared::test_pki::TestPki;
-use shared::topics::Topic;
+use shared::topics::{Role, Topic};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +123,17 @@ fn mosquitto_binary() -> Option<std::path::PathBuf> {
 /// certificate); `None` if it isn't installed (an error when
 /// `WEBSHOP_REQUIRE_MOSQUITTO` is set, as in CI).
 pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&TestPki>) -> Option<Mosquitto> {
+    start_mosquitto_with(dir, port, tls, None).await
+}
+
+/// [`start_mosquitto`]; with `logins`, only those users get in, each held
+/// to its role by an `acl_file` written from `shared::topics::Role`.
+pub async fn start_mosquitto_with(
+    dir: &std::path::Path,
+    port: u16,
+    tls: Option<&TestPki>,
+    logins: Option<&Logins>,
+) -> Option<Mosquitto> {
     let Some(bin) = mosquitto_binary() else {
         if std::env::var("WEBSHOP_REQUIRE_MOSQUITTO").as_deref() == Ok("1") {
             panic!("mosquitto is required (WEBSHOP_REQUIRE_MOSQUITTO) but not installed");
@@ -134,6 +145,25 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&Test
     let tls = tls.map_or(String::new(), |pki| {
         format!("certfile {}\nkeyfile {}\ncafile {}\n", pki.cert.display(), pki.key.display(), pki.ca.display())
     });
+    let access = match logins {
+        None => "allow_anonymous true\n".to_owned(),
+        Some(logins) => {
+            let passwords = dir.join("mosquitto.passwd");
+            for (i, role) in Role::ALL.into_iter().enumerate() {
+                let status = std::process::Command::new("mosquitto_passwd")
+                    .args(if i == 0 { vec!["-c", "-b"] } else { vec!["-b"] })
+                    .arg(&passwords)
+                    .args([role.name(), logins.password(role)])
+                    .status()
+                    .expect("mosquitto_passwd runs");
+                assert!(status.success(), "mosquitto_passwd failed");
+            }
+            let acl = dir.join("mosquitto.acl");
+            let users: Vec<(&str, Role)> = Role::ALL.iter().map(|r| (r.name(), *r)).collect();
+            std::fs::write(&acl, shared::topics::mosquitto_acl(shared::topics::DEFAULT_PREFIX, &users, None)).unwrap();
+            format!("allow_anonymous false\npassword_file {}\nacl_file {}\n", passwords.display(), acl.display())
+        }
+    };
     std::fs::write(
         &conf,
         // Mosquitto accepts any size by default; `max_packet_size` bounds
@@ -141,7 +171,7 @@ pub async fn start_mosquitto(dir: &std::path::Path, port: u16, tls: Option<&Test
         // (`message_size_limit` bounds only the payload: a packet over
         // the nodes' limit could still get through.)
         format!(
-            "listener {port} 127.0.0.1\n{tls}allow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_packet_size 4194304\n"
+            "listener {port} 127.0.0.1\n{tls}{access}persistence false\nmax_queued_messages 100000\nmax_packet_size 4194304\n"
         ),
     )
     .unwrap();
@@ -176,6 +206,36 @@ pub struct Shop {
     pub scheme: &'static str,
     /// The CA and certificate of a TLS shop.
     pub pki: Option<TestPki>,
+    /// Where the services keep their data.
+    pub store: StoreAt,
+    /// The broker's users, when it has some ([`Shop::start_with_logins`]).
+    pub logins: Option<Logins>,
+}
+
+/// A password per role, for a broker that holds each user to its role:
+/// the user named after the role logs in with it.
+#[derive(Clone, Debug)]
+pub struct Logins(std::collections::HashMap<Role, String>);
+
+impl Logins {
+    pub fn generate() -> Logins {
+        Logins(Role::ALL.into_iter().map(|r| (r, uuid::Uuid::new_v4().simple().to_string())).collect())
+    }
+
+    pub fn password(&self, role: Role) -> &str {
+        &self.0[&role]
+    }
+
+    /// `role`'s login on a node's bus.
+    pub fn apply(&self, role: Role, bus: &mut shared::config::BusConfig) {
+        bus.username = Some(role.name().to_owned());
+        bus.password = Some(self.password(role).to_owned());
+    }
+
+    /// The embedded broker's `users`.
+    pub fn users(&self) -> std::collections::HashMap<String, String> {
+        self.0.iter().map(|(r, p)| (r.name().to_owned(), p.clone())).collect()
+    }
 }
 
 /// HTTPS with `pki`'s certificate, for a node's `tls` section.
@@ -197,26 +257,22 @@ fn bus(port: u16, id: &str) -> shared::config::BusConfig {
     shared::config::BusConfig { port, client_id: id.into(), ..Default::default() }
 }
 
-pub fn inventory_config(dir: &std::path::Path, broker_port: u16) -> inventory::Config {
+pub fn inventory_config(store: &StoreAt, dir: &std::path::Path, broker_port: u16) -> inventory::Config {
     inventory::Config {
         admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-inventory"),
-        db: shared::config::DbConfig {
-            path: dir.join("inventory.db"),
-            synchronous: "NORMAL".into(),
-            ..Default::default()
-        },
+        db: db_config(store, dir, "inventory"),
         ..Default::default()
     }
 }
 
-pub fn order_config(dir: &std::path::Path, broker_port: u16) -> order::Config {
+pub fn order_config(store: &StoreAt, dir: &std::path::Path, broker_port: u16) -> order::Config {
     order::Config {
         admin_token: Some(shared::config::Secret::new(ADMIN_TOKEN)),
         listen: "127.0.0.1:0".parse().unwrap(),
         bus: bus(broker_port, "test-order"),
-        db: shared::config::DbConfig { path: dir.join("order.db"), synchronous: "NORMAL".into(), ..Default::default() },
+        db: db_config(store, dir, "order"),
         follow_up_secs: 1.0,
         ..Default::default()
     }
@@ -244,19 +300,38 @@ impl Shop {
 
     /// The shop with its nodes connected through a chaos proxy, when given.
     pub async fn start_with(kind: BrokerKind, faults: Option<webshop::tools::chaos::Faults>) -> Option<Shop> {
-        Self::launch(kind, faults, None).await
+        Self::launch(kind, StoreAt::sqlite(), faults, None, None).await
+    }
+
+    /// The shop on the embedded broker with its data on PostgreSQL; `None`
+    /// when PostgreSQL isn't installed.
+    pub async fn start_postgres() -> Option<Shop> {
+        Self::start_on(StoreAt::postgres().await?).await
+    }
+
+    /// The shop on the embedded broker with its data in `store`.
+    pub async fn start_on(store: StoreAt) -> Option<Shop> {
+        Self::launch(BrokerKind::Embedded, store, None, None, None).await
+    }
+
+    /// The shop on a broker with a user per role and no anonymous access:
+    /// each node logs in as its role, [`Shop::tester`] as the tester.
+    pub async fn start_with_logins(kind: BrokerKind) -> Option<Shop> {
+        Self::launch(kind, StoreAt::sqlite(), None, None, Some(Logins::generate())).await
     }
 
     /// The shop with TLS everywhere, from a fresh test CA: MQTT over TLS,
     /// and HTTPS on every node (the front calls the nodes over HTTPS).
     pub async fn start_tls(kind: BrokerKind) -> Option<Shop> {
-        Self::launch(kind, None, Some(TestPki::generate())).await
+        Self::launch(kind, StoreAt::sqlite(), None, Some(TestPki::generate()), None).await
     }
 
     async fn launch(
         kind: BrokerKind,
+        store: StoreAt,
         faults: Option<webshop::tools::chaos::Faults>,
         pki: Option<TestPki>,
+        logins: Option<Logins>,
     ) -> Option<Shop> {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
@@ -266,12 +341,16 @@ impl Shop {
                 broker::spawn(&broker::BrokerConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
                     tls: pki.as_ref().map(server_tls).unwrap_or_default(),
+                    users: logins.as_ref().map(Logins::users).unwrap_or_default(),
                     ..Default::default()
                 })
                 .expect("broker starts");
                 None
             }
-            BrokerKind::Mosquitto => Some(start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?),
+            BrokerKind::Mosquitto => Some(match &logins {
+                None => start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?,
+                Some(l) => start_mosquitto_with(dir.path(), broker_port, pki.as_ref(), Some(l)).await?,
+            }),
         };
         let chaos = match faults {
             Some(faults) => Some(
@@ -291,24 +370,27 @@ impl Shop {
         let scheme = if pki.is_some() { "https" } else { "http" };
         let tls = pki.as_ref().map(server_tls).unwrap_or_default();
         let ca_path = pki.as_ref().map(|p| p.ca.clone());
-        let with_tls = |mut bus: shared::config::BusConfig| {
+        let with_tls = |mut bus: shared::config::BusConfig, role: Role| {
             bus.ca_path = ca_path.clone();
+            if let Some(logins) = &logins {
+                logins.apply(role, &mut bus);
+            }
             bus
         };
-        let mut inventory_cfg = inventory_config(dir.path(), node_port);
+        let mut inventory_cfg = inventory_config(&store, dir.path(), node_port);
         inventory_cfg.tls = tls.clone();
-        inventory_cfg.bus = with_tls(inventory_cfg.bus);
+        inventory_cfg.bus = with_tls(inventory_cfg.bus, Role::Inventory);
         let inventory = start_inventory(inventory_cfg).await;
-        let mut order_cfg = order_config(dir.path(), node_port);
+        let mut order_cfg = order_config(&store, dir.path(), node_port);
         order_cfg.tls = tls.clone();
-        order_cfg.bus = with_tls(order_cfg.bus);
+        order_cfg.bus = with_tls(order_cfg.bus, Role::Order);
         let order = start_order(order_cfg).await;
         let shutdown = CancellationToken::new();
         let front_app = public_front::App::build(
             public_front::Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls,
-                bus: with_tls(bus(node_port, "")),
+                bus: with_tls(bus(node_port, ""), Role::Front),
                 inventory_url: format!("{scheme}://{}", inventory.addr),
                 order_url: format!("{scheme}://{}", order.addr),
                 downstream_ca_path: ca_path.clone(),
@@ -333,6 +415,8 @@ impl Shop {
             http: http_client(pki.as_ref()),
             scheme,
             pki,
+            store,
+            logins,
         };
         shop.wait_ready().await;
         Some(shop)
@@ -438,9 +522,21 @@ impl Shop {
         report
     }
 
-    /// A raw MQTT client on the shop's broker (over TLS in a TLS shop).
+    /// A raw MQTT client on the shop's broker (over TLS in a TLS shop),
+    /// logged in as the tester where the broker has users.
     pub async fn tester(&self) -> Tester {
-        Tester::connect_with(self.broker_port, self.pki.as_ref()).await
+        self.client_as(Role::Tester).await
+    }
+
+    /// A raw MQTT client logged in as `role` (without a login on a broker
+    /// without users).
+    pub async fn client_as(&self, role: Role) -> Tester {
+        match &self.logins {
+            None => Tester::connect_with(self.broker_port, self.pki.as_ref()).await,
+            Some(l) => {
+                Tester::connect_as(self.broker_port, self.pki.as_ref(), Some((role.name(), l.password(role)))).await
+            }
+        }
     }
 }
 
@@ -452,8 +548,16 @@ pub struct Tester {
 impl Tester {
     /// A raw MQTT client on `port`; with `pki`, over TLS trusting its CA.
     pub async fn connect_with(port: u16, pki: Option<&TestPki>) -> Tester {
+        Self::connect_as(port, pki, None).await
+    }
+
+    /// [`Tester::connect_with`], logged in with `login` (user, password).
+    pub async fn connect_as(port: u16, pki: Option<&TestPki>, login: Option<(&str, &str)>) -> Tester {
         let mut opts = MqttOptions::new(format!("tester-{}", uuid::Uuid::new_v4().simple()), "127.0.0.1", port);
         opts.set_max_packet_size(8 << 20, 8 << 20);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         if let Some(pki) = pki {
             let bus = shared::config::BusConfig { ca_path: Some(pki.ca.clone()), ..Default::default() };
             opts.set_transport(shared::tls::bus_transport(&bus).unwrap());
@@ -490,14 +594,26 @@ impl Tester {
     }
 }
 
-/// An `orders/send` body for one line, as the front would publish it.
+/// The price of `sku` in the sample catalog (1000 for a SKU it lacks).
+pub fn catalog_price(sku: &str) -> i64 {
+    let catalog: Vec<Value> = serde_json::from_str(inventory::SAMPLE_CATALOG).expect("the sample catalog parses");
+    catalog.iter().find(|p| p["sku"] == sku).and_then(|p| p["price_cents"].as_i64()).unwrap_or(1000)
+}
+
+/// An `orders/send` body for one line at its catalog price, as the front
+/// would publish it.
 pub fn send_body(sku: &str, qty: i64, fingerprint: &str) -> shared::message::SendOrder {
+    send_body_at(sku, qty, fingerprint, catalog_price(sku))
+}
+
+/// An `orders/send` body for one line at `unit_price_cents`.
+pub fn send_body_at(sku: &str, qty: i64, fingerprint: &str, unit_price_cents: i64) -> shared::message::SendOrder {
     shared::message::SendOrder {
         customer_email: shared::ids::Email::parse("tester@example.com").unwrap(),
         items: vec![shared::message::OrderLine {
             sku: shared::ids::Sku::parse(sku).unwrap(),
             quantity: shared::ids::Quantity::new(qty).unwrap(),
-            unit_price_cents: 1000,
+            unit_price_cents,
         }],
         currency: "EUR".into(),
         fingerprint: fingerprint.into(),
@@ -531,4 +647,226 @@ pub async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Valu
         }
     }
     panic!("order {key} never accepted");
+}
+
+/// A service's database settings for a test shop: a SQLite file in `dir`,
+/// or a fresh PostgreSQL database of its own (both services share it, each
+/// in its own schema, as in production).
+pub fn db_config(store: &StoreAt, dir: &std::path::Path, service: &str) -> shared::config::DbConfig {
+    let schema = if service == "order" { "orders" } else { service };
+    shared::config::DbConfig {
+        path: dir.join(format!("{service}.db")),
+        synchronous: shared::config::Synchronous::Normal,
+        url: store.url.clone(),
+        schema: schema.into(),
+        ..Default::default()
+    }
+}
+
+/// Where a test shop keeps its data: SQLite files in its directory, or
+/// the PostgreSQL database it was given.
+#[derive(Debug, Clone)]
+pub struct StoreAt {
+    /// `postgres://...` of the shop's own database; `None`: SQLite.
+    pub url: Option<String>,
+}
+
+impl StoreAt {
+    pub fn sqlite() -> StoreAt {
+        StoreAt { url: None }
+    }
+
+    /// A fresh database on the test cluster; `None` (the test is skipped)
+    /// when PostgreSQL isn't installed, unless `WEBSHOP_REQUIRE_POSTGRES=1`.
+    pub async fn postgres() -> Option<StoreAt> {
+        let cluster = postgres::cluster()?;
+        Some(StoreAt { url: Some(cluster.fresh_database().await) })
+    }
+
+    /// The `WEBSHOP_<NODE>__DB__*` variables for a node process.
+    pub fn env(&self, node: &str, dir: &std::path::Path) -> Vec<(String, String)> {
+        let upper = node.to_ascii_uppercase();
+        let cfg = db_config(self, dir, node);
+        let mut env = vec![(format!("WEBSHOP_{upper}__DB__PATH"), cfg.path.display().to_string())];
+        if let Some(url) = &cfg.url {
+            env.push((format!("WEBSHOP_{upper}__DB__URL"), url.clone()));
+            env.push((format!("WEBSHOP_{upper}__DB__SCHEMA"), cfg.schema));
+        }
+        env
+    }
+}
+
+/// A throwaway PostgreSQL cluster for the whole test process, started on
+/// first use and stopped when the process exits.
+pub mod postgres {
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    pub struct Cluster {
+        pub port: u16,
+        data: PathBuf,
+        bin: PathBuf,
+        as_postgres: bool,
+    }
+
+    /// The server binaries of the newest installed PostgreSQL.
+    fn bin_dir() -> Option<PathBuf> {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .filter(|b| b.join("initdb").exists() && b.join("pg_ctl").exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    }
+
+    fn run(c: &Cluster, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = c.bin.join(tool);
+        let mut cmd = if c.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(exe);
+            cmd
+        } else {
+            Command::new(exe)
+        };
+        cmd.args(args).output().unwrap_or_else(|e| panic!("running {tool}: {e}"))
+    }
+
+    /// The cluster the test process shares.
+    pub fn cluster() -> Option<&'static Cluster> {
+        static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+        CLUSTER.get_or_init(start).as_ref()
+    }
+
+    /// A cluster of the caller's own, for a test that restarts it.
+    pub fn own() -> Option<Cluster> {
+        start()
+    }
+
+    fn start() -> Option<Cluster> {
+        let Some(bin) = bin_dir() else {
+            if std::env::var("WEBSHOP_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("PostgreSQL is required (WEBSHOP_REQUIRE_POSTGRES) but not installed");
+            }
+            eprintln!("PostgreSQL not installed: skipping the PostgreSQL run (apt-get install postgresql)");
+            return None;
+        };
+        // Kept past the tempdir guard: removed by `stop` at exit.
+        let root = tempfile::Builder::new().prefix("webshop-pg").tempdir().unwrap().keep();
+        let data = root.join("data");
+        // initdb refuses to run as root: the cluster belongs to `postgres`.
+        let as_postgres = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_postgres {
+            let ok = Command::new("chown").args(["postgres:", &root.display().to_string()]).status();
+            assert!(ok.is_ok_and(|s| s.success()), "chown of the cluster directory to postgres");
+        }
+        let port = super::free_port();
+        let c = Cluster { port, data, bin, as_postgres };
+        let data = c.data.display().to_string();
+        let out = run(&c, "initdb", &["-D", &data, "-U", "postgres", "-A", "trust", "--no-sync"]);
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=300 -c fsync=off -c full_page_writes=off",
+            root.display()
+        );
+        let log = root.join("log").display().to_string();
+        let out = run(&c, "pg_ctl", &["-D", &data, "-l", &log, "-w", "-o", &opts, "start"]);
+        assert!(out.status.success(), "pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr));
+        // Stopped, and its files removed, once this test process is gone.
+        let stop = format!(
+            "tail --pid={pid} -f /dev/null; {runuser}{pg_ctl} -D {data} -m immediate -w stop; rm -rf {root}",
+            pid = std::process::id(),
+            runuser = if as_postgres { "runuser -u postgres -- " } else { "" },
+            pg_ctl = c.bin.join("pg_ctl").display(),
+            root = root.display(),
+        );
+        // In the background of a shell that exits at once: the reaper
+        // outlives this process, and nothing is left to wait for.
+        let started = Command::new("sh")
+            .args(["-c", &format!("({stop}) >/dev/null 2>&1 &")])
+            .status()
+            .expect("the cluster's reaper starts");
+        assert!(started.success(), "the cluster's reaper did not start");
+        Some(c)
+    }
+
+    impl Cluster {
+        /// Restarts the server as a crash would (`immediate`: no
+        /// shutdown checkpoint; it recovers from its WAL), and waits until
+        /// it accepts connections again.
+        pub fn crash_restart(&self) {
+            let data = self.data.display().to_string();
+            // A log file, or the server would hold our output pipe open.
+            let log = self.data.with_file_name("log").display().to_string();
+            let out = run(self, "pg_ctl", &["-D", &data, "-l", &log, "-m", "immediate", "-w", "restart"]);
+            assert!(out.status.success(), "pg_ctl restart failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+
+        pub fn url(&self, database: &str) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        }
+
+        /// A new, empty database.
+        pub async fn fresh_database(&self) -> String {
+            use sqlx::Connection;
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let name = format!("shop_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let mut admin =
+                sqlx::PgConnection::connect(&self.url("postgres")).await.expect("connect to the test cluster");
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
+            let _ = admin.close().await;
+            self.url(&name)
+        }
+    }
+}
+
+/// SKUs the load helpers order, one line each.
+pub const LOAD_SKUS: [&str; 4] = ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001"];
+
+/// `clients` customers place orders until `until` says stop; returns the
+/// ids of every order that got a 202.
+pub async fn load(
+    shop: &std::sync::Arc<Shop>,
+    clients: usize,
+    tag: &str,
+    until: impl Fn() -> bool + Send + Sync + 'static,
+) -> Vec<String> {
+    let until = std::sync::Arc::new(until);
+    let tally = std::sync::Arc::new(Tally::default());
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (shop, tally, until, tag) = (shop.clone(), tally.clone(), until.clone(), tag.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut i = 0;
+            while !until() {
+                let body = serde_json::json!({"customer_email": format!("c{c}@example.com"),
+                                  "items": [{"sku": LOAD_SKUS[(c + i) % LOAD_SKUS.len()], "quantity": 1}]});
+                ids.push(place_until_accepted(&shop, &format!("{tag}-{c}-{i}"), body, &tally).await);
+                i += 1;
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    println!(
+        "{tag}: {} orders accepted, {} POSTs retried after 503",
+        ids.len(),
+        tally.retries_after_503.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    ids
+}
+
+pub async fn all_settle(shop: &Shop, ids: &[String]) {
+    for id in ids {
+        eventually(&format!("order {id} to settle"), || async {
+            let (code, body) = shop.get(shop.front_url(&format!("/api/orders/{id}"))).await;
+            (code == 200 && body["status"] != "pending").then_some(())
+        })
+        .await;
+    }
 }

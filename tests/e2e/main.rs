@@ -1,9 +1,11 @@
 //! End-to-end tests: the real broker, the real nodes, real HTTP and MQTT,
 //! temp-dir SQLite, free ports. Every wait has a deadline.
 
+mod acl;
 mod admin;
 mod bench;
 mod crash;
+mod database_crash;
 mod faults;
 mod front_robust;
 mod fuzz;
@@ -49,6 +51,24 @@ macro_rules! on_both_brokers {
     };
 }
 
+/// The same scenarios with the services' data on PostgreSQL (embedded
+/// broker); skipped when PostgreSQL isn't installed, unless
+/// `WEBSHOP_REQUIRE_POSTGRES=1`.
+macro_rules! on_postgres {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(shop) = super::Shop::start_postgres().await {
+                        super::$name(shop).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
 on_both_brokers!(
     happy_path_place_confirm_cancel_restores_stock,
     out_of_stock_is_rejected_and_reserves_nothing,
@@ -65,6 +85,20 @@ on_both_brokers!(
     a_repeated_cancel_answers_with_the_cancelled_order,
     orders_are_taken_at_last_known_prices_while_inventory_is_down,
     subscriptions_follow_the_code_when_the_broker_kept_the_session,
+);
+
+on_postgres!(
+    happy_path_place_confirm_cancel_restores_stock,
+    out_of_stock_is_rejected_and_reserves_nothing,
+    the_same_send_five_times_makes_one_order_and_one_reservation,
+    in_stock_before_send_is_parked_then_confirms,
+    cancel_before_send_at_the_order_service,
+    cancel_before_send_at_inventory,
+    retried_post_is_the_same_order_and_a_different_body_conflicts,
+    malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on,
+    a_node_that_is_down_is_a_503_not_a_500,
+    orders_sent_while_the_order_service_restarts_are_not_lost,
+    a_repeated_cancel_answers_with_the_cancelled_order,
 );
 
 const SKU: &str = "APRON-CNV-001";
@@ -149,7 +183,10 @@ async fn in_stock_before_send_is_parked_then_confirms(shop: Shop) {
     let tester = shop.tester().await;
     let id = new_order_id();
     tester
-        .publish(Topic::InStock, &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-early".into() }))
+        .publish(
+            Topic::InStock,
+            &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-early".into(), prices: vec![] }),
+        )
         .await;
     eventually("the early in-stock to be parked", || async {
         let s = shop.stats(shop.order.addr).await;
@@ -381,7 +418,7 @@ async fn orders_sent_while_the_order_service_restarts_are_not_lost(mut shop: Sho
             .publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, *id, send_body(SKU, 1, &format!("fp-r{i}"))))
             .await;
     }
-    let mut cfg = order_config(shop.dir.path(), shop.node_port);
+    let mut cfg = order_config(&shop.store, shop.dir.path(), shop.node_port);
     cfg.listen = addr;
     shop.order = start_order(cfg).await;
     for id in &ids {
@@ -423,7 +460,7 @@ async fn subscriptions_follow_the_code_when_the_broker_kept_the_session(mut shop
     .await
     .expect("the old session disconnects");
 
-    let mut cfg = order_config(shop.dir.path(), shop.node_port);
+    let mut cfg = order_config(&shop.store, shop.dir.path(), shop.node_port);
     cfg.listen = addr;
     shop.order = start_order(cfg).await;
     shop.wait_ready().await;

@@ -17,7 +17,7 @@ use shared::message::{CancelOrder, Envelope};
 use shared::outbox::Wakeup;
 use shared::topics::{Topic, DEFAULT_PREFIX};
 
-use crate::helpers::send_body;
+use crate::helpers::send_body_at;
 
 const SKUS: [&str; 2] = ["LOW-STOCK-1", "SOME-STOCK-2"];
 const CATALOG: &str = r#"[
@@ -88,8 +88,12 @@ struct Model {
 
 async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handlers::InventoryHandler>) {
     let db = Db::open(
-        &DbConfig { path: dir.join("inventory.db"), synchronous: "OFF".into(), ..Default::default() },
-        inventory::store::SCHEMA,
+        &DbConfig {
+            path: dir.join("inventory.db"),
+            synchronous: shared::config::Synchronous::Off,
+            ..Default::default()
+        },
+        &inventory::store::migrations(),
     )
     .await
     .unwrap();
@@ -98,7 +102,7 @@ async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handl
         "inventory",
         db.clone(),
         DEFAULT_PREFIX,
-        inventory::handlers::InventoryHandler,
+        inventory::handlers::InventoryHandler::default(),
         Wakeup::default(),
         Default::default(),
         ParkingPolicy { retry_ms: 0, horizon_ms: i64::MAX / 2 },
@@ -108,8 +112,8 @@ async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handl
 
 async fn open_order(dir: &std::path::Path) -> (Db, Consumer<order::handlers::OrderHandler>) {
     let db = Db::open(
-        &DbConfig { path: dir.join("order.db"), synchronous: "OFF".into(), ..Default::default() },
-        order::store::SCHEMA,
+        &DbConfig { path: dir.join("order.db"), synchronous: shared::config::Synchronous::Off, ..Default::default() },
+        &order::store::migrations(),
     )
     .await
     .unwrap();
@@ -168,7 +172,8 @@ impl Model {
                 // a different body into a 409 before it reaches the bus).
                 let _ = (sku, qty);
                 let (sku, qty) = (SKUS[usize::from(order) % 2], i64::from(order % 3) + 1);
-                let env = Envelope::new(Topic::OrdersSend, id, send_body(sku, qty, &format!("fp-{order}")));
+                let price = if sku == SKUS[0] { 100 } else { 200 };
+                let env = Envelope::new(Topic::OrdersSend, id, send_body_at(sku, qty, &format!("fp-{order}"), price));
                 self.route(Topic::OrdersSend, env.to_json().into());
             }
             Op::Cancel { order } => {
@@ -245,7 +250,8 @@ impl Model {
     }
 
     async fn check(&self, when: &str) -> public_front::audit::Report {
-        let report = public_front::audit::check(&self.books().await, shared::db::now_ms(), Duration::from_secs(3600));
+        let report =
+            public_front::audit::check(&self.books().await, shared::clock::now_ms(), Duration::from_secs(3600));
         assert!(report.passed, "invariant broken {when}:\n{report}");
         report
     }

@@ -54,7 +54,7 @@ async fn a_lost_release_for_an_order_never_seen_is_resent_until_inventory_confir
     })
     .await;
     assert_eq!(available(&shop, SKU).await, Some(before - 2));
-    let mut order_cfg = order_config(shop.dir.path(), shop.node_port);
+    let mut order_cfg = order_config(&shop.store, shop.dir.path(), shop.node_port);
     order_cfg.bus.client_id = "test-order-fresh".into();
     order_cfg.parked_horizon_secs = 0.3;
     order_cfg.follow_up_secs = 0.2;
@@ -82,7 +82,12 @@ async fn a_lost_release_for_an_order_never_seen_is_resent_until_inventory_confir
     // expires, and the order service releases. That release reaches only
     // inventory's old session.
     shop.inventory.stop().await;
-    tester.publish(Topic::InStock, &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-lost".into() })).await;
+    tester
+        .publish(
+            Topic::InStock,
+            &Envelope::new(Topic::InStock, id, InStock { fingerprint: "fp-lost".into(), prices: vec![] }),
+        )
+        .await;
     eventually("the order service to re-send the release", || async {
         (releases_sent(&shop, &id_str).await >= 3).then_some(())
     })
@@ -92,7 +97,7 @@ async fn a_lost_release_for_an_order_never_seen_is_resent_until_inventory_confir
 
     // Inventory comes back under a new session: only a re-sent release
     // can reach it.
-    let mut inventory_cfg = inventory_config(shop.dir.path(), shop.node_port);
+    let mut inventory_cfg = inventory_config(&shop.store, shop.dir.path(), shop.node_port);
     inventory_cfg.bus.client_id = "test-inventory-fresh".into();
     shop.inventory = start_inventory(inventory_cfg).await;
     eventually("inventory to release", || async {

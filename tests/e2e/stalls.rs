@@ -11,8 +11,6 @@ use webshop::tools::chaos::Faults;
 
 use crate::helpers::*;
 
-const SKUS: [&str; 4] = ["FUEL-230G-001", "BOTL-STL-750", "TOOL-SPAT-001", "CAND-SOY-001"];
-
 fn no_faults() -> Faults {
     Faults {
         duplicate: 0.0,
@@ -22,53 +20,6 @@ fn no_faults() -> Faults {
         cut: 0.0,
         seed: 11,
         withhold_ack: None,
-    }
-}
-
-/// `clients` customers place orders until `until` says stop; returns the
-/// ids of every order that got a 202.
-async fn load(
-    shop: &Arc<Shop>,
-    clients: usize,
-    tag: &str,
-    until: impl Fn() -> bool + Send + Sync + 'static,
-) -> Vec<String> {
-    let until = Arc::new(until);
-    let tally = Arc::new(Tally::default());
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (shop, tally, until, tag) = (shop.clone(), tally.clone(), until.clone(), tag.to_owned());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            let mut i = 0;
-            while !until() {
-                let body = json!({"customer_email": format!("c{c}@example.com"),
-                                  "items": [{"sku": SKUS[(c + i) % SKUS.len()], "quantity": 1}]});
-                ids.push(place_until_accepted(&shop, &format!("{tag}-{c}-{i}"), body, &tally).await);
-                i += 1;
-            }
-            ids
-        }));
-    }
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.extend(t.await.unwrap());
-    }
-    println!(
-        "{tag}: {} orders accepted, {} POSTs retried after 503",
-        ids.len(),
-        tally.retries_after_503.load(Ordering::Relaxed)
-    );
-    ids
-}
-
-async fn all_settle(shop: &Shop, ids: &[String]) {
-    for id in ids {
-        eventually(&format!("order {id} to settle"), || async {
-            let (code, body) = shop.get(shop.front_url(&format!("/api/orders/{id}"))).await;
-            (code == 200 && body["status"] != "pending").then_some(())
-        })
-        .await;
     }
 }
 
@@ -116,7 +67,7 @@ async fn no_progress_on_the_bus_is_not_ready_and_recovers() {
     // The proxy itself would cut only after a minute: the nodes must not wait for it.
     let faults = Faults { withhold_ack: Some(u32::MAX), max_delay: Duration::from_secs(60), ..no_faults() };
     let shop = Arc::new(Shop::start_with(BrokerKind::Embedded, Some(faults)).await.unwrap());
-    let body = json!({"customer_email": "ada@example.com", "items": [{"sku": SKUS[0], "quantity": 1}]});
+    let body = json!({"customer_email": "ada@example.com", "items": [{"sku": LOAD_SKUS[0], "quantity": 1}]});
     let first = {
         let (shop, body) = (shop.clone(), body.clone());
         tokio::spawn(async move { shop.place("stalled-1", body).await })
@@ -153,7 +104,7 @@ async fn late_pubacks_under_load_stop_no_node(kind: BrokerKind) {
     all_settle(&shop, &ids).await;
     shop.wait_ready().await;
     // Still taking orders (a POST may meet a held publish and get a 503: retried).
-    let body = json!({"customer_email": "ada@example.com", "items": [{"sku": SKUS[1], "quantity": 1}]});
+    let body = json!({"customer_email": "ada@example.com", "items": [{"sku": LOAD_SKUS[1], "quantity": 1}]});
     let id = place_until_accepted(&shop, "late-after", body, &Tally::default()).await;
     all_settle(&shop, &[id]).await;
     let chaos = shop.chaos.as_ref().unwrap().stats.report();

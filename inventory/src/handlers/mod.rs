@@ -5,32 +5,71 @@
 mod orders_cancelled;
 mod orders_send;
 
-use rusqlite::Connection;
 use shared::consumer::{HandleError, Handler, Outcome};
-use shared::db::Tx;
-use shared::message::Inbound;
+use shared::db::{Backend, DbResult, Tx};
+use shared::ids::Sku;
+use shared::message::{Inbound, SendOrder};
 use shared::topics::Topic;
 
+use crate::domain::Reservation;
 use crate::store::Stock;
 
 /// The topics inventory subscribes to.
 pub const SUBSCRIPTIONS: [Topic; 2] = [Topic::OrdersSend, Topic::OrdersCancelled];
 
 /// Dispatches a decoded message to its topic's handler.
-pub struct InventoryHandler;
+pub struct InventoryHandler {
+    /// How long a replaced price is still honoured (`price_grace_secs`).
+    pub price_grace_ms: i64,
+}
+
+impl Default for InventoryHandler {
+    /// With the default `price_grace_secs`.
+    fn default() -> Self {
+        Self { price_grace_ms: (crate::Config::default().price_grace_secs * 1000.0) as i64 }
+    }
+}
 
 impl Handler for InventoryHandler {
     type Batch = Stock;
 
     fn handle(&self, tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
         match msg.topic {
-            Topic::OrdersSend => orders_send::handle(tx, stock, msg),
+            Topic::OrdersSend => orders_send::handle(tx, stock, msg, self.price_grace_ms),
             Topic::OrdersCancelled => orders_cancelled::handle(tx, stock, msg),
             other => Ok(Outcome::Ignored(other.suffix())),
         }
     }
 
-    fn store(&self, conn: &Connection, stock: Stock) -> rusqlite::Result<()> {
-        stock.write(conn)
+    /// PostgreSQL: locks every product row the batch may change, sorted by
+    /// SKU, before the first message is handled: the SKUs of its orders and
+    /// of the reservations its cancellations release. (SQLite has one
+    /// writer; there is nothing to order.)
+    fn prepare(&self, tx: &mut Tx<'_>, stock: &mut Stock, msgs: &[&Inbound]) -> DbResult<()> {
+        if tx.backend() != Backend::Postgres {
+            return Ok(());
+        }
+        let mut skus: Vec<Sku> = Vec::new();
+        for msg in msgs {
+            match msg.topic {
+                Topic::OrdersSend => {
+                    // A body that doesn't parse is refused by its handler.
+                    if let Ok(order) = msg.body::<SendOrder>() {
+                        skus.extend(order.items.into_iter().map(|l| l.sku));
+                    }
+                }
+                Topic::OrdersCancelled => {
+                    if let Some(Reservation::Reserved { lines, .. }) = stock.reservation(tx, msg.order_id())? {
+                        skus.extend(lines.into_iter().map(|(sku, _)| sku));
+                    }
+                }
+                _ => {}
+            }
+        }
+        stock.lock(tx, skus.iter())
+    }
+
+    fn store(&self, tx: &mut Tx<'_>, stock: Stock) -> DbResult<()> {
+        stock.write(tx)
     }
 }

@@ -1,4 +1,5 @@
-//! `inventory/in-stock`: confirm a pending order. Parked if the order
+//! `inventory/in-stock`: confirm a pending order (at the prices inventory
+//! accepted, or not at all). Parked if the order
 //! hasn't arrived; ignored once the order is settled (a cancelled order's
 //! release is already on its way).
 
@@ -12,5 +13,5 @@ use crate::store::Orders;
 
 pub fn handle(h: &OrderHandler, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
     let body: InStock = msg.body()?;
-    h.apply(tx, orders, msg, Input::InStock { fingerprint: &body.fingerprint })
+    h.apply(tx, orders, msg, Input::InStock { fingerprint: &body.fingerprint, prices: &body.prices })
 }

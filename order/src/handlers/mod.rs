@@ -16,9 +16,9 @@ mod orders_send;
 mod out_of_stock;
 mod released;
 
-use rusqlite::Connection;
+use shared::clock::now_ms;
 use shared::consumer::{HandleError, Handler, Outcome};
-use shared::db::{now_ms, Tx};
+use shared::db::{DbResult, Tx};
 use shared::message::{Inbound, OrderSnapshot, ReleaseRequested, StatusChanged};
 use shared::outbox;
 use shared::topics::Topic;
@@ -50,8 +50,15 @@ impl Handler for OrderHandler {
         }
     }
 
-    fn store(&self, conn: &Connection, orders: Orders) -> rusqlite::Result<()> {
-        orders.write(conn)
+    /// PostgreSQL: the batch's orders are locked, in id order, before the
+    /// first message is handled.
+    fn prepare(&self, tx: &mut Tx<'_>, _orders: &mut Orders, msgs: &[&Inbound]) -> DbResult<()> {
+        let mut ids = msgs.iter().map(|m| m.order_id().to_string()).collect();
+        crate::store::lock_orders(tx, &mut ids)
+    }
+
+    fn store(&self, tx: &mut Tx<'_>, orders: Orders) -> DbResult<()> {
+        orders.write(tx)
     }
 
     /// An `in-stock` whose order never arrived holds stock nobody will

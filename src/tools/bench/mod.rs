@@ -96,6 +96,11 @@ pub struct Args {
     /// references: FULL (durable: fsync per commit) or NORMAL.
     #[arg(long, default_value = "FULL")]
     pub synchronous: String,
+    /// Run the shop the bench starts on this PostgreSQL database
+    /// (postgres://user@host:port/database, password from PGPASSWORD), in
+    /// schemas of its own that it drops afterwards.
+    #[arg(long, value_name = "URL", env = "WEBSHOP_DB_URL", hide_env_values = true)]
+    pub db_url: Option<String>,
     /// Run broker and nodes as separate `webshop node` processes, to see
     /// each node's CPU and memory.
     #[arg(long)]
@@ -177,11 +182,13 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
     let mut phases = Vec::new();
     let mut memory: Vec<procfs::Usage> = Vec::new();
     let mut shop_kind = String::from("not started (reference phases only)");
+    let settings = shop_settings(&args, &synchronous);
     if wants_load {
-        let shop = start_shop(&args, &synchronous).await?;
+        let shop = start_shop(&args, &settings).await?;
         shop_kind = shop.kind.to_owned();
         let result = run_load(&args, &shop, &mut phases, &mut memory).await;
         shop.stop().await;
+        settings.clean_up().await;
         result?;
     }
 
@@ -191,6 +198,7 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
         machine: procfs::machine(),
         settings: Settings {
             shop: shop_kind,
+            store: settings.store(),
             synchronous,
             log_filter: args.log.clone(),
             observe: match args.observe {
@@ -264,24 +272,29 @@ async fn references_in_child(args: &Args, phases: &[Phase]) -> anyhow::Result<Re
     Ok(serde_json::from_value(result["references"].clone())?)
 }
 
-async fn start_shop(args: &Args, synchronous: &str) -> anyhow::Result<Shop> {
-    let settings = shop::Settings {
+fn shop_settings(args: &Args, synchronous: &str) -> shop::Settings {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    shop::Settings {
         synchronous: synchronous.to_owned(),
         log: args.log.clone(),
-        admin_token: format!("bench-{}", uuid::Uuid::new_v4().simple()),
-    };
+        admin_token: format!("bench-{run}"),
+        postgres: args.db_url.clone().map(|url| shop::BenchDb { url, run: run[..8].to_owned() }),
+    }
+}
+
+async fn start_shop(args: &Args, settings: &shop::Settings) -> anyhow::Result<Shop> {
     match &args.front_url {
         Some(front) => {
             eprintln!("benchmarking the shop at {front}...");
             Shop::remote(front.clone(), args.inventory_url.clone(), args.order_url.clone(), args.broker.clone()).await
         }
         None if args.processes => {
-            eprintln!("starting the shop as node processes (synchronous={synchronous})...");
-            Shop::processes(&settings).await
+            eprintln!("starting the shop as node processes ({})...", settings.store());
+            Shop::processes(settings).await
         }
         None => {
-            eprintln!("starting the shop in this process (synchronous={synchronous})...");
-            Shop::in_process(&settings).await
+            eprintln!("starting the shop in this process ({})...", settings.store());
+            Shop::in_process(settings).await
         }
     }
 }

@@ -21,7 +21,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use shared::config::DbConfig;
 use shared::consumer::{Consumer, ParkingPolicy};
-use shared::db::Db;
+use shared::db::{Db, DbError, Migrations, P};
 use shared::ids::{Email, OrderId, Quantity};
 use shared::message::{Envelope, OrderLine, SendOrder};
 use shared::outbox::Wakeup;
@@ -51,26 +51,29 @@ pub struct Rate {
 pub async fn sqlite(synchronous: &str, batch: usize, one_statement: bool, secs: f64) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
     let cfg =
-        DbConfig { path: dir.path().join("reference.db"), synchronous: synchronous.to_owned(), ..Default::default() };
+        DbConfig { path: dir.path().join("reference.db"), synchronous: synchronous.parse()?, ..Default::default() };
+    let none = || sqlx::migrate::Migrator::DEFAULT;
+    let db = Db::open(&cfg, &Migrations { sqlite: none(), postgres: none() }).await?;
     // A row about the size of an inbox row plus an outbox envelope.
-    let db = Db::open(&cfg, "CREATE TABLE IF NOT EXISTS bench (id TEXT PRIMARY KEY, payload BLOB NOT NULL);").await?;
+    db.write(|tx| tx.execute("CREATE TABLE bench (id TEXT PRIMARY KEY, payload BLOB NOT NULL)", &[])).await?;
     let payload = vec![b'x'; 400];
-    let multi = format!("INSERT INTO bench (id, payload) VALUES {}", vec!["(?, ?)"; batch].join(", "));
+    let multi = format!(
+        "INSERT INTO bench (id, payload) VALUES {}",
+        (0..batch).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect::<Vec<_>>().join(", ")
+    );
     let mut commits = record::histogram();
     let (start, mut rows) = (Instant::now(), 0u64);
     while start.elapsed().as_secs_f64() < secs {
         let t = Instant::now();
         let (multi, payload) = (multi.clone(), payload.clone());
-        db.write(move |tx| -> rusqlite::Result<()> {
+        db.write(move |tx| -> Result<(), DbError> {
             let ids: Vec<String> = (0..batch).map(|_| uuid::Uuid::new_v4().to_string()).collect();
             if one_statement {
-                let values: Vec<&dyn rusqlite::ToSql> =
-                    ids.iter().flat_map(|id| [id as &dyn rusqlite::ToSql, &payload as &dyn rusqlite::ToSql]).collect();
-                tx.prepare_cached(&multi)?.execute(values.as_slice())?;
+                let values: Vec<P<'_>> = ids.iter().flat_map(|id| [id as P<'_>, &payload as P<'_>]).collect();
+                tx.execute(&multi, &values)?;
             } else {
-                let mut stmt = tx.prepare_cached("INSERT INTO bench (id, payload) VALUES (?, ?)")?;
                 for id in &ids {
-                    stmt.execute(rusqlite::params![id, payload])?;
+                    tx.execute("INSERT INTO bench (id, payload) VALUES ($1, $2)", &[id, &payload])?;
                 }
             }
             Ok(())
@@ -178,15 +181,13 @@ async fn wait_for(eventloop: &mut rumqttc::EventLoop, want: impl Fn(&Event) -> b
 /// Orders/s through the real handlers and databases, with no messaging.
 pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
     let dir = tempfile::tempdir()?;
-    let db = |name: &str| DbConfig {
-        path: dir.path().join(name),
-        synchronous: synchronous.to_owned(),
-        ..Default::default()
-    };
-    let inv_db = Db::open(&db("inventory.db"), inventory::store::SCHEMA).await?;
+    let synchronous_level = synchronous.parse()?;
+    let db =
+        |name: &str| DbConfig { path: dir.path().join(name), synchronous: synchronous_level, ..Default::default() };
+    let inv_db = Db::open(&db("inventory.db"), &inventory::store::migrations()).await?;
     let products = super::shop::bench_products()?;
     inventory::store::seed_if_empty(&inv_db, &products).await?;
-    let ord_db = Db::open(&db("order.db"), order::store::SCHEMA).await?;
+    let ord_db = Db::open(&db("order.db"), &order::store::migrations()).await?;
     // Parking never happens here: every order is sent to both first.
     let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
     let stats = std::sync::Arc::default;
@@ -194,7 +195,7 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
         "bench-inventory",
         inv_db.clone(),
         DEFAULT_PREFIX,
-        inventory::handlers::InventoryHandler,
+        inventory::handlers::InventoryHandler::default(),
         Wakeup::default(),
         stats(),
         policy,
@@ -242,8 +243,7 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
         record::record(&mut batches, t.elapsed());
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let open: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE status <> 'confirmed'").fetch_one(&ord_db.reader).await?;
+    let open = ord_db.reader.scalar("SELECT COUNT(*) FROM orders WHERE status <> 'confirmed'", &[]).await?;
     if open > 0 {
         bail!("the baseline left {open} order(s) unconfirmed: it does not do the shop's work");
     }

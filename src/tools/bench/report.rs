@@ -43,6 +43,8 @@ pub struct BenchResult {
 #[derive(Debug, Serialize)]
 pub struct Settings {
     pub shop: String,
+    /// The services' database: SQLite (with `synchronous`) or PostgreSQL.
+    pub store: String,
     pub synchronous: String,
     pub log_filter: String,
     /// How order status is observed (`bus` or `poll`).
@@ -272,9 +274,10 @@ impl BenchResult {
             m.cpus, m.cpu_model, m.memory_gib, m.kernel, m.temp_dir
         );
         let _ = writeln!(s, "  shop      {}", st.shop);
+        let _ = writeln!(s, "  store     {}", st.store);
         let _ = writeln!(
             s,
-            "  settings  synchronous={} (durability {}), consumer batch ≤{} msgs/commit, relay batch ≤{}, log \"{}\"",
+            "  settings  synchronous={} (SQLite durability {}), consumer batch ≤{} msgs/commit, relay batch ≤{}, log \"{}\"",
             st.synchronous,
             if st.synchronous.eq_ignore_ascii_case("FULL") { "on: fsync per commit" } else { "relaxed" },
             st.consumer_batch,
@@ -440,8 +443,8 @@ impl BenchResult {
         }));
         let st = &self.settings;
         let subtitle = format!(
-            "{} CPUs ({}); {}; synchronous={}; {}",
-            self.machine.cpus, self.machine.cpu_model, st.shop, st.synchronous, self.started_at
+            "{} CPUs ({}); {}; {}; {}",
+            self.machine.cpus, self.machine.cpu_model, st.shop, st.store, self.started_at
         );
         svg::document("webshop bench", &subtitle, 2, &panels)
     }

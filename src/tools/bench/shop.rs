@@ -21,6 +21,69 @@ pub struct Settings {
     pub synchronous: String,
     pub log: String,
     pub admin_token: String,
+    /// PostgreSQL instead of SQLite files.
+    pub postgres: Option<BenchDb>,
+}
+
+/// A PostgreSQL database for a bench run: the services get schemas of
+/// their own, named after the run, dropped when the shop stops.
+#[derive(Debug, Clone)]
+pub struct BenchDb {
+    pub url: String,
+    pub run: String,
+}
+
+impl Settings {
+    /// Where the services keep their data, for the report.
+    pub fn store(&self) -> String {
+        match &self.postgres {
+            Some(_) => "PostgreSQL, synchronous_commit as the server sets it (default on)".into(),
+            None => format!("SQLite, synchronous={}", self.synchronous),
+        }
+    }
+
+    /// The schema `service` uses on PostgreSQL.
+    fn schema(&self, service: &str) -> String {
+        self.postgres.as_ref().map_or_else(|| service.to_owned(), |p| format!("bench_{}_{service}", p.run))
+    }
+
+    /// A service's database settings.
+    fn db(&self, dir: &std::path::Path, service: &str, schema: &str) -> anyhow::Result<shared::config::DbConfig> {
+        Ok(shared::config::DbConfig {
+            path: dir.join(format!("{service}.db")),
+            synchronous: self.synchronous.parse()?,
+            url: self.postgres.as_ref().map(|p| p.url.clone()),
+            schema: self.schema(schema),
+            ..Default::default()
+        })
+    }
+
+    /// The `WEBSHOP_<NODE>__DB__*` variables of a node process.
+    fn db_env(&self, dir: &std::path::Path, node: &str, schema: &str) -> Vec<(String, String)> {
+        let upper = node.to_ascii_uppercase();
+        let mut env = vec![
+            (format!("WEBSHOP_{upper}__DB__PATH"), dir.join(format!("{node}.db")).display().to_string()),
+            (format!("WEBSHOP_{upper}__DB__SYNCHRONOUS"), self.synchronous.clone()),
+        ];
+        if let Some(p) = &self.postgres {
+            env.push((format!("WEBSHOP_{upper}__DB__URL"), p.url.clone()));
+            env.push((format!("WEBSHOP_{upper}__DB__SCHEMA"), self.schema(schema)));
+        }
+        env
+    }
+
+    /// Drops the run's schemas (PostgreSQL).
+    pub async fn clean_up(&self) {
+        use sqlx::Connection;
+        let Some(p) = &self.postgres else { return };
+        let Ok(mut conn) = sqlx::PgConnection::connect(&p.url).await else { return };
+        for schema in [self.schema("inventory"), self.schema("orders")] {
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await {
+                eprintln!("could not drop the bench schema {schema}: {e}");
+            }
+        }
+        let _ = conn.close().await;
+    }
 }
 
 /// A node whose resource use can be read from /proc.
@@ -95,11 +158,6 @@ impl Shop {
             client_id: id.to_owned(),
             ..Default::default()
         };
-        let db = |name: &str| shared::config::DbConfig {
-            path: dir.path().join(name),
-            synchronous: s.synchronous.clone(),
-            ..Default::default()
-        };
         let any_port: SocketAddr = "127.0.0.1:0".parse()?;
         let token = Some(shared::config::Secret::new(&s.admin_token));
         let shutdown = CancellationToken::new();
@@ -107,7 +165,7 @@ impl Shop {
             inventory::Config {
                 listen: any_port,
                 bus: bus("bench-inventory"),
-                db: db("inventory.db"),
+                db: s.db(dir.path(), "inventory", "inventory")?,
                 admin_token: token.clone(),
                 catalog: Some(catalog),
                 ..Default::default()
@@ -120,7 +178,7 @@ impl Shop {
             order::Config {
                 listen: any_port,
                 bus: bus("bench-order"),
-                db: db("order.db"),
+                db: s.db(dir.path(), "order", "orders")?,
                 admin_token: token.clone(),
                 ..Default::default()
             },
@@ -168,7 +226,6 @@ impl Shop {
         let catalog = bench_catalog(dir.path())?;
         let exe = std::env::current_exe().context("finding the webshop binary")?;
         let [b, i, o, f] = [free_port()?, free_port()?, free_port()?, free_port()?];
-        let db = |name: &str| dir.path().join(name).display().to_string();
         let nodes: [(&str, Vec<(String, String)>); 4] = [
             ("broker", vec![("WEBSHOP_BROKER__LISTEN".into(), format!("127.0.0.1:{b}"))]),
             (
@@ -176,20 +233,22 @@ impl Shop {
                 vec![
                     ("WEBSHOP_INVENTORY__LISTEN".into(), format!("127.0.0.1:{i}")),
                     ("WEBSHOP_INVENTORY__BUS__PORT".into(), b.to_string()),
-                    ("WEBSHOP_INVENTORY__DB__PATH".into(), db("inventory.db")),
-                    ("WEBSHOP_INVENTORY__DB__SYNCHRONOUS".into(), s.synchronous.clone()),
                     ("WEBSHOP_INVENTORY__CATALOG".into(), catalog.display().to_string()),
                     ("WEBSHOP_INVENTORY__ADMIN_TOKEN".into(), s.admin_token.clone()),
-                ],
+                ]
+                .into_iter()
+                .chain(s.db_env(dir.path(), "inventory", "inventory"))
+                .collect(),
             ),
             (
                 "order",
                 vec![
                     ("WEBSHOP_ORDER__LISTEN".into(), format!("127.0.0.1:{o}")),
                     ("WEBSHOP_ORDER__BUS__PORT".into(), b.to_string()),
-                    ("WEBSHOP_ORDER__DB__PATH".into(), db("order.db")),
-                    ("WEBSHOP_ORDER__DB__SYNCHRONOUS".into(), s.synchronous.clone()),
-                ],
+                ]
+                .into_iter()
+                .chain(s.db_env(dir.path(), "order", "orders"))
+                .collect(),
             ),
             (
                 "front",

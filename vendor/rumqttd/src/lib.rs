@@ -1,4 +1,4 @@
-// Vendored rumqttd 0.20.0 with one patch (see vendor/README.md); its own
+// Vendored rumqttd 0.20.0 with patches (see vendor/README.md); its own
 // lints are not ours to fix.
 #![allow(warnings, clippy::all)]
 use std::fmt;
@@ -38,6 +38,22 @@ mod server;
 
 pub type ConnectionId = usize;
 pub type RouterId = usize;
+
+// webshop patch: topic permissions per user (see vendor/README.md).
+/// What a connection asks to do with a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Publish to a topic (also a last will's topic, checked at connect).
+    Publish,
+    /// Subscribe to a filter.
+    Subscribe,
+}
+
+/// Whether `user` (`None`: a client that connected without a login, or
+/// any client when the broker has no logins) may publish to a topic or
+/// subscribe to a filter. Runs on the router thread for every publish, so
+/// keep it cheap; logging and counting refusals is the handler's job.
+pub type AclHandler = Arc<dyn Fn(Option<&str>, Access, &str) -> bool + Send + Sync>;
 pub type NodeId = usize;
 pub type Topic = String;
 pub type Filter = String;
@@ -155,6 +171,15 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    // webshop patch: with `auth` set, also let clients without a login in
+    // (their user is `None` for `acl`).
+    #[serde(default)]
+    pub allow_anonymous: bool,
+    // webshop patch: topic permissions; `None` lets every client use every
+    // topic. A refused QoS 1 publish is acked and dropped, a refused
+    // subscription gets the failure return code.
+    #[serde(skip)]
+    pub acl: Option<AclHandler>,
 }
 
 impl ConnectionSettings {
@@ -180,6 +205,8 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("acl", &self.acl.is_some())
             .finish()
     }
 }

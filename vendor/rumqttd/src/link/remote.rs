@@ -3,8 +3,8 @@ use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
-use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::router::{ConnectionAcl, Event, Notification};
+use crate::{Access, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -68,10 +68,17 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<ConnectionAcl>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
         };
+        // webshop patch: a last will on a topic the user may not publish to
+        // is dropped (the ACL handler logs and counts it).
+        let lastwill = lastwill.filter(|will| {
+            acl.as_ref()
+                .map_or(true, |acl| acl.allows(Access::Publish, &will.topic))
+        });
 
         // Register this connection with the router. Router replys with ack which if ok will
         // start the link. Router can sometimes reject the connection (ex max connection limit)
@@ -100,6 +107,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .acl(acl)
             .build()?;
 
         let id = link_rx.id();
@@ -222,6 +230,18 @@ where
     Ok(packet)
 }
 
+/// webshop patch: the permissions of a connection `mqtt_connect` let in:
+/// its user is the login it gave when the broker checks logins, else `None`.
+pub(crate) fn connection_acl(config: &ConnectionSettings, connect_packet: &Packet) -> Option<ConnectionAcl> {
+    let check = config.acl.clone()?;
+    let checks_logins = config.auth.is_some() || config.external_auth.is_some();
+    let user = match connect_packet {
+        Packet::Connect(_, _, _, _, Some(login)) if checks_logins => Some(login.username.clone()),
+        _ => None,
+    };
+    Some(ConnectionAcl { user, check })
+}
+
 async fn handle_auth(
     config: Arc<ConnectionSettings>,
     login: Option<&Login>,
@@ -232,8 +252,11 @@ async fn handle_auth(
     }
 
     // if authentication is configured and connect packet doesn't have login details
-    // return an error
+    // return an error (webshop patch: unless anonymous clients are allowed)
     let Some(login) = login else {
+        if config.allow_anonymous {
+            return Ok(());
+        }
         return Err(Error::InvalidAuth);
     };
 
@@ -283,6 +306,8 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            allow_anonymous: false,
+            acl: None,
         }
     }
 

@@ -33,6 +33,29 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// webshop patch: who logged in and what they may do; `None`: anything.
+    pub(crate) acl: Option<ConnectionAcl>,
+}
+
+// webshop patch: topic permissions per user (see vendor/README.md).
+/// The login of a connection and the broker's permission check.
+#[derive(Clone)]
+pub struct ConnectionAcl {
+    pub user: Option<String>,
+    pub check: crate::AclHandler,
+}
+
+impl ConnectionAcl {
+    pub fn allows(&self, access: crate::Access, topic: &[u8]) -> bool {
+        // A topic that isn't UTF-8 is no topic anyone may use.
+        std::str::from_utf8(topic).map_or(false, |t| (self.check)(self.user.as_deref(), access, t))
+    }
+}
+
+impl std::fmt::Debug for ConnectionAcl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionAcl").field("user", &self.user).finish()
+    }
 }
 
 impl Connection {
@@ -66,7 +89,13 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            acl: None,
         }
+    }
+
+    /// webshop patch: whether this connection may `access` `topic`.
+    pub(crate) fn allows(&self, access: crate::Access, topic: &[u8]) -> bool {
+        self.acl.as_ref().map_or(true, |acl| acl.allows(access, topic))
     }
 
     pub fn topic_alias_max(&mut self, max: u16) -> &mut Connection {

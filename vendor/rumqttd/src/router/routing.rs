@@ -564,6 +564,38 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // webshop patch: a publish the connection's user may not
+                    // make is never appended. At QoS 1 it is acked anyway, so
+                    // the client's window moves on (MQTT 3.1.1 has no way to
+                    // say no in a PUBACK; Mosquitto does the same); the ACL
+                    // handler has logged and counted it. QoS 2 would hold
+                    // state until PUBREL: disconnect instead.
+                    let allowed = self
+                        .connections
+                        .get(id)
+                        .map_or(true, |c| c.allows(Access::Publish, &publish.topic));
+                    if !allowed {
+                        match qos {
+                            QoS::AtLeastOnce => {
+                                let puback = PubAck {
+                                    pkid,
+                                    reason: PubAckReason::Success,
+                                };
+                                let ackslog = self.ackslog.get_mut(id).unwrap();
+                                ackslog.puback(puback);
+                                force_ack = true;
+                                continue;
+                            }
+                            QoS::AtMostOnce => continue,
+                            QoS::ExactlyOnce => {
+                                warn!("refused QoS 2 publish; disconnecting");
+                                disconnect = true;
+                                disconnect_reason = Some(DisconnectReasonCode::NotAuthorized);
+                                break;
+                            }
+                        }
+                    }
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -663,6 +695,13 @@ impl Router {
 
                             disconnect = true;
                             break;
+                        }
+
+                        // webshop patch: a filter the user may not subscribe
+                        // to gets the failure return code (0x80), nothing else.
+                        if !connection.allows(Access::Subscribe, f.path.as_bytes()) {
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
                         }
 
                         let mut filter = f.path.clone();

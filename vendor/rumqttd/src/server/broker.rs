@@ -510,6 +510,8 @@ async fn remote<P: Protocol>(
     );
 
     let dynamic_filters = config.dynamic_filters;
+    // webshop patch: permissions per user
+    let config_for_acl = config.clone();
 
     let connect_packet = match mqtt_connect(config, &mut network).await {
         Ok(p) => p,
@@ -555,6 +557,8 @@ async fn remote<P: Protocol>(
         .unwrap()
         .insert(client_id.clone(), will_tx);
 
+    let acl = remote::connection_acl(&config_for_acl, &connect_packet);
+
     // Start the link
     let mut link = match RemoteLink::new(
         router_tx.clone(),
@@ -563,6 +567,7 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        acl,
     )
     .await
     {
