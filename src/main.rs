@@ -268,16 +268,6 @@ struct Up {
     otlp_endpoint: Option<String>,
 }
 
-/// `url` with its password, if any, hidden.
-fn redact(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?))) {
-        Some((scheme, (user, host))) if user.contains(':') => {
-            format!("{scheme}://{}:***@{host}", user.split(':').next().unwrap_or_default())
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -597,7 +587,9 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     println!("  inventory     http://{}", inventory.local_addr());
     println!("  order         http://{}", order.local_addr());
     match &up.db_url {
-        Some(url) => println!("  data          {} (PostgreSQL, schemas inventory and orders)", redact(url)),
+        Some(url) => {
+            println!("  data          {} (PostgreSQL, schemas inventory and orders)", shared::config::redact_url(url))
+        }
         None => println!("  data          {} (SQLite)", up.data_dir.display()),
     }
 

@@ -189,6 +189,17 @@ impl DbConfig {
     }
 }
 
+/// `url` with its password, if it has one, hidden: for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    match rest.split_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            format!("{scheme}://{}:***@{host}", user.split(':').next().unwrap_or_default())
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// SQLite's `synchronous` setting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -305,5 +316,17 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_in_a_url_is_hidden_and_nothing_else_changes() {
+        assert_eq!(redact_url("postgres://shop:s3cret@db:5432/webshop"), "postgres://shop:***@db:5432/webshop");
+        assert_eq!(redact_url("postgres://shop@db/webshop"), "postgres://shop@db/webshop");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 }

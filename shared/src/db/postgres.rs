@@ -42,7 +42,8 @@ fn options(cfg: &DbConfig) -> anyhow::Result<PgConnectOptions> {
 /// writer session and the read pool.
 pub(super) async fn open(cfg: &DbConfig, migrator: &Migrator) -> anyhow::Result<(Reader, WriterConn)> {
     let options = options(cfg)?;
-    let what = || format!("connecting to PostgreSQL at {}", redacted(cfg.url.as_deref().unwrap_or_default()));
+    let what =
+        || format!("connecting to PostgreSQL at {}", crate::config::redact_url(cfg.url.as_deref().unwrap_or_default()));
     // The schema first (a plain name, checked by `DbConfig::validate`).
     let mut setup = PgConnection::connect_with(&options).await.with_context(what)?;
     let created = sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", cfg.schema)).execute(&mut setup).await;
@@ -64,17 +65,6 @@ pub(super) async fn open(cfg: &DbConfig, migrator: &Migrator) -> anyhow::Result<
     let conn = PgConnection::connect_with(&options).await.with_context(what)?;
     let session = Session { rt: Handle::current(), options, conn: Some(conn), changes: 0 };
     Ok((Reader::Postgres(reader), WriterConn::Postgres(Box::new(session))))
-}
-
-/// A URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    match rest.split_once('@') {
-        Some((user, host)) if user.contains(':') => {
-            format!("{scheme}://{}:***@{host}", user.split(':').next().unwrap_or_default())
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// The writer's connection, reconnected before the next transaction when a
