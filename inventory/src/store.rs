@@ -149,12 +149,18 @@ fn reservation_from(
 /// The stock and reservations one consumer transaction touches: read
 /// once, changed in memory by the handlers, written back once (see
 /// `shared::consumer::Handler`). What it didn't read ahead is read on first
-/// use.
+/// use. On PostgreSQL each read and each write is one statement for the
+/// whole batch (rows as arrays), not one per row.
 #[derive(Default)]
 pub struct Stock {
     reservations: HashMap<OrderId, Held>,
     /// `None`: no such product.
     levels: HashMap<Sku, Option<Level>>,
+    /// Price and currency of each product in `levels`.
+    prices: HashMap<Sku, (i64, String)>,
+    /// `(price_cents, replaced_at)` of the prices replaced since the grace
+    /// window of the first order that asked, per SKU asked about.
+    replaced: HashMap<Sku, Vec<(i64, i64)>>,
     /// Change of `available` per SKU in this batch (`reserved` moves the
     /// other way).
     deltas: BTreeMap<Sku, i64>,
@@ -167,39 +173,98 @@ struct Held {
     released_at: Option<i64>,
 }
 
+const RESERVATION_COLUMNS: &str = "order_id, state, lines, fingerprint, reason";
+
+fn reservation_of(r: &Row<'_>) -> DbResult<(String, Reservation)> {
+    let id: String = r.get(0)?;
+    let reservation = reservation_from(&id, &r.get::<String>(1)?, &r.get::<String>(2)?, r.get(3)?, r.get(4)?)?;
+    Ok((id, reservation))
+}
+
 impl Stock {
     /// What inventory holds for `order_id`.
     pub fn reservation(&mut self, tx: &mut Tx<'_>, order_id: OrderId) -> DbResult<Option<Reservation>> {
         let held = match self.reservations.entry(order_id) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let id = order_id.to_string();
                 let found = tx.query_opt(
-                    "SELECT state, lines, fingerprint, reason FROM reservations WHERE order_id = $1",
-                    &[&id],
-                    |r| reservation_from(&id, &r.get::<String>(0)?, &r.get::<String>(1)?, r.get(2)?, r.get(3)?),
+                    &format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE order_id = $1"),
+                    &[&order_id.to_string()],
+                    reservation_of,
                 )?;
-                e.insert(Held::unchanged(found))
+                e.insert(Held::unchanged(found.map(|(_, r)| r)))
             }
         };
         Ok(held.reservation.clone())
     }
 
-    /// Reads the stock levels of `skus` into the batch; on PostgreSQL
-    /// locks their rows, in SKU order (the same order in every instance,
-    /// so two batches never deadlock over them).
+    /// Reads the reservations of `order_ids` into the batch in one
+    /// statement (PostgreSQL).
+    pub fn read_reservations(&mut self, tx: &mut Tx<'_>, order_ids: impl Iterator<Item = OrderId>) -> DbResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        let wanted: Vec<OrderId> =
+            order_ids.filter(|id| !self.reservations.contains_key(id) && seen.insert(*id)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = wanted.iter().map(OrderId::to_string).collect();
+        let mut found: HashMap<String, Reservation> = tx
+            .query(
+                &format!("SELECT {RESERVATION_COLUMNS} FROM reservations WHERE order_id = ANY($1)"),
+                &[&keys],
+                reservation_of,
+            )?
+            .into_iter()
+            .collect();
+        for (id, key) in wanted.into_iter().zip(keys) {
+            self.reservations.insert(id, Held::unchanged(found.remove(&key)));
+        }
+        Ok(())
+    }
+
+    /// Reads the stock levels and prices of `skus` into the batch; on
+    /// PostgreSQL locks their rows, in SKU order (the same order in every
+    /// instance, so two batches never deadlock over them).
     pub fn lock<'a>(&mut self, tx: &mut Tx<'_>, skus: impl Iterator<Item = &'a Sku>) -> DbResult<()> {
         let mut wanted: Vec<&Sku> = skus.filter(|s| !self.levels.contains_key(*s)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
         wanted.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         wanted.dedup();
-        let sql = match tx.backend() {
-            Backend::Sqlite => "SELECT available, reserved FROM products WHERE sku = $1",
-            Backend::Postgres => "SELECT available, reserved FROM products WHERE sku = $1 FOR UPDATE",
+        type Product = (String, Level, i64, String);
+        let product = |r: &Row<'_>| -> DbResult<Product> {
+            Ok((r.get(0)?, Level { available: r.get(1)?, reserved: r.get(2)? }, r.get(3)?, r.get(4)?))
         };
+        let mut found: HashMap<String, Product> = HashMap::new();
+        match tx.backend() {
+            Backend::Sqlite => {
+                for sku in &wanted {
+                    let row = tx.query_opt(
+                        "SELECT sku, available, reserved, price_cents, currency FROM products WHERE sku = $1",
+                        &[&sku.as_str()],
+                        product,
+                    )?;
+                    found.extend(row.map(|p| (p.0.clone(), p)));
+                }
+            }
+            Backend::Postgres => {
+                let keys: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+                let rows = tx.query(
+                    "SELECT sku, available, reserved, price_cents, currency FROM products
+                     WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+                    &[&keys],
+                    product,
+                )?;
+                found.extend(rows.into_iter().map(|p| (p.0.clone(), p)));
+            }
+        }
         for sku in wanted {
-            let level =
-                tx.query_opt(sql, &[&sku.as_str()], |r| Ok(Level { available: r.get(0)?, reserved: r.get(1)? }))?;
-            self.levels.insert(sku.clone(), level);
+            let product = found.remove(sku.as_str());
+            if let Some((_, _, price, currency)) = &product {
+                self.prices.insert(sku.clone(), (*price, currency.clone()));
+            }
+            self.levels.insert(sku.clone(), product.map(|p| p.1));
         }
         Ok(())
     }
@@ -213,6 +278,55 @@ impl Stock {
     ) -> DbResult<BTreeMap<Sku, Level>> {
         self.lock(tx, skus.clone())?;
         Ok(skus.filter_map(|sku| self.levels.get(sku).copied().flatten().map(|level| (sku.clone(), level))).collect())
+    }
+
+    /// The current price and currency of each of `skus` that exists, with
+    /// the prices replaced at or after `since_ms`.
+    pub fn price_histories<'a>(
+        &mut self,
+        tx: &mut Tx<'_>,
+        skus: impl Iterator<Item = &'a Sku> + Clone,
+        since_ms: i64,
+    ) -> DbResult<BTreeMap<Sku, PriceHistory>> {
+        self.lock(tx, skus.clone())?;
+        let mut wanted: Vec<Sku> = skus.clone().filter(|s| !self.replaced.contains_key(*s)).cloned().collect();
+        wanted.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        wanted.dedup();
+        let keys: Vec<String> = wanted.iter().map(Sku::to_string).collect();
+        let history = |r: &Row<'_>| -> DbResult<(String, i64, i64)> { Ok((r.get(0)?, r.get(1)?, r.get(2)?)) };
+        let rows = match tx.backend() {
+            Backend::Sqlite => {
+                let mut rows = Vec::new();
+                for key in &keys {
+                    rows.extend(tx.query(
+                        "SELECT sku, price_cents, replaced_at FROM price_history WHERE sku = $1 AND replaced_at >= $2",
+                        &[key, &since_ms],
+                        history,
+                    )?);
+                }
+                rows
+            }
+            Backend::Postgres if keys.is_empty() => Vec::new(),
+            Backend::Postgres => tx.query(
+                "SELECT sku, price_cents, replaced_at FROM price_history WHERE sku = ANY($1) AND replaced_at >= $2",
+                &[&keys, &since_ms],
+                history,
+            )?,
+        };
+        let mut by_sku: HashMap<String, Vec<(i64, i64)>> = HashMap::new();
+        for (sku, price, at) in rows {
+            by_sku.entry(sku).or_default().push((price, at));
+        }
+        for (sku, key) in wanted.into_iter().zip(keys) {
+            self.replaced.insert(sku, by_sku.remove(&key).unwrap_or_default());
+        }
+        Ok(skus
+            .filter_map(|sku| {
+                let (current_cents, currency) = self.prices.get(sku)?.clone();
+                let replaced = self.replaced.get(sku)?.iter().filter(|(_, at)| *at >= since_ms).copied().collect();
+                Some((sku.clone(), PriceHistory { currency, current_cents, replaced }))
+            })
+            .collect())
     }
 
     fn move_stock(&mut self, lines: &[(Sku, i64)], to_available: i64) {
@@ -261,18 +375,14 @@ impl Stock {
         self.move_stock(&lines, to_available);
     }
 
-    /// Writes every change: one update per product whose stock moved, one
-    /// upsert per changed reservation.
+    /// Writes every change: the products whose stock moved, the changed
+    /// reservations. The CHECK (available >= 0) is the last line of
+    /// defence. SKU order (a BTreeMap): rows not locked ahead are locked in
+    /// the same order everywhere.
     pub fn write(self, tx: &mut Tx<'_>) -> DbResult<()> {
-        // The CHECK (available >= 0) is the last line of defence. SKU
-        // order (a BTreeMap): rows not locked ahead are locked in the same
-        // order everywhere.
-        for (sku, delta) in self.deltas.iter().filter(|(_, d)| **d != 0) {
-            tx.execute(
-                "UPDATE products SET available = available + $1, reserved = reserved - $1 WHERE sku = $2",
-                &[delta, &sku.as_str()],
-            )?;
-        }
+        let moved: Vec<(String, i64)> =
+            self.deltas.iter().filter(|(_, d)| **d != 0).map(|(sku, d)| (sku.to_string(), *d)).collect();
+        let mut rows = Rows::default();
         for (id, h) in self.reservations.into_iter().filter(|(_, h)| h.changed) {
             let Some(reservation) = h.reservation else { continue };
             let (state, lines, fingerprint, reason) = match reservation {
@@ -282,18 +392,87 @@ impl Stock {
                 }
                 Reservation::Released { lines, fingerprint } => ("released", lines, fingerprint, None),
             };
-            let lines = serde_json::to_string(&lines).map_err(|e| DbError::corrupt("reservations", id, e))?;
-            tx.execute(
-                "INSERT INTO reservations (order_id, state, lines, fingerprint, reason, decided_at, released_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (order_id) DO UPDATE SET
-                     state = excluded.state, lines = excluded.lines,
-                     released_at = COALESCE(excluded.released_at, reservations.released_at)",
-                &[&id.to_string(), &state, &lines, &fingerprint, &reason, &h.decided_at, &h.released_at],
-            )?;
+            rows.order_id.push(id.to_string());
+            rows.state.push(state.to_owned());
+            rows.lines.push(serde_json::to_string(&lines).map_err(|e| DbError::corrupt("reservations", id, e))?);
+            rows.fingerprint.push(fingerprint);
+            rows.reason.push(reason);
+            rows.decided_at.push(h.decided_at);
+            rows.released_at.push(h.released_at);
+        }
+        match tx.backend() {
+            Backend::Sqlite => {
+                for (sku, delta) in &moved {
+                    tx.execute(
+                        "UPDATE products SET available = available + $1, reserved = reserved - $1 WHERE sku = $2",
+                        &[delta, sku],
+                    )?;
+                }
+                for i in 0..rows.order_id.len() {
+                    tx.execute(
+                        &format!("INSERT INTO reservations {UPSERT} VALUES ($1, $2, $3, $4, $5, $6, $7) {ON_CONFLICT}"),
+                        &[
+                            &rows.order_id[i],
+                            &rows.state[i],
+                            &rows.lines[i],
+                            &rows.fingerprint[i],
+                            &rows.reason[i],
+                            &rows.decided_at[i],
+                            &rows.released_at[i],
+                        ],
+                    )?;
+                }
+            }
+            Backend::Postgres => {
+                if !moved.is_empty() {
+                    let (skus, deltas): (Vec<String>, Vec<i64>) = moved.into_iter().unzip();
+                    tx.execute(
+                        "UPDATE products p SET available = p.available + d.delta, reserved = p.reserved - d.delta
+                         FROM unnest($1::text[], $2::bigint[]) AS d(sku, delta) WHERE p.sku = d.sku",
+                        &[&skus, &deltas],
+                    )?;
+                }
+                if !rows.order_id.is_empty() {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO reservations {UPSERT}
+                             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                                  $6::bigint[], $7::bigint[])
+                             {ON_CONFLICT}"
+                        ),
+                        &[
+                            &rows.order_id,
+                            &rows.state,
+                            &rows.lines,
+                            &rows.fingerprint,
+                            &rows.reason,
+                            &rows.decided_at,
+                            &rows.released_at,
+                        ],
+                    )?;
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// The reservation upsert's columns and what a second write keeps.
+const UPSERT: &str = "(order_id, state, lines, fingerprint, reason, decided_at, released_at)";
+const ON_CONFLICT: &str = "ON CONFLICT (order_id) DO UPDATE SET
+     state = excluded.state, lines = excluded.lines,
+     released_at = COALESCE(excluded.released_at, reservations.released_at)";
+
+/// Changed reservations, column by column.
+#[derive(Default)]
+struct Rows {
+    order_id: Vec<String>,
+    state: Vec<String>,
+    lines: Vec<String>,
+    fingerprint: Vec<Option<String>>,
+    reason: Vec<Option<String>>,
+    decided_at: Vec<Option<i64>>,
+    released_at: Vec<Option<i64>>,
 }
 
 impl Held {
@@ -483,33 +662,4 @@ fn record_replaced_price(tx: &mut Tx<'_>, sku: &Sku, new_price: i64, now_ms: i64
         &[&now_ms, &sku.as_str(), &new_price],
     )?;
     Ok(())
-}
-
-/// The current price and currency of each of `skus` that exists, with the
-/// prices replaced at or after `since_ms`.
-pub fn price_histories<'a>(
-    tx: &mut Tx<'_>,
-    skus: impl Iterator<Item = &'a Sku>,
-    since_ms: i64,
-) -> DbResult<BTreeMap<Sku, PriceHistory>> {
-    let mut out = BTreeMap::new();
-    for sku in skus {
-        if out.contains_key(sku) {
-            continue;
-        }
-        let Some((current_cents, currency)) =
-            tx.query_opt("SELECT price_cents, currency FROM products WHERE sku = $1", &[&sku.as_str()], |r| {
-                Ok((r.get::<i64>(0)?, r.get::<String>(1)?))
-            })?
-        else {
-            continue;
-        };
-        let replaced = tx.query(
-            "SELECT price_cents, replaced_at FROM price_history WHERE sku = $1 AND replaced_at >= $2",
-            &[&sku.as_str(), &since_ms],
-            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
-        )?;
-        out.insert(sku.clone(), PriceHistory { currency, current_cents, replaced });
-    }
-    Ok(out)
 }

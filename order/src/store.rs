@@ -1,6 +1,6 @@
 //! The order service's tables and every SQL statement that touches them.
 
-use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
@@ -79,42 +79,65 @@ impl Slot {
 
 impl Orders {
     fn slot(&mut self, tx: &mut Tx<'_>, id: OrderId) -> DbResult<&mut Slot> {
-        match self.slots.entry(id) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(e) => {
-                // One row whether or not the order exists: its columns
-                // (NULL if it doesn't) and what its tombstone says: 0 none,
-                // 1 a tombstone, 2 a tombstone whose release is chased. The
-                // chase is looked up only behind a tombstone (every chase
-                // has one), so the common case costs no extra lookup.
-                let key = id.to_string();
-                let (order, tombstone) = tx
-                    .query_opt(
-                        &format!(
-                            "SELECT {COLUMNS}, CAST(
-                                 CASE WHEN EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = k.id)
-                                      THEN CASE WHEN EXISTS (SELECT 1 FROM release_chases c WHERE c.order_id = k.id)
-                                                THEN 2 ELSE 1 END
-                                      ELSE 0 END AS BIGINT)
-                             FROM (SELECT CAST($1 AS TEXT) AS id) k LEFT JOIN orders o ON o.order_id = k.id"
-                        ),
-                        &[&key],
-                        |r| {
-                            let found = r.get::<Option<String>>(0)?.is_some();
-                            let order = if found { Some(order(r)?) } else { None };
-                            Ok((order, r.get::<i64>(12)?))
-                        },
-                    )?
-                    .ok_or_else(|| DbError::Misuse(format!("no row for order {key}")))?;
-                Ok(e.insert(Slot {
-                    stored: order.is_some(),
-                    order,
-                    tombstoned: tombstone >= 1,
-                    chased: tombstone == 2,
-                    ..Slot::default()
-                }))
-            }
+        if !self.slots.contains_key(&id) {
+            self.read(tx, std::iter::once(id))?;
         }
+        Ok(self.slots.get_mut(&id).expect("read above"))
+    }
+
+    /// Reads the orders `ids` into the batch: on PostgreSQL in one
+    /// statement (called ahead for the whole batch), on SQLite one by one.
+    pub fn read(&mut self, tx: &mut Tx<'_>, ids: impl Iterator<Item = OrderId>) -> DbResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        let wanted: Vec<OrderId> = ids.filter(|id| !self.slots.contains_key(id) && seen.insert(*id)).collect();
+        let keys: Vec<String> = wanted.iter().map(OrderId::to_string).collect();
+        // One row per id whether or not the order exists: its columns
+        // (NULL if it doesn't) and what its tombstone says: 0 none, 1 a
+        // tombstone, 2 a tombstone whose release is chased. The chase is
+        // looked up only behind a tombstone (every chase has one), so the
+        // common case costs no extra lookup.
+        let select = |from: &str| {
+            format!(
+                "SELECT {COLUMNS}, CAST(
+                     CASE WHEN EXISTS (SELECT 1 FROM cancel_tombstones t WHERE t.order_id = k.id)
+                          THEN CASE WHEN EXISTS (SELECT 1 FROM release_chases c WHERE c.order_id = k.id)
+                                    THEN 2 ELSE 1 END
+                          ELSE 0 END AS BIGINT), k.id
+                 FROM {from} LEFT JOIN orders o ON o.order_id = k.id"
+            )
+        };
+        let row = |r: &Row<'_>| -> DbResult<(String, Slot)> {
+            let order = match r.get::<Option<String>>(0)? {
+                Some(_) => Some(order(r)?),
+                None => None,
+            };
+            let tombstone = r.get::<i64>(12)?;
+            let slot = Slot {
+                stored: order.is_some(),
+                order,
+                tombstoned: tombstone >= 1,
+                chased: tombstone == 2,
+                ..Slot::default()
+            };
+            Ok((r.get(13)?, slot))
+        };
+        let mut found: HashMap<String, Slot> = match tx.backend() {
+            Backend::Sqlite => {
+                let sql = select("(SELECT CAST($1 AS TEXT) AS id) k");
+                let mut found = HashMap::new();
+                for key in &keys {
+                    found.extend(tx.query_opt(&sql, &[key], row)?);
+                }
+                found
+            }
+            Backend::Postgres if keys.is_empty() => HashMap::new(),
+            Backend::Postgres => tx.query(&select("unnest($1::text[]) AS k(id)"), &[&keys], row)?.into_iter().collect(),
+        };
+        for (id, key) in wanted.into_iter().zip(keys) {
+            let slot = found.remove(&key).ok_or_else(|| DbError::Misuse(format!("no row for order {key}")))?;
+            self.slots.insert(id, slot);
+        }
+        Ok(())
     }
 
     /// The order, and what its tombstone says.
@@ -164,67 +187,190 @@ impl Orders {
 
     /// Writes every change: a new order whole, a stored one's lifecycle
     /// columns only (what an order is for never changes after it is made).
+    /// SQLite: a statement per row; PostgreSQL: one per kind of change.
     pub fn write(self, tx: &mut Tx<'_>) -> DbResult<()> {
+        let now = now_ms();
+        let mut w = Writes::default();
         for (id, slot) in self.slots {
             let key = id.to_string();
             if slot.new_tombstone {
-                tx.execute(
-                    "INSERT INTO cancel_tombstones (order_id, at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&key, &now_ms()],
-                )?;
+                w.tombstones.push(key.clone());
             }
             match slot.chase {
                 Some(Some(follow_up_at)) => {
-                    tx.execute(
-                        "INSERT INTO release_chases (order_id, since, follow_up_at) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                        &[&key, &now_ms(), &follow_up_at],
-                    )?;
+                    w.chases.push(key.clone());
+                    w.chase_follow_ups.push(follow_up_at);
                 }
-                Some(None) => {
-                    tx.execute("DELETE FROM release_chases WHERE order_id = $1", &[&key])?;
-                }
+                Some(None) => w.chases_ended.push(key.clone()),
                 None => {}
             }
             let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) else { continue };
-            if slot.stored {
-                tx.execute(
-                    "UPDATE orders SET status = $1, version = $2, reason = $3, release_pending = $4, updated_at = $5,
-                         follow_up_at = $6, follow_ups = CASE WHEN $6 IS NULL THEN follow_ups ELSE 0 END
-                     WHERE order_id = $7",
-                    &[
-                        &o.status.as_str(),
-                        &o.version,
-                        &o.reason,
-                        &(o.release_pending as i64),
-                        &o.updated_at_ms,
-                        &follow_up_at,
-                        &key,
-                    ],
-                )?;
-            } else {
-                let items = serde_json::to_string(&o.items).map_err(|e| DbError::corrupt("orders", &key, e))?;
-                tx.execute(
-                    "INSERT INTO orders (order_id, status, version, customer_email, items, currency, total_cents,
-                                         fingerprint, reason, release_pending, created_at, updated_at, follow_up_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-                    &[
-                        &key,
-                        &o.status.as_str(),
-                        &o.version,
-                        &o.customer_email,
-                        &items,
-                        &o.currency,
-                        &o.total_cents,
-                        &o.fingerprint,
-                        &o.reason,
-                        &(o.release_pending as i64),
-                        &o.created_at_ms,
-                        &o.updated_at_ms,
-                        &follow_up_at,
-                    ],
-                )?;
-            }
+            let rows = if slot.stored { &mut w.updated } else { &mut w.created };
+            rows.items.push(serde_json::to_string(&o.items).map_err(|e| DbError::corrupt("orders", &key, e))?);
+            rows.order_id.push(key);
+            rows.status.push(o.status.as_str().to_owned());
+            rows.version.push(o.version);
+            rows.customer_email.push(o.customer_email);
+            rows.currency.push(o.currency);
+            rows.total_cents.push(o.total_cents);
+            rows.fingerprint.push(o.fingerprint);
+            rows.reason.push(o.reason);
+            rows.release_pending.push(o.release_pending as i64);
+            rows.created_at.push(o.created_at_ms);
+            rows.updated_at.push(o.updated_at_ms);
+            rows.follow_up_at.push(follow_up_at);
+        }
+        match tx.backend() {
+            Backend::Sqlite => w.write_each(tx, now),
+            Backend::Postgres => w.write_batched(tx, now),
+        }
+    }
+}
+
+/// A batch's changes to the order tables, column by column.
+#[derive(Default)]
+struct Writes {
+    tombstones: Vec<String>,
+    chases: Vec<String>,
+    chase_follow_ups: Vec<i64>,
+    chases_ended: Vec<String>,
+    created: OrderRows,
+    updated: OrderRows,
+}
+
+#[derive(Default)]
+struct OrderRows {
+    order_id: Vec<String>,
+    status: Vec<String>,
+    version: Vec<i64>,
+    customer_email: Vec<String>,
+    items: Vec<String>,
+    currency: Vec<String>,
+    total_cents: Vec<i64>,
+    fingerprint: Vec<String>,
+    reason: Vec<Option<String>>,
+    release_pending: Vec<i64>,
+    created_at: Vec<i64>,
+    updated_at: Vec<i64>,
+    follow_up_at: Vec<Option<i64>>,
+}
+
+const INSERT_TOMBSTONE: &str = "INSERT INTO cancel_tombstones (order_id, at)";
+const INSERT_CHASE: &str = "INSERT INTO release_chases (order_id, since, follow_up_at)";
+const INSERT_ORDER: &str = "INSERT INTO orders (order_id, status, version, customer_email, items, currency,
+                                                 total_cents, fingerprint, reason, release_pending, created_at,
+                                                 updated_at, follow_up_at)";
+
+impl Writes {
+    fn write_each(self, tx: &mut Tx<'_>, now: i64) -> DbResult<()> {
+        for key in &self.tombstones {
+            tx.execute(&format!("{INSERT_TOMBSTONE} VALUES ($1, $2) ON CONFLICT DO NOTHING"), &[key, &now])?;
+        }
+        for (key, at) in self.chases.iter().zip(&self.chase_follow_ups) {
+            tx.execute(&format!("{INSERT_CHASE} VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"), &[key, &now, at])?;
+        }
+        for key in &self.chases_ended {
+            tx.execute("DELETE FROM release_chases WHERE order_id = $1", &[key])?;
+        }
+        let u = &self.updated;
+        for i in 0..u.order_id.len() {
+            tx.execute(
+                "UPDATE orders SET status = $1, version = $2, reason = $3, release_pending = $4, updated_at = $5,
+                     follow_up_at = $6, follow_ups = CASE WHEN $6 IS NULL THEN follow_ups ELSE 0 END
+                 WHERE order_id = $7",
+                &[
+                    &u.status[i],
+                    &u.version[i],
+                    &u.reason[i],
+                    &u.release_pending[i],
+                    &u.updated_at[i],
+                    &u.follow_up_at[i],
+                    &u.order_id[i],
+                ],
+            )?;
+        }
+        let c = &self.created;
+        for i in 0..c.order_id.len() {
+            tx.execute(
+                &format!("{INSERT_ORDER} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
+                &[
+                    &c.order_id[i],
+                    &c.status[i],
+                    &c.version[i],
+                    &c.customer_email[i],
+                    &c.items[i],
+                    &c.currency[i],
+                    &c.total_cents[i],
+                    &c.fingerprint[i],
+                    &c.reason[i],
+                    &c.release_pending[i],
+                    &c.created_at[i],
+                    &c.updated_at[i],
+                    &c.follow_up_at[i],
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn write_batched(self, tx: &mut Tx<'_>, now: i64) -> DbResult<()> {
+        if !self.tombstones.is_empty() {
+            tx.execute(
+                &format!("{INSERT_TOMBSTONE} SELECT id, $2 FROM unnest($1::text[]) AS id ON CONFLICT DO NOTHING"),
+                &[&self.tombstones, &now],
+            )?;
+        }
+        if !self.chases.is_empty() {
+            tx.execute(
+                &format!(
+                    "{INSERT_CHASE} SELECT id, $3, at FROM unnest($1::text[], $2::bigint[]) AS c(id, at)
+                     ON CONFLICT DO NOTHING"
+                ),
+                &[&self.chases, &self.chase_follow_ups, &now],
+            )?;
+        }
+        if !self.chases_ended.is_empty() {
+            tx.execute("DELETE FROM release_chases WHERE order_id = ANY($1)", &[&self.chases_ended])?;
+        }
+        let u = &self.updated;
+        if !u.order_id.is_empty() {
+            tx.execute(
+                // A new follow-up starts its count over.
+                "UPDATE orders AS o SET status = u.status, version = u.version, reason = u.reason,
+                     release_pending = u.release_pending, updated_at = u.updated_at, follow_up_at = u.follow_up_at,
+                     follow_ups = CASE WHEN u.follow_up_at IS NULL THEN o.follow_ups ELSE 0 END
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[],
+                                 $7::bigint[])
+                      AS u(order_id, status, version, reason, release_pending, updated_at, follow_up_at)
+                 WHERE o.order_id = u.order_id",
+                &[&u.order_id, &u.status, &u.version, &u.reason, &u.release_pending, &u.updated_at, &u.follow_up_at],
+            )?;
+        }
+        let c = &self.created;
+        if !c.order_id.is_empty() {
+            tx.execute(
+                &format!(
+                    "{INSERT_ORDER}
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                                          $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
+                                          $12::bigint[], $13::bigint[])"
+                ),
+                &[
+                    &c.order_id,
+                    &c.status,
+                    &c.version,
+                    &c.customer_email,
+                    &c.items,
+                    &c.currency,
+                    &c.total_cents,
+                    &c.fingerprint,
+                    &c.reason,
+                    &c.release_pending,
+                    &c.created_at,
+                    &c.updated_at,
+                    &c.follow_up_at,
+                ],
+            )?;
         }
         Ok(())
     }

@@ -67,28 +67,53 @@ pub fn enqueue<B: Serialize>(tx: &mut Tx<'_>, topic: Topic, order_id: OrderId, b
 
 /// Inserts events, in order (called by [`Db::write`]); returns them with
 /// the seqs they got, for [`Committed`] once the transaction commits.
+/// SQLite: one statement per event. PostgreSQL: one for all of them, the
+/// rows leased to this instance (its relay publishes them from memory),
+/// seqs drawn in the events' order.
 pub(crate) fn write_all(tx: &mut Tx<'_>, rows: Vec<Pending>) -> DbResult<Vec<Unsent>> {
-    let sql = match tx.backend() {
+    let seqs = match tx.backend() {
         Backend::Sqlite => {
-            "INSERT INTO outbox (message_id, topic, order_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)
-             RETURNING seq"
+            let mut seqs = Vec::with_capacity(rows.len());
+            for r in &rows {
+                seqs.push(tx.scalar(
+                    "INSERT INTO outbox (message_id, topic, order_id, payload, created_at)
+                     VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+                    &[&r.message_id, &r.topic, &r.order_id, &r.payload, &r.created_at],
+                )?);
+            }
+            seqs
         }
-        // Leased to this instance: its relay publishes them from memory.
+        Backend::Postgres if rows.is_empty() => Vec::new(),
         Backend::Postgres => {
-            "INSERT INTO outbox (message_id, topic, order_id, payload, created_at, owner, lease_until)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq"
+            let column = |f: fn(&Pending) -> String| rows.iter().map(f).collect::<Vec<_>>();
+            let (ids, topics, orders) =
+                (column(|r| r.message_id.clone()), column(|r| r.topic.to_owned()), column(|r| r.order_id.clone()));
+            let payloads: Vec<Vec<u8>> = rows.iter().map(|r| r.payload.clone()).collect();
+            let created: Vec<i64> = rows.iter().map(|r| r.created_at).collect();
+            let lease = rows.iter().map(|r| r.created_at).max().unwrap_or_default() + LEASE_MS;
+            let mut seqs: Vec<(String, i64)> = tx.query(
+                "INSERT INTO outbox (message_id, topic, order_id, payload, created_at, owner, lease_until)
+                 SELECT m, t, o, p, c, $6, $7
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::bigint[])
+                      WITH ORDINALITY AS e(m, t, o, p, c, n)
+                 ORDER BY n
+                 RETURNING message_id, seq",
+                &[&ids, &topics, &orders, &payloads, &created, &crate::db::instance(), &lease],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            // Rows are inserted in `ORDER BY n` order, so seqs rise with it.
+            seqs.sort_unstable_by_key(|(_, seq)| *seq);
+            if seqs.iter().map(|(id, _)| id).ne(ids.iter()) {
+                return Err(crate::db::DbError::Misuse("outbox seqs out of the events' order".into()));
+            }
+            seqs.into_iter().map(|(_, seq)| seq).collect()
         }
     };
-    let mut written = Vec::with_capacity(rows.len());
-    for r in rows {
-        let lease = r.created_at + LEASE_MS;
-        let params: [crate::db::P<'_>; 7] =
-            [&r.message_id, &r.topic, &r.order_id, &r.payload, &r.created_at, &crate::db::instance(), &lease];
-        let n = if tx.backend() == Backend::Sqlite { 5 } else { 7 };
-        let seq = tx.scalar(sql, &params[..n])?;
-        written.push(Unsent { seq, topic: r.topic.to_owned(), payload: r.payload });
-    }
-    Ok(written)
+    Ok(rows
+        .into_iter()
+        .zip(seqs)
+        .map(|(r, seq)| Unsent { seq, topic: r.topic.to_owned(), payload: r.payload })
+        .collect())
 }
 
 /// Most committed events held for the relay; beyond that the relay reads

@@ -100,6 +100,15 @@ pub fn orders(tx: &mut Tx<'_>) -> DbResult<HashSet<OrderId>> {
     .map(|ids| ids.into_iter().collect())
 }
 
+/// Which of `order_ids` have parked messages (PostgreSQL: one statement).
+pub fn orders_among(tx: &mut Tx<'_>, order_ids: &[String]) -> DbResult<HashSet<OrderId>> {
+    tx.query("SELECT DISTINCT order_id FROM parked WHERE order_id = ANY($1)", &[&order_ids.to_vec()], |r| {
+        let id: String = r.get(0)?;
+        OrderId::parse(&id).map_err(|e| DbError::corrupt("parked", &id, e))
+    })
+    .map(|ids| ids.into_iter().collect())
+}
+
 /// How many messages are parked, for operators.
 pub async fn count(reader: &Reader) -> DbResult<i64> {
     reader.scalar("SELECT COUNT(*) FROM parked", &[]).await

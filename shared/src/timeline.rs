@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::db::{DbResult, Reader, Tx};
+use crate::db::{Backend, DbResult, Reader, Tx};
 use crate::ids::{MessageId, OrderId};
 
 /// What the consumer did with one message, kept until the batch commits.
@@ -25,13 +25,38 @@ pub struct Note {
     pub message_id: MessageId,
 }
 
-/// Writes a batch's notes.
+/// Writes a batch's notes (PostgreSQL: in one statement).
 pub fn record_all(tx: &mut Tx<'_>, notes: &[Note]) -> DbResult<()> {
-    for n in notes {
-        tx.execute(
-            "INSERT INTO timeline (order_id, at, event, topic, message_id) VALUES ($1, $2, $3, $4, $5)",
-            &[&n.order_id.to_string(), &n.at_ms, &n.event, &n.topic, &n.message_id.to_string()],
-        )?;
+    const INSERT: &str = "INSERT INTO timeline (order_id, at, event, topic, message_id)";
+    match tx.backend() {
+        Backend::Sqlite => {
+            for n in notes {
+                tx.execute(
+                    &format!("{INSERT} VALUES ($1, $2, $3, $4, $5)"),
+                    &[&n.order_id.to_string(), &n.at_ms, &n.event, &n.topic, &n.message_id.to_string()],
+                )?;
+            }
+        }
+        Backend::Postgres if notes.is_empty() => {}
+        Backend::Postgres => {
+            let column = |f: fn(&Note) -> String| notes.iter().map(f).collect::<Vec<_>>();
+            let ats: Vec<i64> = notes.iter().map(|n| n.at_ms).collect();
+            tx.execute(
+                &format!(
+                    "{INSERT} SELECT o, a, e, t, m
+                     FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+                          WITH ORDINALITY AS x(o, a, e, t, m, n)
+                     ORDER BY n"
+                ),
+                &[
+                    &column(|n| n.order_id.to_string()),
+                    &ats,
+                    &column(|n| n.event.to_owned()),
+                    &column(|n| n.topic.to_owned()),
+                    &column(|n| n.message_id.to_string()),
+                ],
+            )?;
+        }
     }
     Ok(())
 }

@@ -41,14 +41,16 @@ impl Handler for InventoryHandler {
         }
     }
 
-    /// PostgreSQL: locks every product row the batch may change, sorted by
-    /// SKU, before the first message is handled: the SKUs of its orders and
-    /// of the reservations its cancellations release. (SQLite has one
-    /// writer; there is nothing to order.)
+    /// PostgreSQL: reads the batch's reservations in one statement, then
+    /// locks every product row the batch may change, sorted by SKU, before
+    /// the first message is handled: the SKUs of its orders and of the
+    /// reservations its cancellations release. (SQLite has one writer;
+    /// there is nothing to order, and a row read costs no round trip.)
     fn prepare(&self, tx: &mut Tx<'_>, stock: &mut Stock, msgs: &[&Inbound]) -> DbResult<()> {
         if tx.backend() != Backend::Postgres {
             return Ok(());
         }
+        stock.read_reservations(tx, msgs.iter().map(|m| m.order_id()))?;
         let mut skus: Vec<Sku> = Vec::new();
         for msg in msgs {
             match msg.topic {

@@ -12,7 +12,7 @@ use shared::topics::Topic;
 use shared::clock::now_ms;
 
 use crate::domain::{self, Event};
-use crate::store::{self, Stock};
+use crate::store::Stock;
 
 pub fn handle(tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound, price_grace_ms: i64) -> Result<Outcome, HandleError> {
     let order: SendOrder = msg.body()?;
@@ -24,7 +24,7 @@ pub fn handle(tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound, price_grace_ms:
     // Only a first decision looks at prices; a decided order is answered
     // from its reservation.
     let prices = match existing {
-        None => store::price_histories(tx, order.items.iter().map(|l| &l.sku), now_ms - price_grace_ms)?,
+        None => stock.price_histories(tx, order.items.iter().map(|l| &l.sku), now_ms - price_grace_ms)?,
         Some(_) => Default::default(),
     };
     let pricing = domain::Pricing { prices: &prices, now_ms, grace_ms: price_grace_ms };

@@ -18,7 +18,7 @@ mod released;
 
 use shared::clock::now_ms;
 use shared::consumer::{HandleError, Handler, Outcome};
-use shared::db::{DbResult, Tx};
+use shared::db::{Backend, DbResult, Tx};
 use shared::message::{Inbound, OrderSnapshot, ReleaseRequested, StatusChanged};
 use shared::outbox;
 use shared::topics::Topic;
@@ -50,11 +50,15 @@ impl Handler for OrderHandler {
         }
     }
 
-    /// PostgreSQL: the batch's orders are locked, in id order, before the
-    /// first message is handled.
-    fn prepare(&self, tx: &mut Tx<'_>, _orders: &mut Orders, msgs: &[&Inbound]) -> DbResult<()> {
+    /// PostgreSQL: the batch's orders are locked, in id order, then read
+    /// in one statement, before the first message is handled.
+    fn prepare(&self, tx: &mut Tx<'_>, orders: &mut Orders, msgs: &[&Inbound]) -> DbResult<()> {
         let mut ids = msgs.iter().map(|m| m.order_id().to_string()).collect();
-        crate::store::lock_orders(tx, &mut ids)
+        crate::store::lock_orders(tx, &mut ids)?;
+        if tx.backend() == Backend::Postgres {
+            orders.read(tx, msgs.iter().map(|m| m.order_id()))?;
+        }
+        Ok(())
     }
 
     fn store(&self, tx: &mut Tx<'_>, orders: Orders) -> DbResult<()> {

@@ -1,6 +1,8 @@
 //! One batch in one write transaction: inbox dedup, the handler, parking
 //! of what can't apply yet, dead letters, the timeline.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 
 use super::{Applied, Consumer, Decoded, HandleError, Handler, Outcome, Pass, StatsSnapshot};
@@ -55,6 +57,8 @@ impl<H: Handler> Consumer<H> {
         }
         let mut work_set = H::Batch::default();
         self.handler.prepare(tx, &mut work_set, &msgs.iter().collect::<Vec<_>>())?;
+        let fresh = inbox::record_all(tx, &msgs)?;
+        let parked = self.parked_among(tx, &msgs)?;
         for (i, msg) in msgs.iter().enumerate() {
             let traceparent = msg.envelope.traceparent.as_deref().and_then(trace::parse).map(str::to_owned);
             let span = tracing::info_span!(
@@ -74,14 +78,14 @@ impl<H: Handler> Consumer<H> {
             // is entered: its parent can't change once it has started.
             tx.traceparent = trace::link(&span, traceparent);
             let _entered = span.enter();
-            if !inbox::record(tx, msg)? {
+            if !fresh[i] {
                 tracing::debug!("duplicate message dropped");
                 self.note(&mut pass, msg, "deduplicated");
                 pass.tally.deduplicated += 1;
                 continue;
             }
             match self.apply_one(tx, &mut work_set, msg, &mut pass)? {
-                Applied::Yes => self.unpark(tx, &mut work_set, &msgs, msg.order_id(), &mut pass)?,
+                Applied::Yes => self.unpark(tx, &mut work_set, &msgs, msg.order_id(), &parked, &mut pass)?,
                 Applied::Held(reason) => pass.held.push((i, reason)),
                 Applied::No => {}
             }
@@ -172,20 +176,37 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
+    /// The orders of `msgs` that earlier batches parked messages for. On
+    /// SQLite the writer knows them ([`Consumer::maybe_parked`], refreshed by
+    /// the parking timer); on PostgreSQL, where another instance may have
+    /// parked, one query per batch.
+    pub(super) fn parked_among(&self, tx: &mut Tx<'_>, msgs: &[Inbound]) -> DbResult<Option<HashSet<OrderId>>> {
+        if tx.backend() != crate::db::Backend::Postgres {
+            return Ok(None);
+        }
+        let ids: Vec<String> = msgs.iter().map(|m| m.order_id().to_string()).collect();
+        parking::orders_among(tx, &ids).map(Some)
+    }
+
     /// After a message for `order_id` was applied, retries what was parked
-    /// waiting for it: first what earlier batches parked, then what this
-    /// batch holds (`msgs[pass.held]`).
+    /// waiting for it: first what earlier batches parked (`parked`: see
+    /// [`Self::parked_among`]), then what this batch holds
+    /// (`msgs[pass.held]`).
     pub(super) fn unpark(
         &self,
         tx: &mut Tx<'_>,
         batch: &mut H::Batch,
         msgs: &[Inbound],
         order_id: OrderId,
+        parked: &Option<HashSet<OrderId>>,
         pass: &mut Pass,
     ) -> DbResult<()> {
-        // On PostgreSQL other instances park too: always look.
-        let stored = tx.backend() == crate::db::Backend::Postgres
-            || self.maybe_parked.lock().expect("parked orders lock").as_ref().is_none_or(|o| o.contains(&order_id));
+        let stored = match parked {
+            Some(orders) => orders.contains(&order_id),
+            None => {
+                self.maybe_parked.lock().expect("parked orders lock").as_ref().is_none_or(|o| o.contains(&order_id))
+            }
+        };
         if stored {
             for p in parking::for_order(tx, &order_id.to_string())? {
                 self.retry_parked(tx, batch, p, pass)?;

@@ -89,6 +89,9 @@ pub enum Value<'a> {
     Blob(&'a [u8]),
     /// NULL of the given kind (PostgreSQL types every parameter).
     Null(Kind),
+    /// A PostgreSQL array (`$1::text[]`): a batch's rows in one statement
+    /// (`unnest`). SQLite has none; its statements take one row at a time.
+    Array(Array<'a>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +99,17 @@ pub enum Kind {
     Int,
     Text,
     Blob,
+    Array,
+}
+
+/// The arrays a PostgreSQL statement takes: one column of a batch's rows.
+#[derive(Debug, Clone, Copy)]
+pub enum Array<'a> {
+    Int(&'a [i64]),
+    OptInt(&'a [Option<i64>]),
+    Text(&'a [String]),
+    OptText(&'a [Option<String>]),
+    Blob(&'a [Vec<u8>]),
 }
 
 /// A value that binds as a statement parameter on either backend.
@@ -134,6 +148,18 @@ impl Param for Vec<u8> {
         Value::Blob(self)
     }
 }
+macro_rules! array_param {
+    ($($t:ty => $v:ident),*) => {$(
+        impl Param for Vec<$t> {
+            const KIND: Kind = Kind::Array;
+            fn value(&self) -> Value<'_> {
+                Value::Array(Array::$v(self))
+            }
+        }
+    )*};
+}
+array_param!(i64 => Int, Option<i64> => OptInt, String => Text, Option<String> => OptText, Vec<u8> => Blob);
+
 impl<T: Param + ?Sized> Param for &T {
     const KIND: Kind = T::KIND;
     fn value(&self) -> Value<'_> {
@@ -223,12 +249,46 @@ macro_rules! bind_all {
                 $crate::db::Value::Null($crate::db::Kind::Int) => q.bind(None::<i64>),
                 $crate::db::Value::Null($crate::db::Kind::Text) => q.bind(None::<&str>),
                 $crate::db::Value::Null($crate::db::Kind::Blob) => q.bind(None::<&[u8]>),
+                $crate::db::Value::Null($crate::db::Kind::Array) => q.bind(None::<i64>),
+                $crate::db::Value::Array(a) => $crate::db::BindArray::bind_array(q, a),
             };
         }
         q
     }};
 }
 pub(crate) use bind_all;
+
+/// How a statement binds an [`Array`]: as an array on PostgreSQL. SQLite
+/// refuses array parameters before binding ([`no_arrays`]).
+pub(crate) trait BindArray<'q>: Sized {
+    fn bind_array(self, a: Array<'q>) -> Self;
+}
+
+impl<'q> BindArray<'q> for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_array(self, a: Array<'q>) -> Self {
+        match a {
+            Array::Int(v) => self.bind(v),
+            Array::OptInt(v) => self.bind(v),
+            Array::Text(v) => self.bind(v),
+            Array::OptText(v) => self.bind(v),
+            Array::Blob(v) => self.bind(v),
+        }
+    }
+}
+
+impl<'q> BindArray<'q> for sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    fn bind_array(self, _: Array<'q>) -> Self {
+        self.bind(None::<i64>)
+    }
+}
+
+/// SQLite has no array parameters: a statement that binds one is a bug.
+fn no_arrays(sql: &str, params: &[P<'_>]) -> DbResult<()> {
+    match params.iter().any(|p| matches!(p.dyn_value(), Value::Array(_) | Value::Null(Kind::Array))) {
+        true => Err(DbError::Misuse(format!("array parameter on SQLite: {sql}"))),
+        false => Ok(()),
+    }
+}
 
 impl Reader {
     pub fn backend(&self) -> Backend {
@@ -242,6 +302,7 @@ impl Reader {
     pub async fn fetch<T>(&self, sql: &str, params: &[P<'_>], f: impl Fn(&Row<'_>) -> DbResult<T>) -> DbResult<Vec<T>> {
         match self {
             Reader::Sqlite(pool) => {
+                no_arrays(sql, params)?;
                 let rows = bind_all!(sqlx::query(sql), params).fetch_all(pool).await?;
                 rows.iter().map(|r| f(&Row::SqliteRead(r))).collect()
             }
@@ -261,6 +322,7 @@ impl Reader {
     ) -> DbResult<Option<T>> {
         match self {
             Reader::Sqlite(pool) => {
+                no_arrays(sql, params)?;
                 let row = bind_all!(sqlx::query(sql), params).fetch_optional(pool).await?;
                 row.as_ref().map(|r| f(&Row::SqliteRead(r))).transpose()
             }
@@ -311,7 +373,10 @@ impl Tx<'_> {
     /// Runs a statement; returns the rows it changed.
     pub fn execute(&mut self, sql: &str, params: &[P<'_>]) -> DbResult<u64> {
         match &mut self.conn {
-            TxConn::Sqlite(c) => Ok(sqlite::execute(c, sql, params)? as u64),
+            TxConn::Sqlite(c) => {
+                no_arrays(sql, params)?;
+                Ok(sqlite::execute(c, sql, params)? as u64)
+            }
             TxConn::Postgres(s) => s.execute(sql, params),
         }
     }
@@ -324,7 +389,10 @@ impl Tx<'_> {
         mut f: impl FnMut(&Row<'_>) -> DbResult<T>,
     ) -> DbResult<Vec<T>> {
         match &mut self.conn {
-            TxConn::Sqlite(c) => sqlite::query(c, sql, params, f),
+            TxConn::Sqlite(c) => {
+                no_arrays(sql, params)?;
+                sqlite::query(c, sql, params, f)
+            }
             TxConn::Postgres(s) => s.query(sql, params)?.iter().map(|r| f(&Row::Postgres(r))).collect(),
         }
     }

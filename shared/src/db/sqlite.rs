@@ -11,7 +11,7 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::Connection as _;
 
-use super::{DbResult, Kind, Reader, Row, Value, WriterConn, ACQUIRE_TIMEOUT, P};
+use super::{DbResult, Reader, Row, Value, WriterConn, ACQUIRE_TIMEOUT, P};
 use crate::config::DbConfig;
 
 /// Prepared statements kept per writer connection (every statement of the
@@ -78,7 +78,8 @@ impl rusqlite::ToSql for Bound<'_> {
             Value::Int(v) => ValueRef::Integer(v),
             Value::Text(v) => ValueRef::Text(v.as_bytes()),
             Value::Blob(v) => ValueRef::Blob(v),
-            Value::Null(Kind::Int | Kind::Text | Kind::Blob) => ValueRef::Null,
+            // Refused before binding (`no_arrays`).
+            Value::Null(_) | Value::Array(_) => ValueRef::Null,
         }))
     }
 }
