@@ -212,7 +212,8 @@ async fn webshop(args: Vec<String>) -> (i32, String) {
 async fn tester_tools_and_hand_publishing_work_with_the_tester_login(shop: Shop, _kind: BrokerKind) {
     let logins = shop.logins.clone().unwrap();
     let broker = format!("127.0.0.1:{}", shop.broker_port);
-    // The README's hand-published order, with a fresh id.
+    // The hand-published order of docs/PROTOCOL.md ("Publishing by hand"),
+    // with a fresh id.
     let id = new_order_id();
     let readme: Value = json!({"message_id": uuid::Uuid::now_v7(), "type": "order.send", "v": 1,
         "order_id": id, "sent_at": "2026-11-23T17:00:00Z",

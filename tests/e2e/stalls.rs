@@ -93,7 +93,7 @@ async fn no_progress_on_the_bus_is_not_ready_and_recovers() {
     shop.audit().await;
 }
 
-/// The README's chaos run, shortened: 2 % of the nodes' publishes held up
+/// docs/TESTING.md, "held-back PUBACKs": 2 % of the nodes' publishes held up
 /// to 20 s while 32 customers order. No node wedges; every order settles.
 async fn late_pubacks_under_load_stop_no_node(kind: BrokerKind) {
     let faults = Faults { delay: 0.02, max_delay: Duration::from_secs(20), ..no_faults() };
