@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use shared::http::{require_bearer, ApiError};
 use shared::ids::{OrderId, Sku};
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()

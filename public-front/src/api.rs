@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,133 +19,22 @@ use shared::message::{CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, 
 use shared::topics::Topic;
 use time::OffsetDateTime;
 
-use crate::downstream::{Downstream, Order};
-use crate::status::StatusWaiters;
-
-/// Longest a request may take before a 503 (placing an order waits at most
-/// the commit timeout plus a read).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest request body accepted (413 above).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::downstream::Order;
+use crate::state::{AppState, Front};
 
 /// Response header of an order priced from last known prices while
 /// inventory was unreachable: `stale; age=<seconds of the oldest price>`.
 pub const PRICE_SOURCE: &str = "x-price-source";
 
-/// What every request handler reads. axum clones the state for each
-/// extractor of each request, so it is one reference count to clone.
-#[derive(Clone)]
-pub struct AppState(std::sync::Arc<Front>);
-
-impl AppState {
-    pub fn new(front: Front) -> Self {
-        Self(std::sync::Arc::new(front))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Front;
-    fn deref(&self) -> &Front {
-        &self.0
-    }
-}
-
-/// The front's connections and settings, behind [`AppState`] (not to be
-/// confused with the `shared` crate).
-pub struct Front {
-    pub bus: Bus,
-    pub downstream: Downstream,
-    pub waiters: StatusWaiters,
-    pub commit_timeout: Duration,
-    /// How long an order read may be answered from memory (`known.rs`).
-    pub order_cache: Duration,
-    pub admin_token: Option<shared::config::Secret>,
-    pub audit_horizon: Duration,
-    pub max_concurrent_requests: usize,
-    pub cors_origins: Vec<axum::http::HeaderValue>,
-}
-
-pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+/// The customer API: the catalog, and placing, reading and cancelling
+/// orders.
+pub fn routes() -> Router<AppState> {
+    Router::new()
         .route("/api/catalog", get(catalog))
         .route("/api/catalog/{sku}", get(product))
         .route("/api/orders", post(place_order))
         .route("/api/orders/{order_id}", get(get_order))
         .route("/api/orders/{order_id}/cancel", post(cancel_order))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .merge(crate::admin::routes())
-        .route("/metrics", get(metrics_text))
-        .merge(crate::openapi::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .merge(crate::web::routes())
-        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "This endpoint doesn't take that method.",
-            )
-        });
-    hardening(routes, &state).with_state(state)
-}
-
-/// Outermost layers: request ids in and out, metrics, CORS, and load
-/// shedding (503 at once when `max_concurrent_requests` are in flight).
-fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
-    use axum::error_handling::HandleErrorLayer;
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
-        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("prefer"),
-        ])
-        .expose_headers([
-            header::LOCATION,
-            header::RETRY_AFTER,
-            header::ETAG,
-            header::HeaderName::from_static(PRICE_SOURCE),
-        ]);
-    router.layer(
-        tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(axum::middleware::from_fn(|req: axum::extract::Request, next: axum::middleware::Next| {
-                shared::metrics::track_http("public-front", req, next)
-            }))
-            .layer(cors)
-            .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
-                if e.is::<tower::timeout::error::Elapsed>() {
-                    ApiError::unavailable("timeout", "The request took too long; please retry.")
-                } else {
-                    ApiError::unavailable("overloaded", "The shop is busy; please retry shortly.")
-                }
-            }))
-            .load_shed()
-            .concurrency_limit(state.max_concurrent_requests.max(1))
-            .timeout(REQUEST_TIMEOUT),
-    )
-}
-
-async fn metrics_text() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared::metrics::render())
-}
-
-async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    if let Some(reason) = s.bus.not_ready_reason() {
-        return Err(ApiError::unavailable("not_ready", reason));
-    }
-    if let Some(reason) = s.downstream.unreachable().await {
-        return Err(ApiError::unavailable("not_ready", reason));
-    }
-    Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
 /// Query of `GET /api/catalog`.

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -15,8 +15,8 @@ use shared::http::ApiError;
 use shared::ids::OrderId;
 use tokio::time::Instant;
 
-use crate::api::Front;
 use crate::downstream::Order;
+use crate::state::Front;
 
 /// Longest a long poll may wait: well inside the front's request timeout
 /// (30 s), so the answer after the wait still has time for a read.

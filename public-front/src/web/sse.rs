@@ -24,7 +24,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
+use crate::state::AppState;
 use crate::downstream::Downstream;
 
 /// A stream ends after this long and the browser reconnects by itself
