@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use shared::http::ApiError;
+use shared::http::{ApiError, ErrorCode};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
@@ -34,11 +34,11 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::openapi::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .merge(crate::web::routes())
-        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
+        .fallback(|| async { ApiError::not_found(ErrorCode::NoSuchRoute, "There is no such endpoint.") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "This endpoint doesn't take that method.",
             )
         });
@@ -73,9 +73,9 @@ fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
             .layer(cors)
             .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
                 if e.is::<tower::timeout::error::Elapsed>() {
-                    ApiError::unavailable("timeout", "The request took too long; please retry.")
+                    ApiError::unavailable(ErrorCode::Timeout, "The request took too long; please retry.")
                 } else {
-                    ApiError::unavailable("overloaded", "The shop is busy; please retry shortly.")
+                    ApiError::unavailable(ErrorCode::Overloaded, "The shop is busy; please retry shortly.")
                 }
             }))
             .load_shed()
@@ -90,10 +90,10 @@ async fn metrics_text() -> impl IntoResponse {
 
 async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if let Some(reason) = s.bus.not_ready_reason() {
-        return Err(ApiError::unavailable("not_ready", reason));
+        return Err(ApiError::unavailable(ErrorCode::NotReady, reason));
     }
     if let Some(reason) = s.downstream.unreachable().await {
-        return Err(ApiError::unavailable("not_ready", reason));
+        return Err(ApiError::unavailable(ErrorCode::NotReady, reason));
     }
     Ok(Json(serde_json::json!({"status": "ready"})))
 }

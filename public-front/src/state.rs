@@ -41,3 +41,9 @@ pub struct Front {
     pub max_concurrent_requests: usize,
     pub cors_origins: Vec<axum::http::HeaderValue>,
 }
+
+impl shared::http::AdminToken for AppState {
+    fn admin_token(&self) -> Option<&shared::config::Secret> {
+        self.0.admin_token.as_ref()
+    }
+}
