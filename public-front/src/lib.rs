@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use shared::bus::{Bus, BusOptions};
-use shared::topics::Topic;
+use shared::topics::{Consumes, FrontConsumes};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ impl App {
         let (bus, deliveries, bus_task) = Bus::start(
             BusOptions {
                 config: bus_cfg,
-                subscriptions: vec![Topic::OrdersStatus],
+                subscriptions: FrontConsumes::TOPICS.to_vec(),
                 subscription_qos: shared::bus::QoS::AtMostOnce,
                 manual_acks: false,
                 clean_session: true,
