@@ -9,13 +9,20 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use shared::dead_letter::DeadLetter;
 use shared::topics::Role;
 use tokio_util::sync::CancellationToken;
+
+/// The process allocates with jemalloc, Rust and (unprefixed) C alike:
+/// the allocator is the binary's choice, not its libraries'. Why jemalloc:
+/// docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[derive(Parser)]
 #[command(version, about = "A distributed webshop over MQTT")]
@@ -273,111 +280,13 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(up) => run_up(up).await,
         Command::Bench(args) => webshop::tools::bench::run(args).await.map(drop),
-        Command::Node { node, config } => {
-            let default = match node {
-                NodeKind::Broker => "config/broker.toml",
-                NodeKind::Inventory => "config/inventory.toml",
-                NodeKind::Order => "config/order.toml",
-                NodeKind::Front => "config/front.toml",
-            };
-            let path = config.or_else(|| Some(PathBuf::from(default)).filter(|p| p.exists()));
-            let file = path.as_deref();
-            match node {
-                NodeKind::Broker => broker::main_with_config(file).await,
-                NodeKind::Inventory => inventory::main_with_config(file).await,
-                NodeKind::Order => order::main_with_config(file).await,
-                NodeKind::Front => public_front::main_with_config(file).await,
-            }
-        }
-        Command::Config { command: ConfigCommand::Check { file, node } } => {
-            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-            let node = node
-                .or(match stem {
-                    "broker" => Some(NodeKind::Broker),
-                    "inventory" => Some(NodeKind::Inventory),
-                    "order" => Some(NodeKind::Order),
-                    "front" | "public-front" => Some(NodeKind::Front),
-                    _ => None,
-                })
-                .context("can't tell the node from the file name; pass --node")?;
-            // Besides the keys, the files a node loads at start (TLS) and
-            // the OTLP endpoint, so a bad one is named here too.
-            use shared::tls::{bus_transport, load_certs, server_config};
-            let shown = match node {
-                NodeKind::Broker => {
-                    let cfg = shared::config::load::<broker::BrokerConfig>(Some(&file), "WEBSHOP_BROKER__")?;
-                    server_config("tls", &cfg.tls)?;
-                    shared::telemetry::check(&cfg.log)?;
-                    format!("{cfg:#?}")
-                }
-                NodeKind::Inventory => {
-                    let cfg = shared::config::load::<inventory::Config>(Some(&file), inventory::config::ENV_PREFIX)?;
-                    server_config("tls", &cfg.tls)?;
-                    bus_transport(&cfg.bus)?;
-                    shared::telemetry::check(&cfg.log)?;
-                    format!("{cfg:#?}")
-                }
-                NodeKind::Order => {
-                    let cfg = shared::config::load::<order::Config>(Some(&file), order::config::ENV_PREFIX)?;
-                    server_config("tls", &cfg.tls)?;
-                    bus_transport(&cfg.bus)?;
-                    shared::telemetry::check(&cfg.log)?;
-                    format!("{cfg:#?}")
-                }
-                NodeKind::Front => {
-                    let cfg =
-                        shared::config::load::<public_front::Config>(Some(&file), public_front::config::ENV_PREFIX)?;
-                    server_config("tls", &cfg.tls)?;
-                    bus_transport(&cfg.bus)?;
-                    if let Some(ca) = &cfg.downstream_ca_path {
-                        load_certs("downstream_ca_path", ca)?;
-                    }
-                    shared::telemetry::check(&cfg.log)?;
-                    format!("{cfg:#?}")
-                }
-            };
-            println!("{shown}");
-            println!("ok: {} is a valid configuration", file.display());
-            Ok(())
-        }
+        Command::Node { node, config } => node.run(config).await,
+        Command::Config { command: ConfigCommand::Check { file, node } } => check_config(&file, node),
         Command::Audit { inventory_url, order_url, horizon_secs, json, ca_path } => {
-            let down = public_front::downstream::Downstream::with_ca_path(
-                &inventory_url,
-                &order_url,
-                Duration::from_secs(30),
-                ca_path.as_deref(),
-            )?;
-            let report = public_front::audit::run(&down, shared::config::secs(horizon_secs))
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            std::process::exit(if report.passed { 0 } else { 1 });
+            audit(&inventory_url, &order_url, horizon_secs, json, ca_path.as_deref()).await
         }
         Command::Inject { topic, file, times, fresh_ids, bus, login } => {
-            let payload = match file.filter(|f| f.as_os_str() != "-") {
-                Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
-                None => {
-                    let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf)?;
-                    buf
-                }
-            };
-            let n = webshop::tools::inject::run(webshop::tools::inject::Inject {
-                broker: bus.broker,
-                prefix: bus.prefix,
-                topic,
-                payload,
-                times,
-                fresh_ids,
-                credentials: login.credentials(),
-            })
-            .await?;
-            println!("published {n} message(s), all acknowledged by the broker");
-            Ok(())
+            inject(topic, file, times, fresh_ids, bus, login).await
         }
         Command::Capture { out, seconds, bus, login } => {
             let (secs, credentials) = (shared::config::secs(seconds), login.credentials());
@@ -396,7 +305,6 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Chaos { listen, upstream, duplicate, delay, max_delay_ms, reorder, cut, seed, withhold_ack } => {
-            let _telemetry = shared::telemetry::init("webshop-chaos", &Default::default())?;
             let faults = webshop::tools::chaos::Faults {
                 duplicate,
                 delay,
@@ -406,19 +314,7 @@ async fn main() -> anyhow::Result<()> {
                 seed,
                 withhold_ack,
             };
-            let shutdown = CancellationToken::new();
-            let chaos = webshop::tools::chaos::start(listen, upstream, faults, shutdown.clone()).await?;
-            println!("chaos proxy on mqtt://{} -> {upstream} (Ctrl-C to stop)", chaos.addr);
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = tick.tick() => println!("{}", chaos.stats.report()),
-                }
-            }
-            shutdown.cancel();
-            println!("final: {}", chaos.stats.report());
-            Ok(())
+            chaos(listen, upstream, faults).await
         }
         Command::Fuzz { seconds, count, rate, seed, max_bytes, username, password, bus } => {
             let cfg = webshop::tools::fuzz::Fuzz {
@@ -433,47 +329,227 @@ async fn main() -> anyhow::Result<()> {
             };
             let shutdown = CancellationToken::new();
             shared::shutdown::cancel_on_signal(shutdown.clone());
-            let report = webshop::tools::fuzz::run(cfg, shutdown).await?;
-            print!("{report}");
+            print!("{}", webshop::tools::fuzz::run(cfg, shutdown).await?);
             Ok(())
         }
-        Command::DeadLetters { node, replay, bus, login } => {
-            let url = format!("{}/dead-letters?limit=1000", node.trim_end_matches('/'));
-            let letters: Vec<serde_json::Value> =
-                reqwest::get(&url).await.with_context(|| format!("reading {url}"))?.error_for_status()?.json().await?;
-            match replay {
-                None => {
-                    for d in &letters {
-                        println!(
-                            "#{} {} {} bytes order={} reason: {}",
-                            d["id"],
-                            d["topic"].as_str().unwrap_or(""),
-                            d["payload_bytes"],
-                            d["order_id"].as_str().unwrap_or("-"),
-                            d["reason"].as_str().unwrap_or("")
-                        );
-                    }
-                    println!("{} dead letter(s)", letters.len());
-                    Ok(())
-                }
-                Some(id) => {
-                    let d = letters
-                        .iter()
-                        .find(|d| d["id"] == id)
-                        .with_context(|| format!("no dead letter #{id} among the latest 1000"))?;
-                    let payload = d["payload"].as_str().unwrap_or("").as_bytes().to_vec();
-                    if d["payload_bytes"].as_u64() != Some(payload.len() as u64) {
-                        anyhow::bail!("dead letter #{id} was stored truncated; it can't be replayed");
-                    }
-                    let topic = d["topic"].as_str().unwrap_or("").to_owned();
-                    let messages = vec![(topic.clone(), payload)];
-                    webshop::tools::mqtt::publish_all(&bus.broker, login.credentials(), messages).await?;
-                    println!("dead letter #{id} published again to {topic}");
-                    Ok(())
-                }
-            }
+        Command::DeadLetters { node, replay, bus, login } => dead_letters(&node, replay, &bus, login).await,
+    }
+}
+
+impl NodeKind {
+    /// The config file a node reads when none is named, if it exists.
+    fn default_config(self) -> &'static str {
+        match self {
+            NodeKind::Broker => "config/broker.toml",
+            NodeKind::Inventory => "config/inventory.toml",
+            NodeKind::Order => "config/order.toml",
+            NodeKind::Front => "config/front.toml",
         }
     }
+
+    /// The node a config file is for, by its name (`front.toml`, ...).
+    fn from_file_name(file: &Path) -> Option<NodeKind> {
+        match file.file_stem().and_then(|s| s.to_str()).unwrap_or("") {
+            "broker" => Some(NodeKind::Broker),
+            "inventory" => Some(NodeKind::Inventory),
+            "order" => Some(NodeKind::Order),
+            "front" | "public-front" => Some(NodeKind::Front),
+            _ => None,
+        }
+    }
+
+    /// Runs the node as its own binary would.
+    async fn run(self, config: Option<PathBuf>) -> anyhow::Result<()> {
+        let path = config.or_else(|| Some(PathBuf::from(self.default_config())).filter(|p| p.exists()));
+        let file = path.as_deref();
+        match self {
+            NodeKind::Broker => broker::main_with_config(file).await,
+            NodeKind::Inventory => inventory::main_with_config(file).await,
+            NodeKind::Order => order::main_with_config(file).await,
+            NodeKind::Front => public_front::main_with_config(file).await,
+        }
+    }
+}
+
+/// A node's config as `config check` sees it: loaded from the file and the
+/// environment (keys prefixed `ENV_PREFIX`).
+trait NodeConfig: serde::de::DeserializeOwned + serde::Serialize + Default + std::fmt::Debug {
+    const ENV_PREFIX: &'static str;
+    fn opens(&self) -> Opens<'_>;
+}
+
+/// What a node opens at start, besides reading its keys.
+struct Opens<'a> {
+    tls: &'a shared::config::TlsConfig,
+    /// The bus connection (the broker has none).
+    bus: Option<&'a shared::config::BusConfig>,
+    log: &'a shared::config::LogConfig,
+    /// CAs trusted for the nodes' HTTPS (the front's `downstream_ca_path`).
+    ca_path: Option<&'a Path>,
+}
+
+impl NodeConfig for broker::BrokerConfig {
+    const ENV_PREFIX: &'static str = broker::ENV_PREFIX;
+    fn opens(&self) -> Opens<'_> {
+        Opens { tls: &self.tls, bus: None, log: &self.log, ca_path: None }
+    }
+}
+
+impl NodeConfig for inventory::Config {
+    const ENV_PREFIX: &'static str = inventory::config::ENV_PREFIX;
+    fn opens(&self) -> Opens<'_> {
+        Opens { tls: &self.tls, bus: Some(&self.bus), log: &self.log, ca_path: None }
+    }
+}
+
+impl NodeConfig for order::Config {
+    const ENV_PREFIX: &'static str = order::config::ENV_PREFIX;
+    fn opens(&self) -> Opens<'_> {
+        Opens { tls: &self.tls, bus: Some(&self.bus), log: &self.log, ca_path: None }
+    }
+}
+
+impl NodeConfig for public_front::Config {
+    const ENV_PREFIX: &'static str = public_front::config::ENV_PREFIX;
+    fn opens(&self) -> Opens<'_> {
+        Opens { tls: &self.tls, bus: Some(&self.bus), log: &self.log, ca_path: self.downstream_ca_path.as_deref() }
+    }
+}
+
+/// `webshop config check`: loads `file` as its node would and reports the
+/// first bad key or file, or prints the result.
+fn check_config(file: &Path, node: Option<NodeKind>) -> anyhow::Result<()> {
+    let node = node
+        .or_else(|| NodeKind::from_file_name(file))
+        .context("can't tell the node from the file name; pass --node")?;
+    let shown = match node {
+        NodeKind::Broker => loaded::<broker::BrokerConfig>(file)?,
+        NodeKind::Inventory => loaded::<inventory::Config>(file)?,
+        NodeKind::Order => loaded::<order::Config>(file)?,
+        NodeKind::Front => loaded::<public_front::Config>(file)?,
+    };
+    println!("{shown}");
+    println!("ok: {} is a valid configuration", file.display());
+    Ok(())
+}
+
+/// The config in `file` (plus its environment overrides), checked, as the
+/// node would print it. Besides the keys, the files a node loads at start
+/// (TLS) and the OTLP endpoint, so a bad one is named here too.
+fn loaded<C: NodeConfig>(file: &Path) -> anyhow::Result<String> {
+    let cfg = shared::config::load::<C>(Some(file), C::ENV_PREFIX)?;
+    let opens = cfg.opens();
+    shared::tls::server_config("tls", opens.tls)?;
+    if let Some(bus) = opens.bus {
+        shared::tls::bus_transport(bus)?;
+    }
+    if let Some(ca) = opens.ca_path {
+        shared::tls::load_certs("downstream_ca_path", ca)?;
+    }
+    shared::telemetry::check(opens.log)?;
+    Ok(format!("{cfg:#?}"))
+}
+
+/// `webshop audit`: exits 1 when an invariant is broken.
+async fn audit(
+    inventory_url: &str,
+    order_url: &str,
+    horizon_secs: f64,
+    json: bool,
+    ca_path: Option<&Path>,
+) -> anyhow::Result<()> {
+    let down =
+        public_front::downstream::Downstream::with_ca_path(inventory_url, order_url, Duration::from_secs(30), ca_path)?;
+    let report = public_front::audit::run(&down, shared::config::secs(horizon_secs))
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    std::process::exit(if report.passed { 0 } else { 1 });
+}
+
+async fn inject(
+    topic: String,
+    file: Option<PathBuf>,
+    times: usize,
+    fresh_ids: bool,
+    bus: BusArgs,
+    login: Login,
+) -> anyhow::Result<()> {
+    let payload = match file.filter(|f| f.as_os_str() != "-") {
+        Some(f) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+    };
+    let n = webshop::tools::inject::run(webshop::tools::inject::Inject {
+        broker: bus.broker,
+        prefix: bus.prefix,
+        topic,
+        payload,
+        times,
+        fresh_ids,
+        credentials: login.credentials(),
+    })
+    .await?;
+    println!("published {n} message(s), all acknowledged by the broker");
+    Ok(())
+}
+
+/// `webshop chaos`: the proxy until Ctrl-C, with its counts every 5 s.
+async fn chaos(listen: SocketAddr, upstream: SocketAddr, faults: webshop::tools::chaos::Faults) -> anyhow::Result<()> {
+    let _telemetry = shared::telemetry::init("webshop-chaos", &Default::default())?;
+    let shutdown = CancellationToken::new();
+    let chaos = webshop::tools::chaos::start(listen, upstream, faults, shutdown.clone()).await?;
+    println!("chaos proxy on mqtt://{} -> {upstream} (Ctrl-C to stop)", chaos.addr);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => println!("{}", chaos.stats.report()),
+        }
+    }
+    shutdown.cancel();
+    println!("final: {}", chaos.stats.report());
+    Ok(())
+}
+
+/// `webshop dead-letters`: lists a node's dead letters, or publishes one
+/// again.
+async fn dead_letters(node: &str, replay: Option<i64>, bus: &BusArgs, login: Login) -> anyhow::Result<()> {
+    let url = format!("{}/dead-letters?limit=1000", node.trim_end_matches('/'));
+    let letters: Vec<DeadLetter> =
+        reqwest::get(&url).await.with_context(|| format!("reading {url}"))?.error_for_status()?.json().await?;
+    let Some(id) = replay else {
+        for d in &letters {
+            println!(
+                "#{} {} {} bytes order={} reason: {}",
+                d.id,
+                d.topic,
+                d.payload_bytes,
+                d.order_id.as_deref().unwrap_or("-"),
+                d.reason
+            );
+        }
+        println!("{} dead letter(s)", letters.len());
+        return Ok(());
+    };
+    let d = letters
+        .into_iter()
+        .find(|d| d.id == id)
+        .with_context(|| format!("no dead letter #{id} among the latest 1000"))?;
+    if d.payload_bytes != d.payload.len() as i64 {
+        anyhow::bail!("dead letter #{id} was stored truncated; it can't be replayed");
+    }
+    let messages = vec![(d.topic.clone(), d.payload.into_bytes())];
+    webshop::tools::mqtt::publish_all(&bus.broker, login.credentials(), messages).await?;
+    println!("dead letter #{id} published again to {}", d.topic);
+    Ok(())
 }
 
 async fn run_up(up: Up) -> anyhow::Result<()> {

@@ -49,6 +49,10 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// Longest user name or password an MQTT string can carry.
 const MQTT_STRING_MAX: usize = u16::MAX as usize;
 
+/// Environment variables with this prefix override the config file
+/// (`WEBSHOP_BROKER__LISTEN`, `WEBSHOP_BROKER__USERS__ORDER`, ...).
+pub const ENV_PREFIX: &str = "WEBSHOP_BROKER__";
+
 /// Broker settings (`config/broker.toml`, environment `WEBSHOP_BROKER__*`).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -503,7 +507,7 @@ fn export_meters(broker: &rumqttd::Broker) {
 /// What the binary does: load the config (`file`, then `WEBSHOP_BROKER__*`),
 /// start the broker, and run until SIGTERM/Ctrl-C.
 pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let cfg: BrokerConfig = shared::config::load(file, "WEBSHOP_BROKER__")?;
+    let cfg: BrokerConfig = shared::config::load(file, ENV_PREFIX)?;
     let telemetry = shared::telemetry::init("broker", &cfg.log)?;
     tracing::info!(config = ?cfg, ?file, "starting MQTT broker");
     spawn(&cfg)?;

@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
+/// The process allocates with jemalloc, Rust and (unprefixed) C alike:
+/// the allocator is the binary's choice, not its libraries'. Why jemalloc:
+/// docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Used when `--config` is not given and the file exists.
 const DEFAULT_CONFIG: &str = "config/broker.toml";
 

@@ -2,14 +2,13 @@
 //! `GET /products`, `GET /products/{sku}`, `POST /products/lookup`,
 //! `GET /reservations/{order_id}`, `GET /stock`, plus the node routes (added by `shared::node::Service`).
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 
-use axum::http::{HeaderMap, StatusCode};
-use shared::http::{rejection, require_bearer, ApiError};
+use shared::http::{Admin, ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::{OrderId, Sku};
 use shared::node::Node;
 
@@ -41,11 +40,10 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-async fn list(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejection>) -> Result<Json<Page>, ApiError> {
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+async fn list(State(node): State<Node>, Query(q): Query<ListQuery>) -> Result<Json<Page>, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_limit", "limit must be between 1 and 100"));
+        return Err(ApiError::bad_request(ErrorCode::InvalidLimit, "limit must be between 1 and 100"));
     }
     let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
     let (items, more) = store::list_products(&node.db.reader, search, q.cursor.as_deref(), limit).await?;
@@ -53,12 +51,11 @@ async fn list(State(node): State<Node>, q: Result<Query<ListQuery>, QueryRejecti
     Ok(Json(Page { items, next_cursor }))
 }
 
-async fn one(State(node): State<Node>, Path(sku): Path<String>) -> Result<Json<Product>, ApiError> {
-    let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
+async fn one(State(node): State<Node>, PathParam(sku): PathParam<Sku>) -> Result<Json<Product>, ApiError> {
     store::get_product(&node.db.reader, &sku)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown_product", format!("no product with SKU {sku}")))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::UnknownProduct, format!("no product with SKU {sku}")))
 }
 
 #[derive(Deserialize)]
@@ -66,26 +63,20 @@ struct Lookup {
     skus: Vec<Sku>,
 }
 
-async fn lookup(
-    State(node): State<Node>,
-    body: Result<Json<Lookup>, JsonRejection>,
-) -> Result<Json<Vec<Product>>, ApiError> {
-    let Json(body) = body.map_err(|e| rejection(&e, e.status()))?;
+async fn lookup(State(node): State<Node>, Json(body): Json<Lookup>) -> Result<Json<Vec<Product>>, ApiError> {
     if body.skus.len() > 100 {
-        return Err(ApiError::bad_request("too_many_skus", "look up at most 100 SKUs at once"));
+        return Err(ApiError::bad_request(ErrorCode::TooManySkus, "look up at most 100 SKUs at once"));
     }
     Ok(Json(store::get_products(&node.db.reader, &body.skus).await?))
 }
 
 async fn reservation(
     State(node): State<Node>,
-    Path(order_id): Path<String>,
+    PathParam(id): PathParam<OrderId>,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let id = OrderId::parse(&order_id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
-    store::reservation_view(&node.db.reader, id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown_reservation", format!("inventory has no record of order {id}")))
+    store::reservation_view(&node.db.reader, id).await?.map(Json).ok_or_else(|| {
+        ApiError::not_found(ErrorCode::UnknownReservation, format!("inventory has no record of order {id}"))
+    })
 }
 
 #[derive(Deserialize)]
@@ -96,9 +87,8 @@ struct PageQuery {
 
 async fn reservations(
     State(node): State<Node>,
-    q: Result<Query<PageQuery>, QueryRejection>,
+    Query(q): Query<PageQuery>,
 ) -> Result<Json<Vec<ReservationView>>, ApiError> {
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(store::list_reservations(&node.db.reader, q.after.as_deref(), limit).await?))
 }
@@ -109,8 +99,8 @@ async fn stock(State(node): State<Node>) -> Result<Json<Vec<StockView>>, ApiErro
 
 fn admin_error(e: store::AdminError) -> ApiError {
     match e {
-        store::AdminError::Exists(_) => ApiError::conflict("product_exists", e.to_string()),
-        store::AdminError::Unknown(_) => ApiError::not_found("unknown_product", e.to_string()),
+        store::AdminError::Exists(_) => ApiError::conflict(ErrorCode::ProductExists, e.to_string()),
+        store::AdminError::Unknown(_) => ApiError::not_found(ErrorCode::UnknownProduct, e.to_string()),
         store::AdminError::Db(e) => ApiError::internal(e),
     }
 }
@@ -120,14 +110,12 @@ fn admin_error(e: store::AdminError) -> ApiError {
 /// 409 when the SKU is taken by a different product.
 async fn add_product(
     State(node): State<Node>,
-    headers: HeaderMap,
-    body: Result<Json<store::SeedProduct>, JsonRejection>,
+    _: Admin,
+    Json(p): Json<store::SeedProduct>,
 ) -> Result<(StatusCode, Json<Product>), ApiError> {
-    require_bearer(node.admin_token.as_ref(), &headers)?;
-    let Json(p) = body.map_err(|e| rejection(e.body_text(), e.status()))?;
     if p.price_cents < 0 || p.stock < 0 || p.name.trim().is_empty() || p.currency.len() != 3 {
         return Err(ApiError::unprocessable(
-            "invalid_product",
+            ErrorCode::InvalidProduct,
             "price_cents and stock must be >= 0, name non-empty, currency a 3-letter code",
         ));
     }
@@ -146,15 +134,12 @@ struct ProductUpdate {
 /// `PATCH /admin/products/{sku}` (bearer token): set price and/or stock.
 async fn update_product(
     State(node): State<Node>,
-    headers: HeaderMap,
-    Path(sku): Path<String>,
-    body: Result<Json<ProductUpdate>, JsonRejection>,
+    _: Admin,
+    PathParam(sku): PathParam<Sku>,
+    Json(u): Json<ProductUpdate>,
 ) -> Result<Json<Product>, ApiError> {
-    require_bearer(node.admin_token.as_ref(), &headers)?;
-    let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
-    let Json(u) = body.map_err(|e| rejection(e.body_text(), e.status()))?;
     if u.price_cents.is_some_and(|p| p < 0) || u.available.is_some_and(|a| a < 0) {
-        return Err(ApiError::unprocessable("invalid_update", "price_cents and available must be >= 0"));
+        return Err(ApiError::unprocessable(ErrorCode::InvalidUpdate, "price_cents and available must be >= 0"));
     }
     Ok(Json(store::update_product(&node.db, &sku, u.price_cents, u.available).await.map_err(admin_error)?))
 }

@@ -18,6 +18,7 @@ use shared::bus::BusOptions;
 use shared::consumer::ParkingPolicy;
 use shared::db::Db;
 use shared::node::{Node, Service};
+use shared::topics::Consumes;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +62,7 @@ impl App {
         let mut tasks = JoinSet::new();
         let bus = BusOptions {
             config: cfg.bus.clone(),
-            subscriptions: handlers::SUBSCRIPTIONS.to_vec(),
+            subscriptions: shared::topics::InventoryConsumes::TOPICS.to_vec(),
             subscription_qos: shared::bus::QoS::AtLeastOnce,
             manual_acks: true,
             clean_session: false,

@@ -2,6 +2,12 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// The process allocates with jemalloc, Rust and (unprefixed) C alike:
+/// the allocator is the binary's choice, not its libraries'. Why jemalloc:
+/// docs/PERFORMANCE.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Runs this node from its config file; see `config/` for the keys.
 #[derive(Parser)]
 #[command(version)]

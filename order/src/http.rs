@@ -3,13 +3,12 @@
 //! `GET /release-chases` (paged), plus the node routes (added by
 //! `shared::node::Service`).
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
 
-use shared::http::{rejection, ApiError};
+use shared::http::{ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::OrderId;
 use shared::node::Node;
 
@@ -26,12 +25,11 @@ pub fn router(node: Node) -> Router {
         .with_state(node)
 }
 
-async fn one(State(node): State<Node>, Path(id): Path<String>) -> Result<Json<Order>, ApiError> {
-    let id = OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+async fn one(State(node): State<Node>, PathParam(id): PathParam<OrderId>) -> Result<Json<Order>, ApiError> {
     store::read(&node.db.reader, id)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown_order", format!("no order {id}")))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::UnknownOrder, format!("no order {id}")))
 }
 
 #[derive(Deserialize)]
@@ -40,11 +38,7 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(
-    State(node): State<Node>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<Order>>, ApiError> {
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+async fn list(State(node): State<Node>, Query(q): Query<ListQuery>) -> Result<Json<Vec<Order>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(store::list(&node.db.reader, q.after.as_deref(), limit).await?))
 }
@@ -52,9 +46,8 @@ async fn list(
 /// Releases chased for orders known only by their tombstone.
 async fn release_chases(
     State(node): State<Node>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<ReleaseChase>>, ApiError> {
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(store::release_chases(&node.db.reader, q.after.as_deref(), limit).await?))
 }
@@ -63,10 +56,6 @@ async fn counts(State(node): State<Node>) -> Result<Json<Counts>, ApiError> {
     Ok(Json(store::counts(&node.db.reader).await?))
 }
 
-async fn recent(
-    State(node): State<Node>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Vec<Order>>, ApiError> {
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
+async fn recent(State(node): State<Node>, Query(q): Query<ListQuery>) -> Result<Json<Vec<Order>>, ApiError> {
     Ok(Json(store::recent(&node.db.reader, q.limit.unwrap_or(20).clamp(1, 200)).await?))
 }

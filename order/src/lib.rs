@@ -19,6 +19,7 @@ use shared::bus::BusOptions;
 use shared::consumer::ParkingPolicy;
 use shared::db::Db;
 use shared::node::{Node, Service};
+use shared::topics::Consumes;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +48,7 @@ impl App {
         let mut tasks = JoinSet::new();
         let bus = BusOptions {
             config: cfg.bus.clone(),
-            subscriptions: handlers::SUBSCRIPTIONS.to_vec(),
+            subscriptions: shared::topics::OrderConsumes::TOPICS.to_vec(),
             subscription_qos: shared::bus::QoS::AtLeastOnce,
             manual_acks: true,
             clean_session: false,

@@ -13,16 +13,16 @@
 //!   product; set its price or stock (a restock).
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use reqwest::Method;
 use serde_json::{json, Value};
-use shared::http::{require_bearer, ApiError};
+use shared::http::{Admin, ApiError, ErrorCode, PathParam};
 use shared::ids::{OrderId, Sku};
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -37,16 +37,11 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/api/products/{sku}", patch(update_product))
 }
 
-fn authorized(s: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    require_bearer(s.admin_token.as_ref(), headers)?;
-    Ok(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned))
-}
-
 fn node_name(node: &str) -> Result<&'static str, ApiError> {
     match node {
         "inventory" => Ok("inventory"),
         "order" => Ok("order"),
-        _ => Err(ApiError::not_found("unknown_node", "The node must be `inventory` or `order`.")),
+        _ => Err(ApiError::not_found(ErrorCode::UnknownNode, "The node must be `inventory` or `order`.")),
     }
 }
 
@@ -54,13 +49,12 @@ fn node_name(node: &str) -> Result<&'static str, ApiError> {
 /// client error or success, a 503 when it failed.
 fn relay((status, body): (StatusCode, Value)) -> Result<(StatusCode, Json<Value>), ApiError> {
     if status.is_server_error() {
-        return Err(ApiError::unavailable("node_failing", "The node could not answer; please retry shortly."));
+        return Err(ApiError::unavailable(ErrorCode::NodeFailing, "The node could not answer; please retry shortly."));
     }
     Ok((status, Json(body)))
 }
 
-async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorized(&s, &headers)?;
+async fn overview(State(s): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     let d = &s.downstream;
     let ((inv_ready, inv_reason), (ord_ready, ord_reason)) =
         tokio::join!(d.readiness("inventory"), d.readiness("order"));
@@ -103,11 +97,9 @@ async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Result<impl 
 
 async fn timeline(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    _: Admin,
+    PathParam(id): PathParam<OrderId>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorized(&s, &headers)?;
-    let id = OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
     let path = format!("/timeline/{id}");
     let (inv, ord) = tokio::join!(
         s.downstream.node_json::<Vec<Value>>("inventory", &path),
@@ -124,47 +116,38 @@ async fn timeline(
     Ok(Json(entries))
 }
 
-async fn audit(State(s): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
-    authorized(&s, &headers)?;
+async fn audit(State(s): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(crate::audit::run(&s.downstream, s.audit_horizon).await?))
 }
 
 async fn dead_letters(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(node): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    authorized(&s, &headers)?;
     Ok(Json(s.downstream.node_json::<Value>(node_name(&node)?, "/dead-letters?limit=1000").await?))
 }
 
 async fn replay(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Admin { authorization }: Admin,
     Path((node, id)): Path<(String, i64)>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let auth = authorized(&s, &headers)?;
     let path = format!("/dead-letters/{id}/replay");
-    relay(s.downstream.forward(node_name(&node)?, Method::POST, &path, auth.as_deref(), None).await?)
+    relay(s.downstream.forward(node_name(&node)?, Method::POST, &path, authorization.as_deref(), None).await?)
 }
 
-async fn parked(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(node): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    authorized(&s, &headers)?;
+async fn parked(State(s): State<AppState>, _: Admin, Path(node): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(s.downstream.node_json::<Value>(node_name(&node)?, "/parked?limit=1000").await?))
 }
 
 async fn add_product(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Admin { authorization }: Admin,
     Json(body): Json<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let auth = authorized(&s, &headers)?;
-    let answer =
-        s.downstream.forward("inventory", Method::POST, "/admin/products", auth.as_deref(), Some(body)).await?;
+    let auth = authorization.as_deref();
+    let answer = s.downstream.forward("inventory", Method::POST, "/admin/products", auth, Some(body)).await?;
     // The operator should see the change in the catalog at once.
     s.downstream.invalidate();
     relay(answer)
@@ -172,14 +155,12 @@ async fn add_product(
 
 async fn update_product(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    Path(sku): Path<String>,
+    Admin { authorization }: Admin,
+    PathParam(sku): PathParam<Sku>,
     Json(body): Json<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let auth = authorized(&s, &headers)?;
-    let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
     let path = format!("/admin/products/{sku}");
-    let answer = s.downstream.forward("inventory", Method::PATCH, &path, auth.as_deref(), Some(body)).await?;
+    let answer = s.downstream.forward("inventory", Method::PATCH, &path, authorization.as_deref(), Some(body)).await?;
     s.downstream.invalidate();
     relay(answer)
 }

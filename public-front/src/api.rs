@@ -4,148 +4,37 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::bus::Bus;
-use shared::http::{rejection, ApiError};
+use shared::http::{rejection, ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::{Email, IdempotencyKey, OrderId, Quantity, Sku};
 use shared::message::{CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, StatusChanged, MAX_LINES};
 use shared::topics::Topic;
 use time::OffsetDateTime;
 
-use crate::downstream::{Downstream, Order};
-use crate::status::StatusWaiters;
-
-/// Longest a request may take before a 503 (placing an order waits at most
-/// the commit timeout plus a read).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest request body accepted (413 above).
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::downstream::Order;
+use crate::state::{AppState, Front};
 
 /// Response header of an order priced from last known prices while
 /// inventory was unreachable: `stale; age=<seconds of the oldest price>`.
 pub const PRICE_SOURCE: &str = "x-price-source";
 
-/// What every request handler reads. axum clones the state for each
-/// extractor of each request, so it is one reference count to clone.
-#[derive(Clone)]
-pub struct AppState(std::sync::Arc<Front>);
-
-impl AppState {
-    pub fn new(front: Front) -> Self {
-        Self(std::sync::Arc::new(front))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Front;
-    fn deref(&self) -> &Front {
-        &self.0
-    }
-}
-
-/// The front's connections and settings, behind [`AppState`] (not to be
-/// confused with the `shared` crate).
-pub struct Front {
-    pub bus: Bus,
-    pub downstream: Downstream,
-    pub waiters: StatusWaiters,
-    pub commit_timeout: Duration,
-    /// How long an order read may be answered from memory (`known.rs`).
-    pub order_cache: Duration,
-    pub admin_token: Option<shared::config::Secret>,
-    pub audit_horizon: Duration,
-    pub max_concurrent_requests: usize,
-    pub cors_origins: Vec<axum::http::HeaderValue>,
-}
-
-pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
+/// The customer API: the catalog, and placing, reading and cancelling
+/// orders.
+pub fn routes() -> Router<AppState> {
+    Router::new()
         .route("/api/catalog", get(catalog))
         .route("/api/catalog/{sku}", get(product))
         .route("/api/orders", post(place_order))
         .route("/api/orders/{order_id}", get(get_order))
         .route("/api/orders/{order_id}/cancel", post(cancel_order))
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .merge(crate::admin::routes())
-        .route("/metrics", get(metrics_text))
-        .merge(crate::openapi::routes())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .merge(crate::web::routes())
-        .fallback(|| async { ApiError::not_found("no_such_route", "There is no such endpoint.") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "This endpoint doesn't take that method.",
-            )
-        });
-    hardening(routes, &state).with_state(state)
-}
-
-/// Outermost layers: request ids in and out, metrics, CORS, and load
-/// shedding (503 at once when `max_concurrent_requests` are in flight).
-fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
-    use axum::error_handling::HandleErrorLayer;
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-
-    let cors = CorsLayer::new()
-        .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
-        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-            header::HeaderName::from_static("idempotency-key"),
-            header::HeaderName::from_static("prefer"),
-        ])
-        .expose_headers([
-            header::LOCATION,
-            header::RETRY_AFTER,
-            header::ETAG,
-            header::HeaderName::from_static(PRICE_SOURCE),
-        ]);
-    router.layer(
-        tower::ServiceBuilder::new()
-            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-            .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(axum::middleware::from_fn(|req: axum::extract::Request, next: axum::middleware::Next| {
-                shared::metrics::track_http("public-front", req, next)
-            }))
-            .layer(cors)
-            .layer(HandleErrorLayer::new(|e: tower::BoxError| async move {
-                if e.is::<tower::timeout::error::Elapsed>() {
-                    ApiError::unavailable("timeout", "The request took too long; please retry.")
-                } else {
-                    ApiError::unavailable("overloaded", "The shop is busy; please retry shortly.")
-                }
-            }))
-            .load_shed()
-            .concurrency_limit(state.max_concurrent_requests.max(1))
-            .timeout(REQUEST_TIMEOUT),
-    )
-}
-
-async fn metrics_text() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared::metrics::render())
-}
-
-async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    if let Some(reason) = s.bus.not_ready_reason() {
-        return Err(ApiError::unavailable("not_ready", reason));
-    }
-    if let Some(reason) = s.downstream.unreachable().await {
-        return Err(ApiError::unavailable("not_ready", reason));
-    }
-    Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
 /// Query of `GET /api/catalog`.
@@ -167,23 +56,21 @@ pub(crate) struct CatalogQuery {
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn catalog(
     State(s): State<AppState>,
-    q: Result<Query<CatalogQuery>, QueryRejection>,
+    Query(q): Query<CatalogQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     // Parsed by hand: serde reads `limit=` (empty) as absent.
-    let limit =
-        match q.limit.as_deref() {
-            None => 20,
-            Some(l) => l.parse::<i64>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", "limit must be a whole number between 1 and 100")
-            })?,
-        };
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(l) => l.parse::<i64>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidLimit, "limit must be a whole number between 1 and 100")
+        })?,
+    };
     if q.q.as_ref().is_some_and(|q| q.len() > 200) {
-        return Err(ApiError::bad_request("invalid_query", "q must be at most 200 characters"));
+        return Err(ApiError::bad_request(ErrorCode::InvalidQuery, "q must be at most 200 characters"));
     }
     if let Some(c) = &q.cursor {
         Sku::parse(c).map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor from a previous page")
+            ApiError::bad_request(ErrorCode::InvalidCursor, "cursor must be a next_cursor from a previous page")
         })?;
     }
     // The query string inventory gets, built in one canonical order: it is
@@ -218,13 +105,15 @@ pub(crate) struct SkuPath {
     responses((status = 200, body = crate::downstream::Product), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
-pub(crate) async fn product(State(s): State<AppState>, Path(sku): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let sku = Sku::parse(&sku).map_err(|e| ApiError::bad_request("invalid_sku", e.to_string()))?;
+pub(crate) async fn product(
+    State(s): State<AppState>,
+    PathParam(sku): PathParam<Sku>,
+) -> Result<impl IntoResponse, ApiError> {
     s.downstream
         .product(&sku)
         .await?
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown_product", format!("There is no product with SKU {sku}.")))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::UnknownProduct, format!("There is no product with SKU {sku}.")))
 }
 
 /// `POST /api/orders` body.
@@ -283,11 +172,22 @@ pub(crate) struct Accepted {
     version: i64,
 }
 
-fn json_error(e: JsonRejection) -> ApiError {
-    match &e {
-        JsonRejection::JsonSyntaxError(_) => ApiError::bad_request("malformed_json", e.body_text()),
-        JsonRejection::JsonDataError(_) => ApiError::unprocessable("invalid_order", e.body_text()),
-        _ => rejection(e.body_text(), e.status()),
+/// The body of `POST /api/orders`: JSON that doesn't parse is a 400
+/// `malformed_json`, JSON that isn't an order a 422 `invalid_order`.
+impl<S: Send + Sync> FromRequest<S> for PlaceOrder {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<PlaceOrder>::from_request(req, state).await {
+            Ok(axum::Json(order)) => Ok(order),
+            Err(e @ JsonRejection::JsonSyntaxError(_)) => {
+                Err(ApiError::bad_request(ErrorCode::MalformedJson, e.body_text()))
+            }
+            Err(e @ JsonRejection::JsonDataError(_)) => {
+                Err(ApiError::unprocessable(ErrorCode::InvalidOrder, e.body_text()))
+            }
+            Err(e) => Err(rejection(e.body_text(), e.status())),
+        }
     }
 }
 
@@ -337,24 +237,31 @@ fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
 pub(crate) async fn place_order(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<PlaceOrder>, JsonRejection>,
+    // Read after the key is checked: a missing key is named first.
+    body: Result<PlaceOrder, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let key = headers.get("idempotency-key").ok_or_else(|| {
         ApiError::bad_request(
-            "missing_idempotency_key",
+            ErrorCode::MissingIdempotencyKey,
             "Send an Idempotency-Key header so the order can be retried safely.",
         )
     })?;
     let key = key.to_str().ok().and_then(|k| IdempotencyKey::parse(k).ok()).ok_or_else(|| {
-        ApiError::bad_request("invalid_idempotency_key", "The Idempotency-Key must be 1-200 visible ASCII characters.")
+        ApiError::bad_request(
+            ErrorCode::InvalidIdempotencyKey,
+            "The Idempotency-Key must be 1-200 visible ASCII characters.",
+        )
     })?;
-    let Json(req) = body.map_err(json_error)?;
+    let req = body?;
     if req.items.is_empty() {
-        return Err(ApiError::unprocessable("empty_order", "An order needs at least one item."));
+        return Err(ApiError::unprocessable(ErrorCode::EmptyOrder, "An order needs at least one item."));
     }
     if req.items.len() > MAX_LINES {
-        return Err(ApiError::unprocessable("too_many_lines", format!("An order holds at most {MAX_LINES} lines.")));
+        return Err(ApiError::unprocessable(
+            ErrorCode::TooManyLines,
+            format!("An order holds at most {MAX_LINES} lines."),
+        ));
     }
     let order_id = OrderId::from_idempotency_key(&key);
     let fingerprint = hex::encode(Sha256::digest(serde_json::to_vec(&req).unwrap_or_default()));
@@ -425,10 +332,13 @@ async fn price(s: &Front, req: PlaceOrder, fingerprint: String) -> Result<(SendO
     let mut currency: Option<&str> = None;
     for line in &req.items {
         let p = priced.products.iter().find(|p| p.sku == line.sku.as_str()).ok_or_else(|| {
-            ApiError::unprocessable("unknown_sku", format!("There is no product with SKU {}.", line.sku))
+            ApiError::unprocessable(ErrorCode::UnknownSku, format!("There is no product with SKU {}.", line.sku))
         })?;
         if currency.is_some_and(|c| c != p.currency) {
-            return Err(ApiError::unprocessable("mixed_currencies", "All items of an order must share one currency."));
+            return Err(ApiError::unprocessable(
+                ErrorCode::MixedCurrencies,
+                "All items of an order must share one currency.",
+            ));
         }
         currency = Some(&p.currency);
         lines.push(OrderLine { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: p.price_cents });
@@ -452,7 +362,7 @@ fn committed(
 ) -> Result<Response, ApiError> {
     if stored != fingerprint {
         return Err(ApiError::conflict(
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             "This Idempotency-Key was already used for a different order; use a new key for a new order.",
         ));
     }
@@ -469,7 +379,7 @@ async fn committed_before(s: &Front, order_id: OrderId, fingerprint: &str) -> Op
 
 fn not_committed() -> ApiError {
     ApiError::unavailable(
-        "not_committed",
+        ErrorCode::NotCommitted,
         "The order service has not confirmed the request yet. Retry with the same Idempotency-Key; that is safe.",
     )
 }
@@ -477,16 +387,12 @@ fn not_committed() -> ApiError {
 async fn publish(bus: &Bus, topic: &str, payload: Vec<u8>) -> Result<(), ApiError> {
     bus.publish(topic, payload).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
-        ApiError::unavailable("bus_unavailable", "The message bus is not reachable; please retry shortly.")
+        ApiError::unavailable(ErrorCode::BusUnavailable, "The message bus is not reachable; please retry shortly.")
     })
 }
 
-fn parse_order_id(s: &str) -> Result<OrderId, ApiError> {
-    OrderId::parse(s).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))
-}
-
 fn unknown_order(id: OrderId) -> ApiError {
-    ApiError::not_found("unknown_order", format!("There is no order {id}."))
+    ApiError::not_found(ErrorCode::UnknownOrder, format!("There is no order {id}."))
 }
 
 /// An order as customers see it.
@@ -579,12 +485,10 @@ pub(crate) struct IfNoneMatchHeader {
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn get_order(
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    q: Result<Query<OrderQuery>, QueryRejection>,
+    PathParam(id): PathParam<OrderId>,
+    Query(q): Query<OrderQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = parse_order_id(&id)?;
-    let Query(q) = q.map_err(|e| rejection(&e, e.status()))?;
     let wait = q.wait.as_deref().map(crate::poll::parse_wait).transpose()?;
     let version = q.version.as_deref().map(crate::poll::parse_version).transpose()?;
     let have = crate::poll::IfNoneMatch::parse(&headers);
@@ -592,7 +496,7 @@ pub(crate) async fn get_order(
     let wait = match (wait, after) {
         (Some(_), None) => {
             return Err(ApiError::bad_request(
-                "missing_version",
+                ErrorCode::MissingVersion,
                 "wait needs the version you have: version=N or If-None-Match with the order's ETag",
             ))
         }
@@ -627,9 +531,8 @@ pub(crate) async fn get_order(
 pub(crate) async fn cancel_order(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<OrderId>,
 ) -> Result<Response, ApiError> {
-    let id = parse_order_id(&id)?;
     let order = s.downstream.order(id).await?.ok_or_else(|| unknown_order(id))?;
     match order.status {
         OrderStatus::Rejected => return Err(order_rejected()),
@@ -653,14 +556,14 @@ pub(crate) async fn cancel_order(
         // Inventory turned it down while the cancellation was on its way.
         Some((OrderStatus::Rejected, _)) => Err(order_rejected()),
         _ => Err(ApiError::unavailable(
-            "not_committed",
+            ErrorCode::NotCommitted,
             "The order service has not confirmed the cancellation yet. Retrying is safe.",
         )),
     }
 }
 
 fn order_rejected() -> ApiError {
-    ApiError::conflict("order_rejected", "The order was rejected; there is nothing to cancel.")
+    ApiError::conflict(ErrorCode::OrderRejected, "The order was rejected; there is nothing to cancel.")
 }
 
 /// The answer to cancelling an order that is already cancelled: what the

@@ -20,7 +20,7 @@ use moka::future::Cache;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use shared::http::ApiError;
+use shared::http::{ApiError, ErrorCode};
 use shared::ids::{OrderId, Sku};
 use shared::message::{OrderLine, OrderStatus};
 
@@ -348,10 +348,15 @@ fn unshare(e: Arc<ApiError>) -> ApiError {
 fn unavailable(node: &'static str, e: reqwest::Error) -> ApiError {
     tracing::warn!(node, error = %e, "downstream request failed");
     let what = if e.is_timeout() { "did not answer in time" } else { "is not reachable" };
-    ApiError::unavailable(
-        if node == "inventory" { "inventory_unavailable" } else { "order_service_unavailable" },
-        format!("The {node} service {what}; please retry shortly."),
-    )
+    ApiError::unavailable(unavailable_code(node), format!("The {node} service {what}; please retry shortly."))
+}
+
+fn unavailable_code(node: &str) -> ErrorCode {
+    if node == "inventory" {
+        ErrorCode::InventoryUnavailable
+    } else {
+        ErrorCode::OrderServiceUnavailable
+    }
 }
 
 async fn decode<T: DeserializeOwned>(node: &'static str, resp: reqwest::Response) -> Result<Option<T>, ApiError> {
@@ -362,7 +367,7 @@ async fn decode<T: DeserializeOwned>(node: &'static str, resp: reqwest::Response
         s => {
             tracing::warn!(node, status = %s, "downstream error");
             Err(ApiError::unavailable(
-                if node == "inventory" { "inventory_unavailable" } else { "order_service_unavailable" },
+                unavailable_code(node),
                 format!("The {node} service is failing; please retry shortly."),
             ))
         }

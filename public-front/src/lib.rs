@@ -2,9 +2,16 @@
 //! to inventory and order over HTTP; placing and cancelling orders go over
 //! the bus, and are answered once the order service has committed.
 //!
-//! Layout: `api.rs` (routes), `status.rs` (waiting for `orders/status`),
-//! `known.rs` (recent orders, for reads from memory), `poll.rs` (ETags,
-//! long polls), `downstream.rs` (HTTP client to the nodes), `config.rs`.
+//! Layout, from the root down (each layer uses only the ones below it):
+//! - `router.rs`: every route merged, the probes and the outer layers;
+//! - routes: `api.rs` (the customer API), `admin.rs` (the operator API),
+//!   `openapi.rs` (the contract), `web/` (pages and the status stream);
+//! - `state.rs`: what handlers read ([`state::AppState`]); `poll.rs`
+//!   (ETags, long polls) reads orders through it;
+//! - clients and feeds: `downstream.rs` (HTTP client to the nodes),
+//!   `status.rs` (waiting for `orders/status`), `known.rs` (recent orders,
+//!   for reads from memory);
+//! - `audit.rs` (the books audit), `config.rs`.
 
 pub mod admin;
 pub mod api;
@@ -14,6 +21,8 @@ pub mod downstream;
 pub mod known;
 pub mod openapi;
 pub mod poll;
+pub mod router;
+pub mod state;
 pub mod status;
 pub mod web;
 
@@ -21,7 +30,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use shared::bus::{Bus, BusOptions};
-use shared::topics::Topic;
+use shared::topics::{Consumes, FrontConsumes};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +40,7 @@ pub use config::Config;
 pub struct App {
     listener: TcpListener,
     tls: Option<shared::tls::TlsAcceptor>,
-    state: api::AppState,
+    state: state::AppState,
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
     bus_shutdown: CancellationToken,
@@ -60,7 +69,7 @@ impl App {
         let (bus, deliveries, bus_task) = Bus::start(
             BusOptions {
                 config: bus_cfg,
-                subscriptions: vec![Topic::OrdersStatus],
+                subscriptions: FrontConsumes::TOPICS.to_vec(),
                 subscription_qos: shared::bus::QoS::AtMostOnce,
                 manual_acks: false,
                 clean_session: true,
@@ -73,7 +82,7 @@ impl App {
         tasks.spawn(async move {
             let _ = bus_task.await;
         });
-        let state = api::AppState::new(api::Front {
+        let state = state::AppState::new(state::Front {
             bus,
             downstream,
             waiters,
@@ -96,7 +105,7 @@ impl App {
     }
 
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let router = api::router(self.state.clone());
+        let router = router::router(self.state.clone());
         // Live status streams would hold the HTTP drain open: end them first.
         let (shutdown, waiters) = (self.shutdown.clone(), self.state.waiters.clone());
         self.tasks.spawn(async move {

@@ -8,13 +8,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "webshop public API", description = "Catalog, orders and their live status. Errors are RFC 9457 problem+json with a stable `code`."),
     paths(crate::api::catalog, crate::api::product, crate::api::place_order, crate::api::get_order, crate::api::cancel_order),
-    components(schemas(Problem, CatalogPage, Status, Line, crate::downstream::Product, crate::api::PlaceOrder, crate::api::Accepted, crate::api::OrderView)),
+    components(schemas(Problem, shared::http::ErrorCode, CatalogPage, Status, Line, crate::downstream::Product, crate::api::PlaceOrder, crate::api::Accepted, crate::api::OrderView)),
     tags((name = "catalog"), (name = "orders"))
 )]
 pub struct ApiDoc;
@@ -27,7 +27,7 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     /// Stable, machine-readable: e.g. `unknown_sku`, `idempotency_key_reused`.
-    pub code: String,
+    pub code: shared::http::ErrorCode,
     /// What went wrong and what to do, in a sentence.
     pub detail: String,
 }

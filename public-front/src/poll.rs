@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue};
-use shared::http::ApiError;
+use shared::http::{ApiError, ErrorCode};
 use shared::ids::OrderId;
 use tokio::time::Instant;
 
-use crate::api::Front;
 use crate::downstream::Order;
+use crate::state::Front;
 
 /// Longest a long poll may wait: well inside the front's request timeout
 /// (30 s), so the answer after the wait still has time for a read.
@@ -32,7 +32,7 @@ const MIN_RECHECK: Duration = Duration::from_millis(100);
 pub fn parse_wait(s: &str) -> Result<Duration, ApiError> {
     let bad = || {
         ApiError::bad_request(
-            "invalid_wait",
+            ErrorCode::InvalidWait,
             format!("wait must be a duration of at most {}s, like wait=5s or wait=500ms", MAX_WAIT.as_secs()),
         )
     };
@@ -56,7 +56,7 @@ pub fn parse_version(s: &str) -> Result<i64, ApiError> {
     s.parse::<i64>()
         .ok()
         .filter(|v| *v >= 0)
-        .ok_or_else(|| ApiError::bad_request("invalid_version", "version must be a whole number, 0 or more"))
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidVersion, "version must be a whole number, 0 or more"))
 }
 
 /// The RFC 7240 `wait` preference in `Prefer` headers, in seconds, capped

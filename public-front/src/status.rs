@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use shared::bus::Delivery;
 use shared::ids::OrderId;
 use shared::message::{Inbound, OrderStatus, StatusChanged};
-use shared::topics::Topic;
+use shared::topics::{Consumes, FrontConsumes, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -140,10 +140,11 @@ impl StatusWaiters {
                 _ = shutdown.cancelled() => return,
                 d = rx.recv() => match d { Some(d) => d, None => return },
             };
-            let parsed = match Topic::from_path(&prefix, &d.topic) {
-                Some(Topic::OrdersStatus) => Inbound::decode(Topic::OrdersStatus, d.payload.clone())
+            let topic = Topic::from_path(&prefix, &d.topic).and_then(FrontConsumes::from_topic);
+            let parsed = match topic {
+                Some(FrontConsumes::OrdersStatus) => Inbound::decode(Topic::OrdersStatus, d.payload.clone())
                     .and_then(|m| m.body::<StatusChanged>().map(|b| (m, b))),
-                _ => continue,
+                None => continue,
             };
             match parsed {
                 Ok((msg, status)) => {

@@ -39,9 +39,9 @@ use crate::config::BusConfig;
 use crate::topics::Topic;
 
 /// Most QoS 1 publishes a client has out before their PUBACKs, the same as
-/// the embedded broker's window towards each client (`vendor/rumqttd`). At
-/// 100, the front's publishes queued behind the window at a few hundred
-/// concurrent orders, and the services' batches stayed small.
+/// the embedded broker's window towards each client (`vendor/rumqttd`). The
+/// services ack a batch only after it commits, so this window bounds how
+/// many messages their commits can take at once (docs/PERFORMANCE.md).
 pub const INFLIGHT: u16 = 500;
 
 /// How long a publish waits for its PUBACK before it counts as failed.

@@ -2,7 +2,7 @@
 //! so an operator can inspect them. Recording one lets the consumer ack the
 //! message, so poison never blocks what comes behind it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ms;
 use crate::db::{DbResult, Reader, Row, Tx};
@@ -34,8 +34,8 @@ pub fn record(
     Ok(())
 }
 
-/// A dead letter as operators see it.
-#[derive(Debug, Serialize)]
+/// A dead letter as operators see it (`GET /dead-letters` on a node).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub id: i64,
     pub topic: String,

@@ -1,21 +1,118 @@
 //! HTTP plumbing every node uses: one error type rendered as RFC 9457
-//! problem+json, and a server runner (plain or TLS) with graceful shutdown.
+//! problem+json with a code from [`ErrorCode`], extractors that reject
+//! with it ([`Json`], [`Query`], [`PathParam`], [`Admin`]), and a server
+//! runner (plain or TLS) with graceful shutdown.
 
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 use axum::Router;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::ids::{OrderId, ParseError, Sku};
+
+/// Declares [`ErrorCode`] from one table of variant and wire string, so
+/// the string, the enum and the OpenAPI schema can't disagree.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal,)*) => {
+        /// Every machine-readable `code` a node answers with in a
+        /// problem+json body. Clients match on these strings: they never
+        /// change meaning.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+        pub enum ErrorCode {
+            $($(#[$doc])* #[serde(rename = $code)] $variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The admin API is off: no `admin_token` configured.
+    AdminDisabled = "admin_disabled",
+    BodyTooLarge = "body_too_large",
+    BusUnavailable = "bus_unavailable",
+    EmptyOrder = "empty_order",
+    IdempotencyKeyReused = "idempotency_key_reused",
+    /// A 500: the cause is logged, never sent.
+    Internal = "internal",
+    InvalidCursor = "invalid_cursor",
+    InvalidIdempotencyKey = "invalid_idempotency_key",
+    InvalidLimit = "invalid_limit",
+    /// An order body that is JSON but not a valid order.
+    InvalidOrder = "invalid_order",
+    InvalidOrderId = "invalid_order_id",
+    InvalidProduct = "invalid_product",
+    InvalidQuery = "invalid_query",
+    /// A body, path or query axum could not read (see [`rejection`]).
+    InvalidRequest = "invalid_request",
+    InvalidSku = "invalid_sku",
+    InvalidUpdate = "invalid_update",
+    InvalidVersion = "invalid_version",
+    InvalidWait = "invalid_wait",
+    InventoryUnavailable = "inventory_unavailable",
+    MalformedJson = "malformed_json",
+    MethodNotAllowed = "method_not_allowed",
+    MissingIdempotencyKey = "missing_idempotency_key",
+    MissingVersion = "missing_version",
+    MixedCurrencies = "mixed_currencies",
+    NoSuchRoute = "no_such_route",
+    NodeFailing = "node_failing",
+    /// The order service has not confirmed the request: retrying is safe.
+    NotCommitted = "not_committed",
+    NotReady = "not_ready",
+    OrderRejected = "order_rejected",
+    OrderServiceUnavailable = "order_service_unavailable",
+    Overloaded = "overloaded",
+    ProductExists = "product_exists",
+    Timeout = "timeout",
+    TooManyLines = "too_many_lines",
+    TooManySkus = "too_many_skus",
+    /// A dead letter stored truncated, which can't be replayed.
+    Truncated = "truncated",
+    Unauthorized = "unauthorized",
+    UnknownDeadLetter = "unknown_dead_letter",
+    UnknownNode = "unknown_node",
+    UnknownOrder = "unknown_order",
+    UnknownProduct = "unknown_product",
+    UnknownReservation = "unknown_reservation",
+    UnknownSku = "unknown_sku",
+    UnsupportedMediaType = "unsupported_media_type",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// An error a client sees: a status, a stable machine-readable `code` and a
 /// human sentence. 5xx details stay generic; the cause goes to the log.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub detail: String,
     pub retry_after_secs: Option<u32>,
 }
@@ -26,34 +123,38 @@ struct Problem<'a> {
     kind: String,
     title: &'a str,
     status: u16,
-    code: &'a str,
+    code: ErrorCode,
     detail: &'a str,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
         Self { status, code, detail: detail.into(), retry_after_secs: None }
     }
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
-    pub fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
-    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, detail)
     }
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, detail)
     }
     /// A dependency is down or slow; the client may retry after a while.
-    pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn unavailable(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self { retry_after_secs: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail) }
     }
     /// An unexpected failure: logged with its cause, reported generically.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "An internal error occurred; it has been logged.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "An internal error occurred; it has been logged.",
+        )
     }
 }
 
@@ -88,7 +189,7 @@ pub fn require_bearer(token: Option<&crate::config::Secret>, headers: &axum::htt
     let Some(token) = token else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "admin_disabled",
+            ErrorCode::AdminDisabled,
             "The admin API is disabled: set admin_token in this node's config.",
         ));
     };
@@ -103,19 +204,130 @@ pub fn require_bearer(token: Option<&crate::config::Secret>, headers: &axum::htt
     if same {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "A valid admin bearer token is required."))
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "A valid admin bearer token is required."))
     }
 }
 
 /// Maps axum's JSON, path and query rejections into our problem format.
 pub fn rejection(e: impl std::fmt::Display, status: StatusCode) -> ApiError {
     let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        _ => "invalid_request",
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        _ => ErrorCode::InvalidRequest,
     };
     let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
     ApiError::new(status, code, e.to_string())
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        rejection(&e, e.status())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        rejection(&e, e.status())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        rejection(&e, e.status())
+    }
+}
+
+/// A JSON body (and a JSON answer): axum's `Json`, but a body it can't
+/// read is refused with problem+json (see [`rejection`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(Json(value))
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A query string: axum's `Query`, but one it can't read is refused with
+/// problem+json (see [`rejection`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Query(value))
+    }
+}
+
+/// An identifier that a route takes as its one path parameter, parsed at
+/// the edge, and the code it is refused with.
+pub trait FromPath: Sized {
+    const INVALID: ErrorCode;
+    fn parse(s: &str) -> Result<Self, ParseError>;
+}
+
+impl FromPath for OrderId {
+    const INVALID: ErrorCode = ErrorCode::InvalidOrderId;
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        OrderId::parse(s)
+    }
+}
+
+impl FromPath for Sku {
+    const INVALID: ErrorCode = ErrorCode::InvalidSku;
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        Sku::parse(s)
+    }
+}
+
+/// The route's one path parameter as a parsed id (`PathParam<OrderId>`,
+/// `PathParam<Sku>`): one that doesn't parse is a 400 with the id's code
+/// (`invalid_order_id`, `invalid_sku`) and the parser's sentence.
+#[derive(Debug, Clone)]
+pub struct PathParam<T>(pub T);
+
+impl<T: FromPath, S: Send + Sync> FromRequestParts<S> for PathParam<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state).await?;
+        T::parse(&raw).map(PathParam).map_err(|e| ApiError::bad_request(T::INVALID, e.to_string()))
+    }
+}
+
+/// A state that holds the admin bearer token (`admin_token`).
+pub trait AdminToken {
+    fn admin_token(&self) -> Option<&crate::config::Secret>;
+}
+
+/// A request that carries the admin bearer token (see [`require_bearer`]:
+/// 403 when admin is off, 401 when the token is missing or wrong). Holds
+/// the request's `Authorization`, to pass on to another node.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub authorization: Option<String>,
+}
+
+impl<S: AdminToken + Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        require_bearer(state.admin_token(), &parts.headers)?;
+        let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(Admin { authorization })
+    }
 }
 
 /// How long a client may take to send its request headers. `axum::serve`
@@ -195,4 +407,20 @@ pub async fn serve(
         tracing::warn!("some HTTP connections were still busy after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire string of each code is its `as_str`, and no two codes share
+    /// one.
+    #[test]
+    fn codes_serialize_as_their_strings() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+            assert!(seen.insert(code.as_str()), "{code} twice");
+        }
+    }
 }

@@ -37,10 +37,3 @@ pub mod timeline;
 pub mod tls;
 pub mod topics;
 pub mod trace;
-
-/// Every binary that links `shared` (the `webshop` command, each node's
-/// own binary, the tests) allocates with jemalloc: glibc's malloc and free
-/// were a fifth of the front's CPU at full load (`webshop bench`), and
-/// jemalloc costs a few MB per process, not mimalloc's ~24 MB.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

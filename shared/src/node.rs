@@ -51,6 +51,12 @@ pub struct NodeStats {
     pub dead_letters: i64,
 }
 
+impl crate::http::AdminToken for Node {
+    fn admin_token(&self) -> Option<&crate::config::Secret> {
+        self.admin_token.as_ref()
+    }
+}
+
 impl Node {
     /// Starts the node's background tasks on `tasks`. Fails only on bad bus
     /// TLS settings.
@@ -240,7 +246,7 @@ pub fn routes(node: Node) -> axum::Router {
     use axum::routing::{get, post};
     use axum::Json;
 
-    use crate::http::{require_bearer, ApiError};
+    use crate::http::{require_bearer, ApiError, ErrorCode, PathParam};
 
     #[derive(serde::Deserialize)]
     struct Limit {
@@ -253,7 +259,7 @@ pub fn routes(node: Node) -> axum::Router {
     async fn readyz(State(node): State<Node>) -> Result<impl IntoResponse, ApiError> {
         match node.not_ready_reason().await {
             None => Ok(Json(serde_json::json!({"status": "ready"}))),
-            Some(reason) => Err(ApiError::unavailable("not_ready", reason)),
+            Some(reason) => Err(ApiError::unavailable(ErrorCode::NotReady, reason)),
         }
     }
     async fn stats(State(node): State<Node>) -> Result<impl IntoResponse, ApiError> {
@@ -269,9 +275,10 @@ pub fn routes(node: Node) -> axum::Router {
     async fn parked(State(node): State<Node>, Query(q): Query<Limit>) -> Result<impl IntoResponse, ApiError> {
         Ok(Json(parking::list(&node.db.reader, q.limit.unwrap_or(100).clamp(1, 1000)).await?))
     }
-    async fn timeline(State(node): State<Node>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-        let id =
-            crate::ids::OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+    async fn timeline(
+        State(node): State<Node>,
+        PathParam(id): PathParam<crate::ids::OrderId>,
+    ) -> Result<impl IntoResponse, ApiError> {
         Ok(Json(crate::timeline::for_order(&node.db.reader, &id.to_string()).await?))
     }
     /// Applies a dead letter again (after the cause was fixed) and forgets
@@ -288,10 +295,10 @@ pub fn routes(node: Node) -> axum::Router {
         require_bearer(node.admin_token.as_ref(), &headers)?;
         let letter = dead_letter::get(&node.db.reader, id)
             .await?
-            .ok_or_else(|| ApiError::not_found("unknown_dead_letter", format!("no dead letter #{id}")))?;
+            .ok_or_else(|| ApiError::not_found(ErrorCode::UnknownDeadLetter, format!("no dead letter #{id}")))?;
         if letter.payload.len() as i64 != letter.payload_bytes {
             return Err(ApiError::conflict(
-                "truncated",
+                ErrorCode::Truncated,
                 "This dead letter was stored truncated; it can't be replayed.",
             ));
         }

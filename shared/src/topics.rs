@@ -74,6 +74,64 @@ impl Topic {
     }
 }
 
+/// What one service consumes: a subset of [`Topic`] as an enum of its
+/// own, declared with [`consumed_topics!`]. The service's dispatch matches
+/// it exhaustively (a topic added here is a compile error until it is
+/// handled), its subscriptions are [`Consumes::TOPICS`], and so is its
+/// [`Role::subscribes`] entry: one list, three uses.
+pub trait Consumes: Sized + Copy + 'static {
+    /// Every topic consumed, as `Self`.
+    const ALL: &'static [Self];
+    /// The same topics, as [`Topic`]s: what the service subscribes to.
+    const TOPICS: &'static [Topic];
+
+    fn topic(self) -> Topic;
+
+    /// The consumed topic `topic` is, if the service consumes it.
+    fn from_topic(topic: Topic) -> Option<Self> {
+        Self::ALL.iter().copied().find(|c| c.topic() == topic)
+    }
+}
+
+/// Declares a [`Consumes`] enum whose variants are named after the
+/// [`Topic`]s they stand for.
+#[macro_export]
+macro_rules! consumed_topics {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($variant),+
+        }
+
+        impl $crate::topics::Consumes for $name {
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            const TOPICS: &'static [$crate::topics::Topic] = &[$($crate::topics::Topic::$variant),+];
+
+            fn topic(self) -> $crate::topics::Topic {
+                match self {
+                    $($name::$variant => $crate::topics::Topic::$variant),+
+                }
+            }
+        }
+    };
+}
+
+consumed_topics! {
+    /// What public-front consumes (`public-front/src/status.rs`).
+    pub enum FrontConsumes { OrdersStatus }
+}
+
+consumed_topics! {
+    /// What the order service consumes (`order/src/handlers/`).
+    pub enum OrderConsumes { OrdersSend, OrdersCancel, InStock, OutOfStock, Released }
+}
+
+consumed_topics! {
+    /// What the inventory service consumes (`inventory/src/handlers/`).
+    pub enum InventoryConsumes { OrdersSend, OrdersCancelled }
+}
+
 /// What a client on the bus is, and so what it may publish and subscribe
 /// to. The table is the code's own: each node publishes what its outbox
 /// enqueues and subscribes to what its handlers consume.
@@ -118,14 +176,13 @@ impl Role {
         }
     }
 
-    /// The topics this role may subscribe to; `None`: any filter.
+    /// The topics this role may subscribe to (what its service consumes);
+    /// `None`: any filter.
     pub fn subscribes(self) -> Option<&'static [Topic]> {
         match self {
-            Role::Front => Some(&[Topic::OrdersStatus]),
-            Role::Order => {
-                Some(&[Topic::OrdersSend, Topic::OrdersCancel, Topic::InStock, Topic::OutOfStock, Topic::Released])
-            }
-            Role::Inventory => Some(&[Topic::OrdersSend, Topic::OrdersCancelled]),
+            Role::Front => Some(FrontConsumes::TOPICS),
+            Role::Order => Some(OrderConsumes::TOPICS),
+            Role::Inventory => Some(InventoryConsumes::TOPICS),
             Role::Tester => None,
         }
     }
@@ -221,6 +278,21 @@ mod tests {
             assert!(!r.may_publish(p, "elsewhere/orders/send"));
         }
         assert!(Role::Tester.may_publish(p, "anything/at/all"));
+    }
+
+    #[test]
+    fn consumed_topics_map_both_ways() {
+        fn check<C: Consumes + std::fmt::Debug + PartialEq>() {
+            assert_eq!(C::ALL.len(), C::TOPICS.len());
+            for (c, t) in C::ALL.iter().zip(C::TOPICS) {
+                assert_eq!(c.topic(), *t);
+                assert_eq!(C::from_topic(*t), Some(*c));
+            }
+        }
+        check::<FrontConsumes>();
+        check::<OrderConsumes>();
+        check::<InventoryConsumes>();
+        assert_eq!(InventoryConsumes::from_topic(Topic::OrdersCancel), None);
     }
 
     #[test]

@@ -1,30 +1,14 @@
 //! W3C trace context across the bus. The front starts a trace per request
 //! (or continues the caller's `traceparent`) and puts it in the envelope;
-//! a consumer applies each message inside [`scope`] with the message's
-//! trace context, and [`crate::outbox::enqueue`] stamps that context on
-//! every event the handler writes. One order's path, front → order and
+//! a consumer applies each message with the message's trace context on its
+//! transaction (`Tx::traceparent`), and [`crate::outbox::enqueue`] stamps
+//! that context on every event the handler writes. One order's path, front → order and
 //! inventory → front, is therefore one trace id in every log line.
 //!
 //! When spans are exported ([`crate::telemetry`]), [`link`] also makes each
 //! hop's span the child of the span that sent the message, and stamps that
 //! span as the parent on what it sends on: the exported trace is the
 //! order's whole path as one tree.
-
-use std::future::Future;
-
-tokio::task_local! {
-    static CURRENT: Option<String>;
-}
-
-/// Runs `fut` with `traceparent` as the current trace context.
-pub async fn scope<F: Future>(traceparent: Option<String>, fut: F) -> F::Output {
-    CURRENT.scope(traceparent, fut).await
-}
-
-/// The trace context of the message being handled, if any.
-pub fn current() -> Option<String> {
-    CURRENT.try_with(|tp| tp.clone()).ok().flatten()
-}
 
 /// A new root `traceparent` (version 00, sampled).
 pub fn new_traceparent() -> String {
@@ -66,12 +50,11 @@ pub fn trace_id(traceparent: Option<&str>) -> &str {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn scope_carries_the_context() {
+    #[test]
+    fn new_traceparents_parse_and_malformed_ones_dont() {
         let tp = new_traceparent();
         assert!(parse(&tp).is_some());
-        assert_eq!(scope(Some(tp.clone()), async { current() }).await, Some(tp));
-        assert_eq!(current(), None);
+        assert_eq!(trace_id(Some(&tp)).len(), 32);
         assert!(parse("00-xyz-1-01").is_none());
     }
 }

@@ -1,4 +1,6 @@
-//! Where inventory handles each topic it consumes, one file per topic:
+//! Where inventory handles each topic it consumes
+//! ([`shared::topics::InventoryConsumes`]: also what it subscribes to), one
+//! file per topic:
 //! - `orders/send` → [`orders_send`]: reserve all lines or reject;
 //! - `orders/cancelled` → [`orders_cancelled`]: release, or tombstone.
 
@@ -9,13 +11,10 @@ use shared::consumer::{HandleError, Handler, Outcome};
 use shared::db::{Backend, DbResult, Tx};
 use shared::ids::Sku;
 use shared::message::{Inbound, SendOrder};
-use shared::topics::Topic;
+use shared::topics::{Consumes, InventoryConsumes};
 
 use crate::domain::Reservation;
 use crate::store::Stock;
-
-/// The topics inventory subscribes to.
-pub const SUBSCRIPTIONS: [Topic; 2] = [Topic::OrdersSend, Topic::OrdersCancelled];
 
 /// Dispatches a decoded message to its topic's handler.
 pub struct InventoryHandler {
@@ -34,10 +33,11 @@ impl Handler for InventoryHandler {
     type Batch = Stock;
 
     fn handle(&self, tx: &mut Tx<'_>, stock: &mut Stock, msg: &Inbound) -> Result<Outcome, HandleError> {
-        match msg.topic {
-            Topic::OrdersSend => orders_send::handle(tx, stock, msg, self.price_grace_ms),
-            Topic::OrdersCancelled => orders_cancelled::handle(tx, stock, msg),
-            other => Ok(Outcome::Ignored(other.suffix())),
+        match InventoryConsumes::from_topic(msg.topic) {
+            Some(InventoryConsumes::OrdersSend) => orders_send::handle(tx, stock, msg, self.price_grace_ms),
+            Some(InventoryConsumes::OrdersCancelled) => orders_cancelled::handle(tx, stock, msg),
+            // Not subscribed: only a misrouting broker delivers it.
+            None => Ok(Outcome::Ignored(msg.topic.suffix())),
         }
     }
 
@@ -53,19 +53,19 @@ impl Handler for InventoryHandler {
         stock.read_reservations(tx, msgs.iter().map(|m| m.order_id()))?;
         let mut skus: Vec<Sku> = Vec::new();
         for msg in msgs {
-            match msg.topic {
-                Topic::OrdersSend => {
+            match InventoryConsumes::from_topic(msg.topic) {
+                Some(InventoryConsumes::OrdersSend) => {
                     // A body that doesn't parse is refused by its handler.
                     if let Ok(order) = msg.body::<SendOrder>() {
                         skus.extend(order.items.into_iter().map(|l| l.sku));
                     }
                 }
-                Topic::OrdersCancelled => {
+                Some(InventoryConsumes::OrdersCancelled) => {
                     if let Some(Reservation::Reserved { lines, .. }) = stock.reservation(tx, msg.order_id())? {
                         skus.extend(lines.into_iter().map(|(sku, _)| sku));
                     }
                 }
-                _ => {}
+                None => {}
             }
         }
         stock.lock(tx, skus.iter())

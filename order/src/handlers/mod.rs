@@ -1,5 +1,6 @@
-//! Where the order service handles each topic it consumes, one file per
-//! topic:
+//! Where the order service handles each topic it consumes
+//! ([`shared::topics::OrderConsumes`]: also what it subscribes to), one file
+//! per topic:
 //! - `orders/send` → [`orders_send`]: create the order (or repeat its status);
 //! - `orders/cancel` → [`orders_cancel`]: cancel, or tombstone if unseen;
 //! - `inventory/in-stock` → [`in_stock`]: confirm;
@@ -21,14 +22,10 @@ use shared::consumer::{HandleError, Handler, Outcome};
 use shared::db::{Backend, DbResult, Tx};
 use shared::message::{Inbound, OrderSnapshot, ReleaseRequested, StatusChanged};
 use shared::outbox;
-use shared::topics::Topic;
+use shared::topics::{Consumes, OrderConsumes, Topic};
 
 use crate::domain::{self, Input, Order, Step};
 use crate::store::Orders;
-
-/// The topics the order service subscribes to.
-pub const SUBSCRIPTIONS: [Topic; 5] =
-    [Topic::OrdersSend, Topic::OrdersCancel, Topic::InStock, Topic::OutOfStock, Topic::Released];
 
 /// Dispatches a decoded message to its topic's handler.
 pub struct OrderHandler {
@@ -40,13 +37,14 @@ impl Handler for OrderHandler {
     type Batch = Orders;
 
     fn handle(&self, tx: &mut Tx<'_>, orders: &mut Orders, msg: &Inbound) -> Result<Outcome, HandleError> {
-        match msg.topic {
-            Topic::OrdersSend => orders_send::handle(self, tx, orders, msg),
-            Topic::OrdersCancel => orders_cancel::handle(self, tx, orders, msg),
-            Topic::InStock => in_stock::handle(self, tx, orders, msg),
-            Topic::OutOfStock => out_of_stock::handle(self, tx, orders, msg),
-            Topic::Released => released::handle(self, tx, orders, msg),
-            other => Ok(Outcome::Ignored(other.suffix())),
+        match OrderConsumes::from_topic(msg.topic) {
+            Some(OrderConsumes::OrdersSend) => orders_send::handle(self, tx, orders, msg),
+            Some(OrderConsumes::OrdersCancel) => orders_cancel::handle(self, tx, orders, msg),
+            Some(OrderConsumes::InStock) => in_stock::handle(self, tx, orders, msg),
+            Some(OrderConsumes::OutOfStock) => out_of_stock::handle(self, tx, orders, msg),
+            Some(OrderConsumes::Released) => released::handle(self, tx, orders, msg),
+            // Not subscribed: only a misrouting broker delivers it.
+            None => Ok(Outcome::Ignored(msg.topic.suffix())),
         }
     }
 

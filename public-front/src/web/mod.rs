@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// One embedded file.
 struct Asset {

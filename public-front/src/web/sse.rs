@@ -11,21 +11,21 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::HeaderName;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures_util::Stream;
 use serde::Serialize;
-use shared::http::ApiError;
+use shared::http::{ApiError, ErrorCode, PathParam};
 use shared::ids::OrderId;
 use shared::message::{OrderStatus, StatusChanged};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::downstream::Downstream;
+use crate::state::AppState;
 
 /// A stream ends after this long and the browser reconnects by itself
 /// (`EventSource` does), getting the current status first. Status events
@@ -67,15 +67,17 @@ impl StatusEvent {
     }
 }
 
-pub async fn order_events(State(s): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let order_id = OrderId::parse(&id).map_err(|e| ApiError::bad_request("invalid_order_id", e.to_string()))?;
+pub async fn order_events(
+    State(s): State<AppState>,
+    PathParam(order_id): PathParam<OrderId>,
+) -> Result<impl IntoResponse, ApiError> {
     // Subscribe before reading, so a change between the two is not lost.
     let live = s.waiters.subscribe();
     let order = s
         .downstream
         .order(order_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("unknown_order", format!("There is no order {order_id}.")))?;
+        .ok_or_else(|| ApiError::not_found(ErrorCode::UnknownOrder, format!("There is no order {order_id}.")))?;
     let current = StatusEvent { order_id, status: order.status, version: order.version, reason: order.reason.clone() };
     let feed = Feed {
         downstream: s.downstream.clone(),
