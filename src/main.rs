@@ -189,7 +189,7 @@ enum Command {
     },
     /// Measure throughput and latency percentiles (catalog reads, orders and
     /// cancels end to end) next to reference limits of this machine.
-    Bench(webshop::tools::bench::Args),
+    Bench(Box<webshop::tools::bench::Args>),
 }
 
 #[derive(Subcommand)]
@@ -279,7 +279,7 @@ struct Up {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(up) => run_up(up).await,
-        Command::Bench(args) => webshop::tools::bench::run(args).await.map(drop),
+        Command::Bench(args) => webshop::tools::bench::run(*args).await.map(drop),
         Command::Node { node, config } => node.run(config).await,
         Command::Config { command: ConfigCommand::Check { file, node } } => check_config(&file, node),
         Command::Audit { inventory_url, order_url, horizon_secs, json, ca_path } => {

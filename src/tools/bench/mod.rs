@@ -57,6 +57,27 @@ pub enum Phase {
     Open,
 }
 
+/// Where a shop the bench starts keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Store {
+    /// SQLite files in a temp directory, at --synchronous.
+    Sqlite,
+    /// Schemas of their own in the --db-url database.
+    Postgres,
+}
+
+impl Store {
+    /// What a phase on this store adds to its name (none for the first
+    /// store, so a single-store report reads as before).
+    fn suffix(self, first: bool) -> String {
+        match (first, self) {
+            (true, _) => String::new(),
+            (false, Store::Sqlite) => "@sqlite".into(),
+            (false, Store::Postgres) => "@postgres".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Observe {
     /// Subscribe to `orders/status` on the broker (no load on the shop).
@@ -96,11 +117,16 @@ pub struct Args {
     /// references: FULL (durable: fsync per commit) or NORMAL.
     #[arg(long, default_value = "FULL")]
     pub synchronous: String,
-    /// Run the shop the bench starts on this PostgreSQL database
+    /// A PostgreSQL database to run the load phases on too
     /// (postgres://user@host:port/database, password from PGPASSWORD), in
-    /// schemas of its own that it drops afterwards.
+    /// schemas of its own that the bench drops afterwards: the phases run
+    /// on SQLite, then again on PostgreSQL, in one report.
     #[arg(long, value_name = "URL", env = "WEBSHOP_DB_URL", hide_env_values = true)]
     pub db_url: Option<String>,
+    /// The stores the load phases run on, in order (default: SQLite, and
+    /// PostgreSQL after it when --db-url is given).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub stores: Vec<Store>,
     /// Run broker and nodes as separate `webshop node` processes, to see
     /// each node's CPU and memory.
     #[arg(long)]
@@ -182,14 +208,18 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
     let mut phases = Vec::new();
     let mut memory: Vec<procfs::Usage> = Vec::new();
     let mut shop_kind = String::from("not started (reference phases only)");
-    let settings = shop_settings(&args, &synchronous);
+    let mut stores = Vec::new();
     if wants_load {
-        let shop = start_shop(&args, &settings).await?;
-        shop_kind = shop.kind.to_owned();
-        let result = run_load(&args, &shop, &mut phases, &mut memory).await;
-        shop.stop().await;
-        settings.clean_up().await;
-        result?;
+        for (i, store) in stores_to_run(&args)?.into_iter().enumerate() {
+            let settings = shop_settings(&args, &synchronous, store);
+            let shop = start_shop(&args, &settings).await?;
+            shop_kind = shop.kind.to_owned();
+            stores.push(settings.store());
+            let result = run_load(&args, &shop, &store.suffix(i == 0), &mut phases, &mut memory).await;
+            shop.stop().await;
+            settings.clean_up().await;
+            result?;
+        }
     }
 
     let mut result = BenchResult {
@@ -198,7 +228,7 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
         machine: procfs::machine(),
         settings: Settings {
             shop: shop_kind,
-            store: settings.store(),
+            store: stores.join("; then "),
             synchronous,
             log_filter: args.log.clone(),
             observe: match args.observe {
@@ -272,13 +302,35 @@ async fn references_in_child(args: &Args, phases: &[Phase]) -> anyhow::Result<Re
     Ok(serde_json::from_value(result["references"].clone())?)
 }
 
-fn shop_settings(args: &Args, synchronous: &str) -> shop::Settings {
+/// The stores the load phases run on: as asked, or SQLite and, with
+/// --db-url, PostgreSQL after it.
+fn stores_to_run(args: &Args) -> anyhow::Result<Vec<Store>> {
+    if args.front_url.is_some() {
+        return Ok(vec![Store::Sqlite]);
+    }
+    let stores = match (args.stores.is_empty(), &args.db_url) {
+        (false, _) => args.stores.clone(),
+        (true, Some(_)) => vec![Store::Sqlite, Store::Postgres],
+        (true, None) => vec![Store::Sqlite],
+    };
+    anyhow::ensure!(
+        args.db_url.is_some() || !stores.contains(&Store::Postgres),
+        "--stores postgres needs --db-url (or WEBSHOP_DB_URL)"
+    );
+    Ok(stores)
+}
+
+fn shop_settings(args: &Args, synchronous: &str, store: Store) -> shop::Settings {
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let postgres = match store {
+        Store::Sqlite => None,
+        Store::Postgres => args.db_url.clone().map(|url| shop::BenchDb { url, run: run[..8].to_owned() }),
+    };
     shop::Settings {
         synchronous: synchronous.to_owned(),
         log: args.log.clone(),
         admin_token: format!("bench-{run}"),
-        postgres: args.db_url.clone().map(|url| shop::BenchDb { url, run: run[..8].to_owned() }),
+        postgres,
     }
 }
 
@@ -302,6 +354,7 @@ async fn start_shop(args: &Args, settings: &shop::Settings) -> anyhow::Result<Sh
 async fn run_load(
     args: &Args,
     shop: &Shop,
+    suffix: &str,
     phases: &mut Vec<PhaseResult>,
     memory: &mut Vec<procfs::Usage>,
 ) -> anyhow::Result<()> {
@@ -388,7 +441,12 @@ async fn run_load(
             Some(r) => load::open(&load, work, r, warmup, duration, args.max_inflight).await,
             None => load::closed(&load, work, concurrency, warmup, duration).await,
         };
-        let resources = sampler.finish().await;
+        let resources: Vec<procfs::Usage> = sampler
+            .finish()
+            .await
+            .into_iter()
+            .map(|u| procfs::Usage { node: format!("{}{suffix}", u.node), ..u })
+            .collect();
         for u in &resources {
             match memory.iter_mut().find(|m| m.node == u.node) {
                 Some(m) => {
@@ -399,6 +457,7 @@ async fn run_load(
                 None => memory.push(u.clone()),
             }
         }
+        let name = format!("{name}{suffix}");
         phases.push(PhaseResult { name, description, mode, concurrency: conc, rate_per_s: rate, measured, resources });
     }
     Ok(())

@@ -258,6 +258,20 @@ impl BenchResult {
                 "peak resident memory (VmHWM) of each node process".into()
             },
         });
+        if let (Some(sqlite), Some(postgres)) = (self.phase("order-closed"), self.phase("order-closed@postgres")) {
+            let (a, b) = (sqlite.measured.throughput_per_s, postgres.measured.throughput_per_s);
+            t.push(Target {
+                target: "PostgreSQL ≥ half of SQLite's confirmed orders/s, closed loop".into(),
+                measured: format!(
+                    "{b:.0} against {a:.0} orders/s ({:.0} %), p99 {:.0} against {:.0} ms",
+                    100.0 * b / a.max(1e-9),
+                    postgres.measured.latency.p99_ms,
+                    sqlite.measured.latency.p99_ms
+                ),
+                met: Some(b >= a / 2.0),
+                note: "same run, one store after the other".into(),
+            });
+        }
         self.targets = t;
     }
 
