@@ -62,6 +62,10 @@ pub(super) async fn open(cfg: &DbConfig, migrator: &Migrator) -> anyhow::Result<
         .await
         .with_context(what)?;
     migrator.run(&reader).await.context("migrating the PostgreSQL database")?;
+    // The writer plans each statement for its parameters: a plan cached
+    // while a table was nearly empty (a sequential scan) would otherwise
+    // stay in use for a batch's `= ANY($1)` reads as the table grows.
+    let options = options.options([("plan_cache_mode", "force_custom_plan")]);
     let conn = PgConnection::connect_with(&options).await.with_context(what)?;
     let session = Session { rt: Handle::current(), options, conn: Some(conn), changes: 0 };
     Ok((Reader::Postgres(reader), WriterConn::Postgres(Box::new(session))))
