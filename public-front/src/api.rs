@@ -17,9 +17,9 @@ use shared::http::{rejection, ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::{Email, IdempotencyKey, OrderId, Quantity, Sku};
 use shared::message::{CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, StatusChanged, MAX_LINES};
 use shared::topics::Topic;
+use shared::view::Order;
 use time::OffsetDateTime;
 
-use crate::downstream::Order;
 use crate::state::{AppState, Front};
 
 /// Response header of an order priced from last known prices while
@@ -102,7 +102,7 @@ pub(crate) struct SkuPath {
 
 /// One product.
 #[utoipa::path(get, path = "/api/catalog/{sku}", tag = "catalog", params(SkuPath),
-    responses((status = 200, body = crate::downstream::Product), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+    responses((status = 200, body = shared::view::Product), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn product(
@@ -165,7 +165,6 @@ pub(crate) struct PreferHeader {
 pub(crate) struct Accepted {
     #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
-    #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
     /// The order's version with that status: pass it as `version` to a
     /// long poll (`GET /api/orders/{order_id}?wait=5s&version=N`).
@@ -400,11 +399,9 @@ fn unknown_order(id: OrderId) -> ApiError {
 pub(crate) struct OrderView {
     #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
-    #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
     /// Bumped by every status change.
     version: i64,
-    #[schema(value_type = Vec<crate::openapi::Line>)]
     items: Vec<OrderLine>,
     currency: String,
     total_cents: i64,
