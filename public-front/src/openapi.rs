@@ -52,3 +52,16 @@ pub fn routes() -> Router<AppState> {
         .route("/api/openapi.json", get(|| async { Json(ApiDoc::openapi()).into_response() }))
         .route("/api/docs", get(|| async { Html(DOCS_PAGE) }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_code_schema_lists_the_codes_sent() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let listed = &doc["components"]["schemas"]["ErrorCode"]["enum"];
+        let sent: Vec<&str> = shared::http::ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, &serde_json::json!(sent));
+    }
+}
