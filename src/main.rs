@@ -552,6 +552,8 @@ async fn dead_letters(node: &str, replay: Option<i64>, bus: &BusArgs, login: Log
     Ok(())
 }
 
+/// `webshop up`: the broker (unless external) and the three nodes, until
+/// Ctrl-C or SIGTERM.
 async fn run_up(up: Up) -> anyhow::Result<()> {
     let log = shared::config::LogConfig {
         filter: up.log.clone(),
@@ -561,94 +563,148 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
     // One subscriber and one exporter for all three nodes; spans tell the
     // nodes apart by their `node` attribute. Dropped at the end: flushes.
     let _telemetry = shared::telemetry::init("webshop", &log)?;
+    let broker = start_broker(&up)?;
+    let shutdown = CancellationToken::new();
+    shared::shutdown::cancel_on_signal(shutdown.clone());
+    let nodes = Nodes::build(&up, &broker, &log, shutdown).await?;
+    print_addresses(&up, &nodes);
+    nodes.run().await?;
+    println!("webshop stopped cleanly");
+    // rumqttd has no shutdown API; leaving main ends its thread.
+    Ok(())
+}
+
+/// Where the nodes reach the broker, and how each role logs in.
+struct BrokerAccess {
+    host: String,
+    port: u16,
+    /// Each role's password; empty for an external broker (no logins).
+    logins: HashMap<Role, String>,
+}
+
+impl BrokerAccess {
+    /// The bus settings of a node that logs in as `role`.
+    fn bus(&self, client_id: &str, role: Role) -> shared::config::BusConfig {
+        shared::config::BusConfig {
+            host: self.host.clone(),
+            port: self.port,
+            client_id: client_id.to_owned(),
+            username: self.logins.get(&role).map(|_| role.name().to_owned()),
+            password: self.logins.get(&role).cloned(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The broker the nodes use: `--external-broker`, or the embedded one,
+/// started here.
+fn start_broker(up: &Up) -> anyhow::Result<BrokerAccess> {
+    if let Some(addr) = &up.external_broker {
+        let (host, port) = addr.rsplit_once(':').context("--external-broker must be host:port")?;
+        let port = port.parse().context("--external-broker port must be a number")?;
+        return Ok(BrokerAccess { host: host.to_owned(), port, logins: HashMap::new() });
+    }
     // Each node logs in to the embedded broker as its role, with a password
     // made up for this run, so the broker holds it to its role's topics.
-    let logins: HashMap<Role, String> = match up.external_broker {
-        Some(_) => HashMap::new(),
-        None => [Role::Front, Role::Order, Role::Inventory]
-            .into_iter()
-            .map(|r| (r, uuid::Uuid::new_v4().simple().to_string()))
-            .collect(),
-    };
-    let (broker_host, broker_port) = match &up.external_broker {
-        Some(addr) => {
-            let (h, p) = addr.rsplit_once(':').context("--external-broker must be host:port")?;
-            (h.to_owned(), p.parse().context("--external-broker port must be a number")?)
-        }
-        None => {
-            // The nodes run in this process: the broker stays on loopback
-            // whatever --host says (beyond loopback it would need users).
-            // Clients without a login are testers (every topic).
-            let loopback = IpAddr::from([127, 0, 0, 1]);
-            let cfg = broker::BrokerConfig {
-                listen: SocketAddr::new(loopback, up.broker_port),
-                users: logins.iter().map(|(r, p)| (r.name().to_owned(), p.clone())).collect(),
-                anonymous_tester: true,
-                ..Default::default()
-            };
-            broker::spawn(&cfg)?;
-            (loopback.to_string(), up.broker_port)
-        }
-    };
-    let bus = |client_id: &str, role: Role| shared::config::BusConfig {
-        host: broker_host.clone(),
-        port: broker_port,
-        client_id: client_id.to_owned(),
-        username: logins.get(&role).map(|_| role.name().to_owned()),
-        password: logins.get(&role).cloned(),
+    let logins: HashMap<Role, String> = [Role::Front, Role::Order, Role::Inventory]
+        .into_iter()
+        .map(|r| (r, uuid::Uuid::new_v4().simple().to_string()))
+        .collect();
+    // The nodes run in this process: the broker stays on loopback whatever
+    // --host says (beyond loopback it would need users). Clients without a
+    // login are testers (every topic).
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    broker::spawn(&broker::BrokerConfig {
+        listen: SocketAddr::new(loopback, up.broker_port),
+        users: logins.iter().map(|(r, p)| (r.name().to_owned(), p.clone())).collect(),
+        anonymous_tester: true,
         ..Default::default()
-    };
-    let db = |name: &str, schema: &str| shared::config::DbConfig {
+    })?;
+    Ok(BrokerAccess { host: loopback.to_string(), port: up.broker_port, logins })
+}
+
+/// A service's database under `webshop up`: `<data dir>/<name>.db`, or its
+/// schema in the PostgreSQL database of `--db-url`.
+fn node_db(up: &Up, name: &str, schema: &str) -> shared::config::DbConfig {
+    shared::config::DbConfig {
         path: up.data_dir.join(format!("{name}.db")),
         url: up.db_url.clone(),
         schema: schema.to_owned(),
         ..Default::default()
-    };
+    }
+}
 
-    let shutdown = CancellationToken::new();
-    shared::shutdown::cancel_on_signal(shutdown.clone());
+/// The three nodes, listening but not yet running.
+struct Nodes {
+    inventory: inventory::App,
+    order: order::App,
+    front: public_front::App,
+}
 
-    let inventory = inventory::App::build(
-        inventory::Config {
-            listen: SocketAddr::new(up.host, up.inventory_port),
-            bus: bus("webshop-inventory", Role::Inventory),
-            db: db("inventory", "inventory"),
-            log: log.clone(),
-            admin_token: up.admin_token.clone().map(shared::config::Secret::new),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .context("starting inventory")?;
-    let order = order::App::build(
-        order::Config {
-            listen: SocketAddr::new(up.host, up.order_port),
-            bus: bus("webshop-order", Role::Order),
-            db: db("order", "orders"),
-            log: log.clone(),
-            admin_token: up.admin_token.clone().map(shared::config::Secret::new),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .context("starting order")?;
-    let front = public_front::App::build(
-        public_front::Config {
-            listen: SocketAddr::new(up.host, up.front_port),
-            bus: bus("", Role::Front),
-            inventory_url: format!("http://{}", inventory.local_addr()),
-            order_url: format!("http://{}", order.local_addr()),
-            admin_token: up.admin_token.clone().map(shared::config::Secret::new),
-            log: log.clone(),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .context("starting public-front")?;
+impl Nodes {
+    /// Builds inventory and order, then the front pointed at them.
+    async fn build(
+        up: &Up,
+        broker: &BrokerAccess,
+        log: &shared::config::LogConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Nodes> {
+        let admin_token = || up.admin_token.clone().map(shared::config::Secret::new);
+        let inventory = inventory::App::build(
+            inventory::Config {
+                listen: SocketAddr::new(up.host, up.inventory_port),
+                bus: broker.bus("webshop-inventory", Role::Inventory),
+                db: node_db(up, "inventory", "inventory"),
+                log: log.clone(),
+                admin_token: admin_token(),
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("starting inventory")?;
+        let order = order::App::build(
+            order::Config {
+                listen: SocketAddr::new(up.host, up.order_port),
+                bus: broker.bus("webshop-order", Role::Order),
+                db: node_db(up, "order", "orders"),
+                log: log.clone(),
+                admin_token: admin_token(),
+                ..Default::default()
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("starting order")?;
+        let front = public_front::App::build(
+            public_front::Config {
+                listen: SocketAddr::new(up.host, up.front_port),
+                bus: broker.bus("", Role::Front),
+                inventory_url: format!("http://{}", inventory.local_addr()),
+                order_url: format!("http://{}", order.local_addr()),
+                admin_token: admin_token(),
+                log: log.clone(),
+                ..Default::default()
+            },
+            shutdown,
+        )
+        .await
+        .context("starting public-front")?;
+        Ok(Nodes { inventory, order, front })
+    }
 
+    /// Runs all three until shutdown; the first failure, named by node.
+    async fn run(self) -> anyhow::Result<()> {
+        let (inventory, order, front) = tokio::join!(self.inventory.run(), self.order.run(), self.front.run());
+        inventory.context("inventory")?;
+        order.context("order")?;
+        front.context("public-front")?;
+        Ok(())
+    }
+}
+
+/// What `webshop up` started, and where.
+fn print_addresses(up: &Up, nodes: &Nodes) {
     println!("webshop is up (Ctrl-C to stop)");
     match &up.external_broker {
         Some(addr) => println!("  broker        mqtt://{addr} (external)"),
@@ -658,22 +714,14 @@ async fn run_up(up: Up) -> anyhow::Result<()> {
             up.broker_port
         ),
     }
-    println!("  storefront    http://{}/", front.local_addr());
-    println!("  public API    http://{}/api/catalog", front.local_addr());
-    println!("  inventory     http://{}", inventory.local_addr());
-    println!("  order         http://{}", order.local_addr());
+    println!("  storefront    http://{}/", nodes.front.local_addr());
+    println!("  public API    http://{}/api/catalog", nodes.front.local_addr());
+    println!("  inventory     http://{}", nodes.inventory.local_addr());
+    println!("  order         http://{}", nodes.order.local_addr());
     match &up.db_url {
         Some(url) => {
             println!("  data          {} (PostgreSQL, schemas inventory and orders)", shared::config::redact_url(url))
         }
         None => println!("  data          {} (SQLite)", up.data_dir.display()),
     }
-
-    let (a, b, c) = tokio::join!(inventory.run(), order.run(), front.run());
-    a.context("inventory")?;
-    b.context("order")?;
-    c.context("public-front")?;
-    println!("webshop stopped cleanly");
-    // rumqttd has no shutdown API; leaving main ends its thread.
-    Ok(())
 }

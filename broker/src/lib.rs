@@ -76,7 +76,7 @@ pub struct BrokerConfig {
     /// the oldest is dropped. That bounds the broker's memory (about
     /// topics x size x (segments + 1)) and how much a persistent session
     /// that is offline can catch up on (older messages are skipped; the
-    /// services' end-to-end retries cover them). Default 2 MiB.
+    /// services' end-to-end retries cover them). Default 1 MiB.
     pub topic_log_segment_bytes: usize,
     /// Full segments kept per topic. Default 4.
     pub topic_log_segments: usize,

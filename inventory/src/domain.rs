@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use shared::ids::Sku;
 use shared::message::{LinePrice, OrderLine, SendOrder};
+use shared::view::ReservationLine;
 
 /// Stock of one product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -19,18 +20,18 @@ pub struct Level {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reservation {
     /// Holds `lines` (aggregated per SKU).
-    Reserved { lines: Vec<(Sku, i64)>, fingerprint: String },
+    Reserved { lines: Vec<ReservationLine>, fingerprint: String },
     /// Refused; held nothing.
     Rejected { fingerprint: String, reason: String },
     /// Held `lines` until the order was cancelled; holds nothing now.
-    Released { lines: Vec<(Sku, i64)>, fingerprint: Option<String> },
+    Released { lines: Vec<ReservationLine>, fingerprint: Option<String> },
 }
 
 /// A state change to persist.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     Reserve {
-        lines: Vec<(Sku, i64)>,
+        lines: Vec<ReservationLine>,
         fingerprint: String,
     },
     Reject {
@@ -39,7 +40,7 @@ pub enum Change {
     },
     /// Give back what a reservation held (may be nothing).
     Release {
-        lines: Vec<(Sku, i64)>,
+        lines: Vec<ReservationLine>,
     },
     /// Cancelled before we saw the order: remember, so a later send
     /// reserves nothing.
@@ -63,12 +64,12 @@ pub enum Event {
 }
 
 /// Sums the lines per SKU: two lines of the same product count together.
-pub fn aggregate(items: &[OrderLine]) -> Vec<(Sku, i64)> {
+pub fn aggregate(items: &[OrderLine]) -> Vec<ReservationLine> {
     let mut by_sku: BTreeMap<Sku, i64> = BTreeMap::new();
     for l in items {
         *by_sku.entry(l.sku.clone()).or_default() += i64::from(l.quantity.get());
     }
-    by_sku.into_iter().collect()
+    by_sku.into_iter().map(|(sku, quantity)| ReservationLine { sku, quantity }).collect()
 }
 
 /// The prices a product had lately: what it costs now, and the prices it
@@ -157,7 +158,7 @@ pub fn on_send(
                     Some(Event::OutOfStock { fingerprint, reason }),
                 );
             }
-            for (sku, qty) in &lines {
+            for ReservationLine { sku, quantity: qty } in &lines {
                 let reason = match stock.get(sku) {
                     None => format!("unknown product {sku}"),
                     Some(level) if level.available < *qty => {
@@ -194,14 +195,14 @@ pub fn on_cancelled(existing: Option<&Reservation>) -> (Option<Change>, Event) {
 pub fn apply(stock: &mut BTreeMap<Sku, Level>, change: &Change) {
     match change {
         Change::Reserve { lines, .. } => {
-            for (sku, qty) in lines {
+            for ReservationLine { sku, quantity: qty } in lines {
                 let level = stock.get_mut(sku).expect("reserve only names known SKUs");
                 level.available -= qty;
                 level.reserved += qty;
             }
         }
         Change::Release { lines } => {
-            for (sku, qty) in lines {
+            for ReservationLine { sku, quantity: qty } in lines {
                 if let Some(level) = stock.get_mut(sku) {
                     level.available += qty;
                     level.reserved -= qty;
@@ -302,7 +303,7 @@ mod tests {
         assert!(matches!(&change, Some(Change::Reject { reason, .. }) if reason.contains("unit price 1 cents")));
         assert!(matches!(event, Some(Event::OutOfStock { .. })));
         // A decided order is answered the same way again, whatever it says.
-        let reserved = Reservation::Reserved { lines: vec![(sku(1), 2)], fingerprint: "fp".into() };
+        let reserved = Reservation::Reserved { lines: vec![(sku(1), 2).into()], fingerprint: "fp".into() };
         let (change, event) = on_send(Some(&reserved), &cheap, &stock, &pricing(&prices));
         assert_eq!((change, event), (None, Some(Event::InStock { fingerprint: "fp".into(), prices: vec![] })));
     }
@@ -315,7 +316,7 @@ mod tests {
         assert!(matches!(change, Some(Change::Reject { .. })));
         assert!(matches!(event, Some(Event::OutOfStock { .. })));
         let (change, event) = on_send(None, &order(&[(1, 2), (1, 1)]), &stock, &pricing(&priced([1])));
-        assert_eq!(change, Some(Change::Reserve { lines: vec![(sku(1), 3)], fingerprint: "fp".into() }));
+        assert_eq!(change, Some(Change::Reserve { lines: vec![(sku(1), 3).into()], fingerprint: "fp".into() }));
         // The in-stock names the price of each line it accepted.
         let price = LinePrice { sku: sku(1), unit_price_cents: 100 };
         assert_eq!(event, Some(Event::InStock { fingerprint: "fp".into(), prices: vec![price.clone(), price] }));
@@ -382,7 +383,7 @@ mod tests {
                 }
                 let held: BTreeMap<Sku, i64> = reservations.values().fold(BTreeMap::new(), |mut acc, r| {
                     if let Reservation::Reserved { lines, .. } = r {
-                        for (s, q) in lines { *acc.entry(s.clone()).or_default() += q; }
+                        for ReservationLine { sku: s, quantity: q } in lines { *acc.entry(s.clone()).or_default() += q; }
                     }
                     acc
                 });

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use shared::http::{Admin, ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::{OrderId, Sku};
 use shared::node::Node;
+use shared::view::{Product, ReservationView, StockView};
 
-use crate::store::{self, Product, ReservationView, StockView};
+use crate::store;
 
 pub fn router(node: Node) -> Router {
     Router::new()

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use shared::clock::now_ms;
 use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
 use shared::ids::{OrderId, Sku};
+use shared::view::{Product, ReservationLine, ReservationView, StockView};
 
 use crate::domain::{Change, Level, PriceHistory, Reservation};
 
@@ -17,17 +18,6 @@ pub fn migrations() -> shared::db::Migrations {
         sqlite: sqlx::migrate!("migrations/sqlite"),
         postgres: sqlx::migrate!("migrations/postgres"),
     }
-}
-
-/// A product as the catalog shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Product {
-    pub sku: String,
-    pub name: String,
-    pub description: String,
-    pub price_cents: i64,
-    pub currency: String,
-    pub available: i64,
 }
 
 /// A catalog entry to load: a product and its starting stock.
@@ -122,7 +112,7 @@ pub async fn get_products(reader: &Reader, skus: &[Sku]) -> DbResult<Vec<Product
     Ok(out)
 }
 
-fn parse_lines(order_id: &str, s: &str) -> DbResult<Vec<(Sku, i64)>> {
+fn parse_lines(order_id: &str, s: &str) -> DbResult<Vec<ReservationLine>> {
     serde_json::from_str(s).map_err(|e| DbError::corrupt("reservations", order_id, e))
 }
 
@@ -329,8 +319,8 @@ impl Stock {
             .collect())
     }
 
-    fn move_stock(&mut self, lines: &[(Sku, i64)], to_available: i64) {
-        for (sku, qty) in lines {
+    fn move_stock(&mut self, lines: &[ReservationLine], to_available: i64) {
+        for ReservationLine { sku, quantity: qty } in lines {
             let delta = to_available * qty;
             if let Some(Some(level)) = self.levels.get_mut(sku) {
                 level.available += delta;
@@ -481,17 +471,6 @@ impl Held {
     }
 }
 
-/// A reservation as operators and the audit see it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReservationView {
-    pub order_id: String,
-    pub state: String,
-    pub lines: Vec<(Sku, i64)>,
-    pub reason: Option<String>,
-    pub decided_at_ms: Option<i64>,
-    pub released_at_ms: Option<i64>,
-}
-
 /// Every reservation (paged by order id), for the audit.
 pub async fn list_reservations(reader: &Reader, after: Option<&str>, limit: i64) -> DbResult<Vec<ReservationView>> {
     reader
@@ -524,16 +503,6 @@ pub async fn reservation_view(reader: &Reader, order_id: OrderId) -> DbResult<Op
             reservation_row,
         )
         .await
-}
-
-/// Stock bookkeeping of one product, for the audit.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct StockView {
-    pub sku: String,
-    pub available: i64,
-    pub reserved: i64,
-    pub initial: i64,
-    pub restocked: i64,
 }
 
 pub async fn stock(reader: &Reader) -> DbResult<Vec<StockView>> {

@@ -16,27 +16,9 @@
 //! that never arrived and the service chases that release until inventory
 //! confirms it.
 
-use serde::{Deserialize, Serialize};
 use shared::ids::OrderId;
-use shared::message::{LinePrice, OrderLine, OrderStatus, SendOrder};
-
-/// An order as the order service holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Order {
-    pub order_id: OrderId,
-    pub status: OrderStatus,
-    pub version: i64,
-    pub customer_email: String,
-    pub items: Vec<OrderLine>,
-    pub currency: String,
-    pub total_cents: i64,
-    pub fingerprint: String,
-    pub reason: Option<String>,
-    /// A release was requested from inventory and not yet confirmed.
-    pub release_pending: bool,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
+use shared::message::{LinePrice, OrderStatus, SendOrder};
+use shared::view::Order;
 
 /// What the service remembers of an order it may have no row for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,7 +104,7 @@ pub fn decide(
                 order_id,
                 status: if cancelled { OrderStatus::Cancelled } else { OrderStatus::Pending },
                 version: 1,
-                customer_email: send.customer_email.as_str().to_owned(),
+                customer_email: Some(send.customer_email.clone()),
                 items: send.items.clone(),
                 currency: send.currency.clone(),
                 total_cents: send.total_cents(),
@@ -232,6 +214,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use shared::ids::{Email, Quantity, Sku};
+    use shared::message::OrderLine;
 
     fn send(fp: &str) -> SendOrder {
         SendOrder {

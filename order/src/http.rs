@@ -11,9 +11,9 @@ use serde::Deserialize;
 use shared::http::{ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::OrderId;
 use shared::node::Node;
+use shared::view::{Order, ReleaseChase};
 
-use crate::domain::Order;
-use crate::store::{self, Counts, ReleaseChase};
+use crate::store::{self, Counts};
 
 pub fn router(node: Node) -> Router {
     Router::new()

@@ -6,10 +6,11 @@ use serde::Serialize;
 
 use shared::clock::now_ms;
 use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
-use shared::ids::OrderId;
+use shared::ids::{Email, OrderId};
 use shared::message::{OrderStatus, SendOrder};
+use shared::view::{Order, ReleaseChase};
 
-use crate::domain::{needs_follow_up, Order, Tombstone};
+use crate::domain::{needs_follow_up, Tombstone};
 
 /// The order service's migrations, one set per backend (`order/migrations/`).
 pub fn migrations() -> shared::db::Migrations {
@@ -31,7 +32,7 @@ fn order(r: &Row<'_>) -> DbResult<Order> {
         order_id: OrderId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
         status: OrderStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status}")))?,
         version: r.get(2)?,
-        customer_email: r.get(3)?,
+        customer_email: Some(Email::parse(&r.get::<String>(3)?).map_err(|e| corrupt(e.to_string()))?),
         items: serde_json::from_str(&items).map_err(|e| corrupt(e.to_string()))?,
         currency: r.get(5)?,
         total_cents: r.get(6)?,
@@ -206,11 +207,15 @@ impl Orders {
             }
             let (Some(follow_up_at), Some(o)) = (slot.save, slot.order) else { continue };
             let rows = if slot.stored { &mut w.updated } else { &mut w.created };
+            let customer_email = o
+                .customer_email
+                .as_ref()
+                .ok_or_else(|| DbError::corrupt("orders", &key, "an order to save has no customer email"))?;
+            rows.customer_email.push(customer_email.as_str().to_owned());
             rows.items.push(serde_json::to_string(&o.items).map_err(|e| DbError::corrupt("orders", &key, e))?);
             rows.order_id.push(key);
             rows.status.push(o.status.as_str().to_owned());
             rows.version.push(o.version);
-            rows.customer_email.push(o.customer_email);
             rows.currency.push(o.currency);
             rows.total_cents.push(o.total_cents);
             rows.fingerprint.push(o.fingerprint);
@@ -453,18 +458,6 @@ pub fn lock_orders(tx: &mut Tx<'_>, ids: &mut Vec<String>) -> DbResult<()> {
     Ok(())
 }
 
-/// A release chased for an order known only by its tombstone, as operators
-/// and the audit see it.
-#[derive(Debug, Serialize)]
-pub struct ReleaseChase {
-    pub order_id: String,
-    /// When the chase started (the first `orders/cancelled`).
-    pub since_ms: i64,
-    /// `orders/cancelled` re-sent so far.
-    pub follow_ups: i64,
-    pub next_follow_up_at_ms: i64,
-}
-
 /// Every release chased for a tombstone (paged by order id), for the audit.
 pub async fn release_chases(reader: &Reader, after: Option<&str>, limit: i64) -> DbResult<Vec<ReleaseChase>> {
     reader
@@ -487,7 +480,7 @@ pub async fn release_chases(reader: &Reader, after: Option<&str>, limit: i64) ->
 /// The `orders/send` body that recreates `o`, for re-requests.
 pub fn send_body(o: &Order) -> Option<SendOrder> {
     Some(SendOrder {
-        customer_email: shared::ids::Email::parse(&o.customer_email).ok()?,
+        customer_email: o.customer_email.clone()?,
         items: o.items.clone(),
         currency: o.currency.clone(),
         fingerprint: o.fingerprint.clone(),

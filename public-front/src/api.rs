@@ -17,14 +17,22 @@ use shared::http::{rejection, ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::{Email, IdempotencyKey, OrderId, Quantity, Sku};
 use shared::message::{CancelOrder, Envelope, OrderLine, OrderStatus, SendOrder, StatusChanged, MAX_LINES};
 use shared::topics::Topic;
+use shared::view::Order;
 use time::OffsetDateTime;
 
-use crate::downstream::Order;
 use crate::state::{AppState, Front};
 
 /// Response header of an order priced from last known prices while
 /// inventory was unreachable: `stale; age=<seconds of the oldest price>`.
 pub const PRICE_SOURCE: &str = "x-price-source";
+
+/// The `Prefer` header as the OpenAPI document describes it: both `POST
+/// /api/orders` and `GET /api/orders/{order_id}` take it.
+const PREFER_WAIT: &str = "RFC 7240 `wait=<seconds>` (at most 25; more counts as 25; anything \
+    else is ignored). On `POST /api/orders`: answer once the order is \
+    settled (confirmed or rejected) or after that long, whichever comes \
+    first. On `GET /api/orders/{order_id}` with `If-None-Match`: a long \
+    poll, as `wait` in the query.";
 
 /// The customer API: the catalog, and placing, reading and cancelling
 /// orders.
@@ -90,19 +98,10 @@ pub(crate) async fn catalog(
     Ok(([(header::CONTENT_TYPE, "application/json")], page))
 }
 
-/// Path of `GET /api/catalog/{sku}`.
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-pub(crate) struct SkuPath {
-    /// The product's SKU.
-    #[param(pattern = "^[A-Z0-9][A-Z0-9-]{2,39}$")]
-    #[allow(dead_code)]
-    sku: String,
-}
-
 /// One product.
-#[utoipa::path(get, path = "/api/catalog/{sku}", tag = "catalog", params(SkuPath),
-    responses((status = 200, body = crate::downstream::Product), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
+#[utoipa::path(get, path = "/api/catalog/{sku}", tag = "catalog",
+    params(("sku" = String, Path, description = "The product's SKU.", pattern = "^[A-Z0-9][A-Z0-9-]{2,39}$")),
+    responses((status = 200, body = shared::view::Product), (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 404, body = crate::openapi::Problem, content_type = "application/problem+json"),
               (status = 503, body = crate::openapi::Problem, content_type = "application/problem+json")))]
 pub(crate) async fn product(
@@ -136,36 +135,11 @@ pub(crate) struct RequestedLine {
     quantity: Quantity,
 }
 
-/// Header of `POST /api/orders`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(crate) struct IdempotencyHeader {
-    /// 1-200 visible ASCII characters; the same key always means the same order.
-    #[param(rename = "Idempotency-Key", pattern = "^[!-~]{1,200}$", min_length = 1, max_length = 200)]
-    idempotency_key: String,
-}
-
-/// Optional header of `POST /api/orders` and `GET /api/orders/{order_id}`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(crate) struct PreferHeader {
-    /// RFC 7240 `wait=<seconds>` (at most 25; more counts as 25; anything
-    /// else is ignored). On `POST /api/orders`: answer once the order is
-    /// settled (confirmed or rejected) or after that long, whichever comes
-    /// first. On `GET /api/orders/{order_id}` with `If-None-Match`: a long
-    /// poll, as `wait` in the query.
-    #[param(rename = "Prefer", required = false)]
-    prefer: Option<String>,
-}
-
 /// The answer to placing or cancelling an order.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
     #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
-    #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
     /// The order's version with that status: pass it as `version` to a
     /// long poll (`GET /api/orders/{order_id}?wait=5s&version=N`).
@@ -225,7 +199,8 @@ fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
 /// the answer waits up to N seconds for the order to be settled, so a
 /// client usually gets `confirmed` or `rejected` in one round trip.
 #[utoipa::path(post, path = "/api/orders", tag = "orders", request_body = PlaceOrder,
-    params(IdempotencyHeader, PreferHeader),
+    params(("Idempotency-Key" = String, Header, description = "1-200 visible ASCII characters; the same key always means the same order.", pattern = "^[!-~]{1,200}$", min_length = 1, max_length = 200),
+           ("Prefer" = Option<String>, Header, description = PREFER_WAIT)),
     responses((status = 202, body = Accepted, headers(("Location" = String, description = "The order's URL"),
                   ("X-Price-Source" = String, description = "Only when inventory was unreachable and the order was priced from the last known prices: `stale; age=<seconds>`, the age of the oldest price used"))),
               (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),
@@ -400,11 +375,9 @@ fn unknown_order(id: OrderId) -> ApiError {
 pub(crate) struct OrderView {
     #[schema(value_type = String, format = Uuid)]
     order_id: OrderId,
-    #[schema(value_type = crate::openapi::Status)]
     status: OrderStatus,
     /// Bumped by every status change.
     version: i64,
-    #[schema(value_type = Vec<crate::openapi::Line>)]
     items: Vec<OrderLine>,
     currency: String,
     total_cents: i64,
@@ -459,17 +432,6 @@ pub(crate) struct OrderQuery {
     version: Option<String>,
 }
 
-/// Optional header of `GET /api/orders/{order_id}`.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub(crate) struct IfNoneMatchHeader {
-    /// `ETag`s of versions the client has (`W/"3"`): 304 if the order is
-    /// still at one of them.
-    #[param(rename = "If-None-Match", required = false)]
-    if_none_match: Option<String>,
-}
-
 /// An order and its status. Answered from the front's memory when it
 /// learned the order's state at most `order_cache_secs` ago (rejected and
 /// cancelled orders, which never change, regardless), else from the order
@@ -477,7 +439,10 @@ pub(crate) struct IfNoneMatchHeader {
 /// `ETag` is the version; `If-None-Match` with it gives 304. With `wait`
 /// (or `Prefer: wait=N` and `If-None-Match`), a long poll.
 #[utoipa::path(get, path = "/api/orders/{order_id}", tag = "orders",
-    params(("order_id" = String, Path, format = Uuid), OrderQuery, IfNoneMatchHeader, PreferHeader),
+    params(("order_id" = String, Path, format = Uuid), OrderQuery,
+           ("If-None-Match" = Option<String>, Header,
+            description = "`ETag`s of versions the client has (`W/\"3\"`): 304 if the order is still at one of them."),
+           ("Prefer" = Option<String>, Header, description = PREFER_WAIT)),
     responses((status = 200, body = OrderView, headers(("ETag" = String, description = "The order's version, weak: `W/\"3\"`"))),
               (status = 304, description = "Still at a version named in `If-None-Match`", headers(("ETag" = String, description = "The order's version"))),
               (status = 400, body = crate::openapi::Problem, content_type = "application/problem+json"),

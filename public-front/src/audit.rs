@@ -23,38 +23,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use shared::clock::now_ms;
-use shared::ids::Sku;
 use shared::message::OrderStatus;
 use shared::node::NodeStats;
+use shared::view::{Order, ReleaseChase, ReservationView, StockView};
 
-use crate::downstream::{Downstream, Order};
-
-#[derive(Debug, Deserialize)]
-pub struct StockRow {
-    pub sku: String,
-    pub available: i64,
-    pub reserved: i64,
-    pub initial: i64,
-    pub restocked: i64,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ReservationRow {
-    pub order_id: String,
-    pub state: String,
-    pub lines: Vec<(Sku, i64)>,
-    pub decided_at_ms: Option<i64>,
-    pub released_at_ms: Option<i64>,
-}
-
-/// A release the order service chases for an order it knows only by its
-/// tombstone (`GET /release-chases` on the order node).
-#[derive(Debug, Deserialize)]
-pub struct ReleaseChaseRow {
-    pub order_id: String,
-    pub since_ms: i64,
-    pub follow_ups: i64,
-}
+use crate::downstream::Downstream;
 
 /// One broken invariant (or one piece of work in flight).
 #[derive(Debug, Clone, Serialize)]
@@ -79,10 +52,10 @@ pub struct Report {
 
 /// Everything the audit reads.
 pub struct Books {
-    pub stock: Vec<StockRow>,
+    pub stock: Vec<StockView>,
     pub orders: Vec<Order>,
-    pub reservations: Vec<ReservationRow>,
-    pub release_chases: Vec<ReleaseChaseRow>,
+    pub reservations: Vec<ReservationView>,
+    pub release_chases: Vec<ReleaseChase>,
     pub inventory: NodeStatsLite,
     pub order: NodeStatsLite,
 }
@@ -117,7 +90,7 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
     let mut failures = Vec::new();
     let mut fail = |check, subject: String, detail: String| failures.push(Finding { check, subject, detail });
 
-    let reservations: HashMap<&str, &ReservationRow> =
+    let reservations: HashMap<&str, &ReservationView> =
         books.reservations.iter().map(|r| (r.order_id.as_str(), r)).collect();
     if reservations.len() != books.reservations.len() {
         fail("one_reservation_per_order", "reservations".into(), "an order id appears twice".into());
@@ -125,8 +98,8 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
     let mut held: BTreeMap<&str, i64> = BTreeMap::new();
     for r in &books.reservations {
         if r.state == "reserved" {
-            for (sku, qty) in &r.lines {
-                *held.entry(sku.as_str()).or_default() += qty;
+            for line in &r.lines {
+                *held.entry(line.sku.as_str()).or_default() += line.quantity;
             }
         }
         if r.state == "released" && r.released_at_ms.is_none() {
@@ -188,8 +161,7 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
             _ => {}
         }
     }
-    let chased: HashMap<&str, &ReleaseChaseRow> =
-        books.release_chases.iter().map(|c| (c.order_id.as_str(), c)).collect();
+    let chased: HashMap<&str, &ReleaseChase> = books.release_chases.iter().map(|c| (c.order_id.as_str(), c)).collect();
     for c in &books.release_chases {
         let age = now_ms - c.since_ms;
         stuck_or_in_flight.push((
@@ -286,10 +258,10 @@ pub async fn fetch(down: &Downstream) -> Result<Books, shared::http::ApiError> {
             break;
         }
     }
-    let mut reservations: Vec<ReservationRow> = Vec::new();
+    let mut reservations: Vec<ReservationView> = Vec::new();
     loop {
         let after = reservations.last().map(|r| format!("&after={}", r.order_id)).unwrap_or_default();
-        let page: Vec<ReservationRow> =
+        let page: Vec<ReservationView> =
             down.node_json("inventory", &format!("/reservations?limit=1000{after}")).await?;
         let done = page.len() < 1000;
         reservations.extend(page);
@@ -297,10 +269,10 @@ pub async fn fetch(down: &Downstream) -> Result<Books, shared::http::ApiError> {
             break;
         }
     }
-    let mut release_chases: Vec<ReleaseChaseRow> = Vec::new();
+    let mut release_chases: Vec<ReleaseChase> = Vec::new();
     loop {
         let after = release_chases.last().map(|c| format!("&after={}", c.order_id)).unwrap_or_default();
-        let page: Vec<ReleaseChaseRow> = down.node_json("order", &format!("/release-chases?limit=1000{after}")).await?;
+        let page: Vec<ReleaseChase> = down.node_json("order", &format!("/release-chases?limit=1000{after}")).await?;
         let done = page.len() < 1000;
         release_chases.extend(page);
         if done {
@@ -344,6 +316,8 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::ids::Sku;
+    use shared::view::ReservationLine;
 
     const NOW: i64 = 1_000_000;
     const ID: &str = "00000000-0000-0000-0000-000000000007";
@@ -357,17 +331,23 @@ mod tests {
     fn books(state: &str, held_ms: i64, chased_ms: Option<i64>) -> Books {
         let reserved = if state == "reserved" { 2 } else { 0 };
         Books {
-            stock: vec![StockRow { sku: "ABC".into(), available: 10 - reserved, reserved, initial: 10, restocked: 0 }],
+            stock: vec![StockView { sku: "ABC".into(), available: 10 - reserved, reserved, initial: 10, restocked: 0 }],
             orders: Vec::new(),
-            reservations: vec![ReservationRow {
+            reservations: vec![ReservationView {
                 order_id: ID.into(),
                 state: state.into(),
-                lines: vec![(Sku::parse("ABC").unwrap(), 2)],
+                lines: vec![ReservationLine { sku: Sku::parse("ABC").unwrap(), quantity: 2 }],
+                reason: None,
                 decided_at_ms: Some(NOW - held_ms),
                 released_at_ms: (state == "released").then_some(NOW - 1),
             }],
             release_chases: chased_ms
-                .map(|ms| ReleaseChaseRow { order_id: ID.into(), since_ms: NOW - ms, follow_ups: 3 })
+                .map(|ms| ReleaseChase {
+                    order_id: ID.into(),
+                    since_ms: NOW - ms,
+                    follow_ups: 3,
+                    next_follow_up_at_ms: NOW,
+                })
                 .into_iter()
                 .collect(),
             inventory: stats(),

@@ -19,10 +19,9 @@ use moka::future::Cache;
 
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use shared::http::{ApiError, ErrorCode};
 use shared::ids::{OrderId, Sku};
-use shared::message::{OrderLine, OrderStatus};
+use shared::view::{Order, Product};
 
 #[derive(Clone)]
 pub struct Downstream {
@@ -65,35 +64,6 @@ pub struct Priced {
 /// Most cached catalog pages and products (each entry is one page or one
 /// product; searches make a key per query, so the bound matters).
 const CACHE_ENTRIES: u64 = 10_000;
-
-/// A product as inventory returns it.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Product {
-    pub sku: String,
-    pub name: String,
-    pub description: String,
-    pub price_cents: i64,
-    pub currency: String,
-    pub available: i64,
-}
-
-/// An order as the order service returns it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Order {
-    pub order_id: OrderId,
-    pub status: OrderStatus,
-    pub version: i64,
-    pub items: Vec<OrderLine>,
-    pub currency: String,
-    pub total_cents: i64,
-    pub fingerprint: String,
-    pub reason: Option<String>,
-    /// A release was asked of inventory and not yet confirmed.
-    #[serde(default)]
-    pub release_pending: bool,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-}
 
 impl Downstream {
     /// A client for the nodes at these base URLs; `https://` ones are

@@ -25,9 +25,8 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use shared::ids::OrderId;
 use shared::message::StatusChanged;
+use shared::view::Order;
 use time::OffsetDateTime;
-
-use crate::downstream::Order;
 
 /// Most orders remembered (a few hundred bytes each).
 pub const CAPACITY: u64 = 20_000;
@@ -128,6 +127,7 @@ impl KnownOrders {
                 order_id: id,
                 status: status.status,
                 version: status.version,
+                customer_email: None,
                 items: snap.items.clone(),
                 currency: snap.currency.clone(),
                 total_cents: snap.total_cents,
@@ -162,6 +162,7 @@ mod tests {
             order_id: OrderId(uuid::Uuid::nil()),
             status,
             version,
+            customer_email: None,
             items: Vec::new(),
             currency: "EUR".into(),
             total_cents: 0,

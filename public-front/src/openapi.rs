@@ -14,7 +14,7 @@ use crate::state::AppState;
 #[openapi(
     info(title = "webshop public API", description = "Catalog, orders and their live status. Errors are RFC 9457 problem+json with a stable `code`."),
     paths(crate::api::catalog, crate::api::product, crate::api::place_order, crate::api::get_order, crate::api::cancel_order),
-    components(schemas(Problem, shared::http::ErrorCode, CatalogPage, Status, Line, crate::downstream::Product, crate::api::PlaceOrder, crate::api::Accepted, crate::api::OrderView)),
+    components(schemas(Problem, shared::http::ErrorCode, CatalogPage, shared::message::OrderStatus, shared::message::OrderLine, shared::view::Product, crate::api::PlaceOrder, crate::api::Accepted, crate::api::OrderView)),
     tags((name = "catalog"), (name = "orders"))
 )]
 pub struct ApiDoc;
@@ -35,27 +35,9 @@ pub struct Problem {
 /// One page of the catalog.
 #[derive(Serialize, ToSchema)]
 pub struct CatalogPage {
-    pub items: Vec<crate::downstream::Product>,
+    pub items: Vec<shared::view::Product>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
-}
-
-/// An order's status: only moves forward.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pending,
-    Confirmed,
-    Rejected,
-    Cancelled,
-}
-
-/// One order line, with the unit price at order time.
-#[derive(Serialize, ToSchema)]
-pub struct Line {
-    pub sku: String,
-    pub quantity: i64,
-    pub unit_price_cents: i64,
 }
 
 const DOCS_PAGE: &str = r#"<!doctype html>
@@ -69,4 +51,17 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/openapi.json", get(|| async { Json(ApiDoc::openapi()).into_response() }))
         .route("/api/docs", get(|| async { Html(DOCS_PAGE) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_code_schema_lists_the_codes_sent() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let listed = &doc["components"]["schemas"]["ErrorCode"]["enum"];
+        let sent: Vec<&str> = shared::http::ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, &serde_json::json!(sent));
+    }
 }

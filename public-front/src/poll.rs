@@ -13,9 +13,9 @@ use std::time::Duration;
 use axum::http::{header, HeaderMap, HeaderValue};
 use shared::http::{ApiError, ErrorCode};
 use shared::ids::OrderId;
+use shared::view::Order;
 use tokio::time::Instant;
 
-use crate::downstream::Order;
 use crate::state::Front;
 
 /// Longest a long poll may wait: well inside the front's request timeout

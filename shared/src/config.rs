@@ -119,8 +119,9 @@ impl std::fmt::Debug for BusConfig {
     }
 }
 
-/// A service's database: a SQLite file (the default) or PostgreSQL.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A service's database: a SQLite file (the default) or PostgreSQL. Its
+/// `Debug` hides a password written into `url` (as `password` is hidden).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DbConfig {
     /// `postgres://user@host:port/database` to use PostgreSQL; unset
@@ -159,6 +160,19 @@ impl Default for DbConfig {
             synchronous: Synchronous::Full,
             checkpoint_pages: 10_000,
         }
+    }
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .field("password", &self.password)
+            .field("schema", &self.schema)
+            .field("path", &self.path)
+            .field("synchronous", &self.synchronous)
+            .field("checkpoint_pages", &self.checkpoint_pages)
+            .finish()
     }
 }
 
@@ -328,5 +342,17 @@ mod redact_tests {
         assert_eq!(redact_url("postgres://shop:s3cret@db:5432/webshop"), "postgres://shop:***@db:5432/webshop");
         assert_eq!(redact_url("postgres://shop@db/webshop"), "postgres://shop@db/webshop");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn a_db_config_prints_without_the_password_in_its_url() {
+        let db = super::DbConfig {
+            url: Some("postgres://shop:s3cret@db:5432/webshop".into()),
+            password: Some(super::Secret::new("other-secret")),
+            ..Default::default()
+        };
+        let shown = format!("{db:#?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("other-secret"), "{shown}");
+        assert!(shown.contains("postgres://shop:***@db:5432/webshop"), "{shown}");
     }
 }

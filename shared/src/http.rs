@@ -20,8 +20,12 @@ use crate::ids::{OrderId, ParseError, Sku};
 
 /// Declares [`ErrorCode`] from one table of variant and wire string, so
 /// the string, the enum and the OpenAPI schema can't disagree.
+///
+/// The wire string is a `tt`, not a `literal` fragment: utoipa reads the
+/// `#[serde(rename = ...)]` below only from a plain string token, and
+/// skipped it for a `literal`, so the schema listed the variant names.
 macro_rules! error_codes {
-    ($($(#[$doc:meta])* $variant:ident = $code:literal,)*) => {
+    ($($(#[$doc:meta])* $variant:ident = $code:tt,)*) => {
         /// Every machine-readable `code` a node answers with in a
         /// problem+json body. Clients match on these strings: they never
         /// change meaning.

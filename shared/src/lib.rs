@@ -3,7 +3,8 @@
 //! delivery exactly-once in effect over an at-least-once bus.
 //!
 //! Layout:
-//! - [`ids`], [`topics`], [`message`]: the contract on the wire.
+//! - [`ids`], [`topics`], [`message`]: the contract on the wire;
+//!   [`view`]: the bodies of the nodes' own HTTP APIs that other nodes read.
 //! - [`bus`]: the MQTT connection (backoff, resubscribe, PUBACK futures,
 //!   in-order manual acks).
 //! - [`consumer`]: batch apply with [`inbox`] dedup, [`parking`] and
@@ -37,3 +38,4 @@ pub mod timeline;
 pub mod tls;
 pub mod topics;
 pub mod trace;
+pub mod view;

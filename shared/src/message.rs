@@ -127,10 +127,13 @@ impl Inbound {
 }
 
 /// One line of an order: a product, how many, and the unit price the
-/// customer saw when ordering.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// customer saw when ordering. The public API calls its schema `Line`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Line, description = "One order line, with the unit price at order time.")]
 pub struct OrderLine {
+    #[schema(value_type = String)]
     pub sku: Sku,
+    #[schema(value_type = i64)]
     pub quantity: Quantity,
     pub unit_price_cents: i64,
 }
@@ -177,9 +180,11 @@ pub struct CancelOrder {
     pub reason: Option<String>,
 }
 
-/// An order's lifecycle state. Only moves forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// An order's lifecycle state. Only moves forward. The public API calls
+/// its schema `Status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = Status, description = "An order's status: only moves forward.")]
 pub enum OrderStatus {
     Pending,
     Confirmed,

@@ -1,20 +1,27 @@
-//! Prometheus metrics, one recorder per process (the all-in-one `webshop
-//! up` runs every node in one process, so every series carries a `node`
-//! label). Names:
+//! Prometheus metrics, one recorder per process. The all-in-one `webshop
+//! up` runs every node in one process, so series written by code the nodes
+//! share carry a `node` label (the bus's own carry `client`, its client
+//! id); series only one node writes carry none. Names:
 //!
 //! - `http_requests_total{node,route,status}`, `http_request_duration_seconds{node,route}`;
 //! - `messages_total{node,topic,outcome}`, outcome one of received, applied,
 //!   deduplicated, parked, unparked, ignored, dead_lettered;
 //! - `outbox_unsent{node}`, `outbox_oldest_unsent_age_seconds{node}`,
-//!   `outbox_published_total{node}`, `parked_messages{node}`, `dead_letters{node}`;
+//!   `parked_messages{node}`, `dead_letters{node}`;
 //! - `consumer_batch_messages{node}`, `consumer_batch_seconds{node}`: how
 //!   many deliveries each consumer transaction took, and how long it held
 //!   the writer (apply and commit);
-//! - `bus_connected{node}`, `bus_reconnects_total{node}`;
-//! - `orders{status}` (order node), `stock_reserved_units` and
-//!   `stock_available_units` (inventory);
-//! - `orders_stale_priced_total{node}` (front): orders taken at last known
-//!   prices while inventory was unreachable.
+//! - `bus_connected{node}`, `bus_reconnects_total{client}`,
+//!   `bus_stalls_total{client}` (the connection made no progress);
+//! - order node: `orders{status}`, `orders_release_pending`;
+//! - inventory: `stock_available_units`, `stock_reserved_units`,
+//!   `reservations_live`;
+//! - front: `orders_stale_priced_total{node}` (orders taken at last known
+//!   prices while inventory was unreachable), `order_reads_total{node,source}`
+//!   (`source` memory or order), `order_long_polls_waiting{node}`;
+//! - the embedded broker: `broker_connections`, `broker_subscriptions`,
+//!   `broker_publishes_total`, `broker_failed_publishes_total`,
+//!   `broker_refused_total{user,action,topic}`.
 
 use std::sync::OnceLock;
 use std::time::Instant;

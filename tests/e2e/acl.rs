@@ -215,13 +215,13 @@ async fn tester_tools_and_hand_publishing_work_with_the_tester_login(shop: Shop,
     // The hand-published order of docs/PROTOCOL.md ("Publishing by hand"),
     // with a fresh id.
     let id = new_order_id();
-    let readme: Value = json!({"message_id": uuid::Uuid::now_v7(), "type": "order.send", "v": 1,
+    let hand_published: Value = json!({"message_id": uuid::Uuid::now_v7(), "type": "order.send", "v": 1,
         "order_id": id, "sent_at": "2026-11-23T17:00:00Z",
         "body": {"customer_email": "tester@example.com",
                  "items": [{"sku": SKU, "quantity": 1, "unit_price_cents": 3999}],
                  "currency": "EUR", "fingerprint": "hand-1"}});
     let file = shop.dir.path().join("hand.json");
-    std::fs::write(&file, readme.to_string()).unwrap();
+    std::fs::write(&file, hand_published.to_string()).unwrap();
     let inject = |login: Option<(&str, &str)>| {
         let mut args: Vec<String> = ["inject", "--broker", &broker, "--topic", "orders/send", "--file"]
             .into_iter()

@@ -62,7 +62,7 @@ impl Handler for InventoryHandler {
                 }
                 Some(InventoryConsumes::OrdersCancelled) => {
                     if let Some(Reservation::Reserved { lines, .. }) = stock.reservation(tx, msg.order_id())? {
-                        skus.extend(lines.into_iter().map(|(sku, _)| sku));
+                        skus.extend(lines.into_iter().map(|line| line.sku));
                     }
                 }
                 None => {}

@@ -23,8 +23,9 @@ use shared::db::{Backend, DbResult, Tx};
 use shared::message::{Inbound, OrderSnapshot, ReleaseRequested, StatusChanged};
 use shared::outbox;
 use shared::topics::{Consumes, OrderConsumes, Topic};
+use shared::view::Order;
 
-use crate::domain::{self, Input, Order, Step};
+use crate::domain::{self, Input, Step};
 use crate::store::Orders;
 
 /// Dispatches a decoded message to its topic's handler.
