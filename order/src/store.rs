@@ -451,8 +451,8 @@ pub fn lock_orders(tx: &mut Tx<'_>, ids: &mut Vec<String>) -> DbResult<()> {
     ids.dedup();
     tx.query(
         "SELECT CAST(0 AS BIGINT) FROM (SELECT pg_advisory_xact_lock(hashtextextended(id, 0))
-         FROM (SELECT id FROM unnest(string_to_array($1, ',')) AS id ORDER BY id) ids) locked",
-        &[&ids.join(",")],
+         FROM (SELECT id FROM unnest($1::text[]) AS id ORDER BY id) ids) locked",
+        &[&*ids],
         |_| Ok(()),
     )?;
     Ok(())

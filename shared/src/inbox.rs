@@ -2,9 +2,9 @@
 //! its effect, so a second copy of a message is a no-op. Its rows are also
 //! the timeline's record of applied messages (`timeline::for_order`).
 
-use crate::clock::now_ms;
 use std::collections::HashSet;
 
+use crate::clock::now_ms;
 use crate::db::{Backend, DbResult, Tx};
 use crate::message::Inbound;
 
