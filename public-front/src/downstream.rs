@@ -84,7 +84,8 @@ impl Downstream {
             .use_rustls_tls()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(1)))
-            .pool_max_idle_per_host(64);
+            .pool_max_idle_per_host(64)
+            .pool_idle_timeout(shared::http::CLIENT_POOL_IDLE_TIMEOUT);
         if let Some(path) = ca_path {
             builder = builder.tls_built_in_root_certs(false);
             for der in shared::tls::load_certs("downstream_ca_path", path)? {

@@ -336,7 +336,14 @@ impl<S: AdminToken + Send + Sync> FromRequestParts<S> for Admin {
 
 /// How long a client may take to send its request headers. `axum::serve`
 /// sets no limit, so a slowloris client could hold connections forever.
+/// hyper runs this clock on an idle keep-alive connection too, so a server
+/// closes a connection that has waited this long for its next request.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client keeps an idle pooled connection to a node. Shorter
+/// than [`HEADER_READ_TIMEOUT`], so the client drops the connection before
+/// the server does: a request written onto a connection the server is
+/// closing fails with an incomplete message instead of being answered.
+pub const CLIENT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long in-flight requests get to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -194,7 +194,11 @@ impl Cluster {
             order: o,
             front: f,
             ports: [broker, inventory, order, front],
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .pool_idle_timeout(shared::http::CLIENT_POOL_IDLE_TIMEOUT)
+                .build()
+                .unwrap(),
         }
     }
 

@@ -245,7 +245,7 @@ pub fn server_tls(pki: &TestPki) -> shared::config::TlsConfig {
 
 /// An HTTP client; with `pki`, one that trusts only its CA.
 pub fn http_client(pki: Option<&TestPki>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder();
+    let mut builder = reqwest::Client::builder().pool_idle_timeout(shared::http::CLIENT_POOL_IDLE_TIMEOUT);
     if let Some(pki) = pki {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
         builder = builder.tls_built_in_root_certs(false).add_root_certificate(ca);

@@ -105,7 +105,11 @@ fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
 /// Places one order through `front` with a known trace context; returns
 /// (trace id, the caller's span id) once the order is confirmed.
 async fn place_traced_order(front: &str) -> (String, String) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_idle_timeout(shared::http::CLIENT_POOL_IDLE_TIMEOUT)
+        .build()
+        .unwrap();
     eventually("the front to be ready", || async {
         let r = http.get(format!("{front}/readyz")).send().await.ok()?;
         r.status().is_success().then_some(())
