@@ -14,7 +14,6 @@ pub mod http;
 pub mod store;
 
 use anyhow::Context;
-use shared::bus::BusOptions;
 use shared::consumer::ParkingPolicy;
 use shared::db::Db;
 use shared::node::{Node, Service};
@@ -60,19 +59,21 @@ impl App {
         }
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let mut tasks = JoinSet::new();
-        let bus = BusOptions {
-            config: cfg.bus.clone(),
-            subscriptions: shared::topics::InventoryConsumes::TOPICS.to_vec(),
-            subscription_qos: shared::bus::QoS::AtLeastOnce,
-            manual_acks: true,
-            clean_session: false,
-        };
         // Inventory never parks: everything it receives can be decided.
         let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
         let handler = handlers::InventoryHandler { price_grace_ms: (cfg.price_grace_secs * 1000.0) as i64 };
-        let node = Node::start("inventory", db, bus, handler, policy, &shutdown, &mut tasks)?
-            .with_admin_token(cfg.admin_token.clone())
-            .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
+        let node = Node::start(
+            "inventory",
+            db,
+            cfg.bus.clone(),
+            shared::topics::InventoryConsumes::TOPICS,
+            handler,
+            policy,
+            &shutdown,
+            &mut tasks,
+        )?
+        .with_admin_token(cfg.admin_token.clone())
+        .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         let router = http::router(node.clone());
         Ok(App(Service::new(listener, tls, node, router, tasks, shutdown)))
     }

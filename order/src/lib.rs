@@ -15,7 +15,6 @@ pub mod http;
 pub mod store;
 
 use anyhow::Context;
-use shared::bus::BusOptions;
 use shared::consumer::ParkingPolicy;
 use shared::db::Db;
 use shared::node::{Node, Service};
@@ -46,19 +45,21 @@ impl App {
         let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
         let follow_up_ms = (cfg.follow_up_secs * 1000.0).max(10.0) as i64;
         let mut tasks = JoinSet::new();
-        let bus = BusOptions {
-            config: cfg.bus.clone(),
-            subscriptions: shared::topics::OrderConsumes::TOPICS.to_vec(),
-            subscription_qos: shared::bus::QoS::AtLeastOnce,
-            manual_acks: true,
-            clean_session: false,
-        };
         let policy =
             ParkingPolicy { retry_ms: follow_up_ms.min(1000), horizon_ms: (cfg.parked_horizon_secs * 1000.0) as i64 };
         let handler = handlers::OrderHandler { follow_up_ms };
-        let node = Node::start("order", db, bus, handler, policy, &shutdown, &mut tasks)?
-            .with_admin_token(cfg.admin_token.clone())
-            .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
+        let node = Node::start(
+            "order",
+            db,
+            cfg.bus.clone(),
+            shared::topics::OrderConsumes::TOPICS,
+            handler,
+            policy,
+            &shutdown,
+            &mut tasks,
+        )?
+        .with_admin_token(cfg.admin_token.clone())
+        .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
         tasks.spawn(follow_up::run(node.db.clone(), node.wakeup.clone(), follow_up_ms, shutdown.clone()));
         let router = http::router(node.clone());
         Ok(App(Service::new(listener, tls, node, router, tasks, shutdown)))

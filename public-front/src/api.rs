@@ -254,7 +254,7 @@ pub(crate) async fn place_order(
     let span = request_span("public-front place order", order_id);
     let envelope =
         Envelope::new(Topic::OrdersSend, order_id, send).with_traceparent(Some(traceparent(&headers, &span)));
-    if let Err(e) = publish(&s.bus, &Topic::OrdersSend.path(s.bus.prefix()), envelope.to_json()).await {
+    if let Err(e) = publish(&s.bus, &s.bus.route(Topic::OrdersSend, order_id), envelope.to_json()).await {
         return committed_before(&s, order_id, &fingerprint).await.unwrap_or(Err(e));
     }
 
@@ -508,7 +508,7 @@ pub(crate) async fn cancel_order(
     let span = request_span("public-front cancel order", id);
     let envelope = Envelope::new(Topic::OrdersCancel, id, CancelOrder::default())
         .with_traceparent(Some(traceparent(&headers, &span)));
-    publish(&s.bus, &Topic::OrdersCancel.path(s.bus.prefix()), envelope.to_json()).await?;
+    publish(&s.bus, &s.bus.route(Topic::OrdersCancel, id), envelope.to_json()).await?;
     let status = match tokio::time::timeout(s.commit_timeout, waiting.recv()).await {
         Ok(Some(event)) => Some((OrderStatus::Cancelled, event.version)),
         _ => s.downstream.order(id).await.ok().flatten().map(|o| (o.status, o.version)),

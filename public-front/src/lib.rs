@@ -68,11 +68,9 @@ impl App {
         let bus_shutdown = CancellationToken::new();
         let (bus, deliveries, bus_task) = Bus::start(
             BusOptions {
-                config: bus_cfg,
-                subscriptions: FrontConsumes::TOPICS.to_vec(),
-                subscription_qos: shared::bus::QoS::AtMostOnce,
-                manual_acks: false,
-                clean_session: true,
+                subscriptions: FrontConsumes::TOPICS.iter().map(|t| t.path(&bus_cfg.topic_prefix)).collect(),
+                // Each front gets every status: `orders/status` has no partitions.
+                ..BusOptions::publisher(bus_cfg)
             },
             bus_shutdown.clone(),
         )?;

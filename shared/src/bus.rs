@@ -36,7 +36,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BusConfig;
-use crate::topics::Topic;
+use crate::ids::OrderId;
+use crate::topics::{Partitions, Topic};
 
 /// Most QoS 1 publishes a client has out before their PUBACKs, the same as
 /// the embedded broker's window towards each client (`vendor/rumqttd`). The
@@ -82,12 +83,23 @@ struct Waiter {
     _slot: OwnedSemaphorePermit,
 }
 
+/// Asked before each reconnect: `false` ends the connection for good.
+/// A partition's session asks whether this instance still owns the
+/// partition, so an instance that lost it (it was stopped, and another took
+/// over) never takes the session back from the new owner.
+pub type Gate = Arc<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
+
 /// How a node uses the bus.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BusOptions {
     pub config: BusConfig,
-    /// Topics to subscribe to on every connect.
-    pub subscriptions: Vec<Topic>,
+    /// Topic filters to subscribe to on every connect (full paths; see
+    /// [`Partitions::filter`]).
+    pub subscriptions: Vec<String>,
+    /// The partition this session consumes, stamped on its deliveries.
+    pub partition: Option<u16>,
+    /// See [`Gate`]; `None`: always reconnect.
+    pub gate: Option<Gate>,
     /// QoS of those subscriptions. Consumers take QoS 1 (acked after their
     /// commit, redelivered otherwise). A clean session keeps nothing across
     /// connections, so QoS 1 would only add a PUBACK per message: the front
@@ -100,14 +112,45 @@ pub struct BusOptions {
     pub clean_session: bool,
 }
 
-/// A message received from the broker. Ack it with [`Bus::ack`] once its
-/// effect is committed (manual-ack buses only).
-#[derive(Debug)]
+impl BusOptions {
+    /// A connection that subscribes to nothing, e.g. to publish only.
+    pub fn publisher(config: BusConfig) -> BusOptions {
+        BusOptions {
+            config,
+            subscriptions: Vec::new(),
+            partition: None,
+            gate: None,
+            subscription_qos: QoS::AtMostOnce,
+            manual_acks: false,
+            clean_session: true,
+        }
+    }
+}
+
+/// A message received from the broker. Ack it with [`Delivery::ack`] once
+/// its effect is committed (manual-ack buses only).
 pub struct Delivery {
     pub topic: String,
     pub payload: Bytes,
+    /// The partition of the session it came on.
+    pub partition: Option<u16>,
     generation: u64,
     publish: Publish,
+    bus: Bus,
+}
+
+impl Delivery {
+    /// Acks it on the connection it came on, if that is still the current
+    /// one. Call in receive order, after the effect is committed.
+    pub fn ack(&self) {
+        self.bus.ack(self);
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("topic", &self.topic).field("partition", &self.partition).finish()
+    }
 }
 
 struct State {
@@ -167,6 +210,7 @@ struct Inner {
     /// The publish window: one permit per publish out before its PUBACK.
     window: Arc<Semaphore>,
     prefix: String,
+    partitions: Partitions,
 }
 
 /// A cloneable handle on the node's MQTT connection.
@@ -184,6 +228,7 @@ impl Bus {
         shutdown: CancellationToken,
     ) -> anyhow::Result<(Bus, mpsc::UnboundedReceiver<Delivery>, JoinHandle<()>)> {
         let cfg = &opts.config;
+        let partitions = Partitions::new(cfg.partitions)?;
         let mut mqtt = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
         // Loaded once here: rumqttc reuses it for every reconnect.
         mqtt.set_transport(crate::tls::bus_transport(cfg)?);
@@ -224,6 +269,7 @@ impl Bus {
             reconnect: AtomicBool::new(false),
             window: Arc::new(Semaphore::new(INFLIGHT as usize)),
             prefix: cfg.topic_prefix.clone(),
+            partitions,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = Bus { inner };
@@ -234,6 +280,28 @@ impl Bus {
 
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    pub fn partitions(&self) -> Partitions {
+        self.inner.partitions
+    }
+
+    /// The path a message about `order_id` on `topic` is published to.
+    pub fn route(&self, topic: Topic, order_id: OrderId) -> String {
+        topic.routed(&self.inner.prefix, self.inner.partitions, order_id)
+    }
+
+    /// [`Bus::route`] for an outbox row: the topic below the prefix and
+    /// the order id as stored. Rows that don't name one of our topics and
+    /// an order (none do) go to the plain path.
+    pub fn route_stored(&self, suffix: &str, order_id: &str) -> String {
+        if self.inner.partitions == Partitions::ONE {
+            return format!("{}{suffix}", self.inner.prefix);
+        }
+        match (Topic::from_suffix(suffix), OrderId::parse(order_id)) {
+            (Some(topic), Ok(id)) => self.route(topic, id),
+            _ => format!("{}{suffix}", self.inner.prefix),
+        }
     }
 
     /// Connected, subscribed on the current session, and making progress:
@@ -298,9 +366,7 @@ impl Bus {
         }
     }
 
-    /// Acks a delivery if it came on the current connection. Call in
-    /// receive order, after the effect is committed.
-    pub fn ack(&self, delivery: &Delivery) {
+    fn ack(&self, delivery: &Delivery) {
         let mut st = self.inner.state.lock().expect("bus state lock");
         if st.connected && st.generation == delivery.generation {
             match self.inner.client.try_ack(&delivery.publish) {
@@ -349,7 +415,7 @@ async fn run(
     let mut backoff = Duration::from_millis(50);
     let mut connected_at = Instant::now();
     let filters: Vec<SubscribeFilter> =
-        opts.subscriptions.iter().map(|t| SubscribeFilter::new(t.path(&inner.prefix), opts.subscription_qos)).collect();
+        opts.subscriptions.iter().map(|f| SubscribeFilter::new(f.clone(), opts.subscription_qos)).collect();
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -403,8 +469,14 @@ async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let generation = inner.state.lock().expect("bus state lock").generation;
-                let delivery =
-                    Delivery { topic: publish.topic.clone(), payload: publish.payload.clone(), generation, publish };
+                let delivery = Delivery {
+                    topic: publish.topic.clone(),
+                    payload: publish.payload.clone(),
+                    partition: opts.partition,
+                    generation,
+                    publish,
+                    bus: bus.clone(),
+                };
                 if deliveries.send(delivery).is_err() {
                     // Nobody consumes any more: we are shutting down.
                     break;
@@ -464,13 +536,21 @@ async fn run(
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                if let Some(gate) = &opts.gate {
+                    if !gate().await {
+                        tracing::info!(client_id = %opts.config.client_id, "not reconnecting: the session is no longer ours");
+                        break;
+                    }
+                }
             }
         }
     }
     // Best effort: tell the broker we leave, within a bound.
     inner.session.send_replace(false);
-    inner.state.lock().expect("bus state lock").connected = false;
-    if inner.client.try_disconnect().is_ok() {
+    let was_connected = std::mem::replace(&mut inner.state.lock().expect("bus state lock").connected, false);
+    // Only on a live connection: polling a lost one would connect again
+    // (and take the session from whoever holds it now).
+    if was_connected && inner.client.try_disconnect().is_ok() {
         let _ = tokio::time::timeout(Duration::from_millis(500), async {
             loop {
                 match eventloop.poll().await {

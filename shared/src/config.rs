@@ -68,6 +68,11 @@ pub struct BusConfig {
     /// the connection. Far above the application's own message limit
     /// (64 KiB). Default 4 MiB ([`DEFAULT_MAX_PACKET_BYTES`]).
     pub max_packet_bytes: usize,
+    /// How many partitions the services' topics are split into, for
+    /// several instances of a service (docs/SCALING.md): the same on every
+    /// node, fronts included, and fixed for the deployment's life (changing
+    /// it needs a drained shop). Default 1: no partitions.
+    pub partitions: u16,
     /// Connect with TLS (MQTT over TLS, usually port 8883). Default `false`.
     /// The broker's certificate must name `host`. Without `ca_path` the
     /// system's root certificates are trusted.
@@ -96,6 +101,7 @@ impl Default for BusConfig {
             password: None,
             keep_alive_secs: 5,
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            partitions: 1,
             tls: false,
             ca_path: None,
         }
@@ -113,6 +119,7 @@ impl std::fmt::Debug for BusConfig {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("keep_alive_secs", &self.keep_alive_secs)
             .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("partitions", &self.partitions)
             .field("tls", &self.tls)
             .field("ca_path", &self.ca_path)
             .finish()

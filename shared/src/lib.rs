@@ -10,6 +10,7 @@
 //! - [`consumer`]: batch apply with [`inbox`] dedup, [`parking`] and
 //!   [`dead_letter`], ack after commit.
 //! - [`outbox`]: events written with the state change, relayed after commit.
+//! - [`ownership`]: which instance of a service consumes which partitions.
 //! - [`db`]: the storage seam: SQLite or PostgreSQL, the writer thread
 //!   (every write transaction) and the read pool; [`clock`] the one time
 //!   unit the tables store.
@@ -29,6 +30,7 @@ pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod ownership;
 pub mod parking;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,9 +10,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusOptions};
+use crate::config::BusConfig;
 use crate::consumer::{Consumer, Handler, ParkingPolicy, Stats, StatsSnapshot};
 use crate::db::{Db, DbError, DbResult};
 use crate::outbox::{self, Backlog, Wakeup};
+use crate::ownership::{Owned, Sessions};
+use crate::topics::Topic;
 use crate::{dead_letter, parking};
 
 /// Sets a service's own gauges before `/metrics` renders.
@@ -28,7 +31,11 @@ pub type Apply =
 pub struct Node {
     pub name: &'static str,
     pub db: Db,
+    /// The connection the outbox relay publishes on (clean session, no
+    /// subscriptions; client id `{bus.client_id}-{instance}`).
     pub bus: Bus,
+    /// The partitions this instance consumes, each with its session.
+    pub owned: Owned,
     pub stats: Arc<Stats>,
     pub wakeup: Wakeup,
     /// Bearer token for the node's write routes (replaying dead letters,
@@ -45,6 +52,10 @@ pub struct Node {
 #[derive(Debug, Serialize)]
 pub struct NodeStats {
     pub bus_ready: bool,
+    /// This process's id (the outbox's and the partitions' owner).
+    pub instance: &'static str,
+    /// The partitions this instance consumes now.
+    pub partitions: Vec<u16>,
     pub messages: StatsSnapshot,
     pub outbox: Backlog,
     pub parked: i64,
@@ -58,12 +69,17 @@ impl crate::http::AdminToken for Node {
 }
 
 impl Node {
-    /// Starts the node's background tasks on `tasks`. Fails only on bad bus
-    /// TLS settings.
+    /// Starts the node's background tasks on `tasks`: the publishing
+    /// connection, the partition sessions that consume `topics` (all of
+    /// them on SQLite, this instance's share on PostgreSQL: see
+    /// [`crate::ownership`]), the consumer, the parking timer and the
+    /// relay. Fails only on bad bus settings.
+    #[allow(clippy::too_many_arguments)]
     pub fn start<H: Handler>(
         name: &'static str,
         db: Db,
-        bus: BusOptions,
+        bus: BusConfig,
+        topics: &'static [Topic],
         handler: H,
         policy: ParkingPolicy,
         shutdown: &CancellationToken,
@@ -71,10 +87,23 @@ impl Node {
     ) -> anyhow::Result<Node> {
         // Install the metrics recorder before anything counts.
         crate::metrics::handle();
-        // The bus outlives the consumer and relay so they can ack and flush
-        // while shutting down: it gets its own token, cancelled by `stop`.
+        // The sessions outlive the consumer and relay so they can ack and
+        // flush while shutting down: they get their own token, cancelled
+        // once those have finished.
         let bus_shutdown = CancellationToken::new();
-        let (bus, deliveries, bus_task) = Bus::start(bus, bus_shutdown.clone())?;
+        let (into_consumer, deliveries) = tokio::sync::mpsc::unbounded_channel();
+        let (sessions, owned) = Sessions::new(name, bus.clone(), topics, into_consumer, bus_shutdown.clone())?;
+        let mut publisher = bus;
+        publisher.client_id = format!("{}-{}", publisher.client_id, &crate::db::instance()[..8]);
+        let (bus, _, bus_task) = Bus::start(BusOptions::publisher(publisher), bus_shutdown.clone())?;
+        let ownership = match db.pg.clone() {
+            Some(target) => tokio::spawn(sessions.run_shared(target, shutdown.clone())),
+            None => {
+                let mut sessions = sessions;
+                sessions.start_all();
+                tokio::spawn(sessions.run_sole())
+            }
+        };
         let stats = Arc::new(Stats::default());
         let wakeup = Wakeup::default();
         let consumer = Consumer::new(name, db.clone(), bus.prefix(), handler, wakeup.clone(), stats.clone(), policy);
@@ -84,15 +113,16 @@ impl Node {
             Box::pin(async move { local.apply(vec![(topic, payload)]).await.map(drop) })
         });
         let mut inner = JoinSet::new();
-        inner.spawn(consumer.clone().run(bus.clone(), deliveries, shutdown.clone()));
+        inner.spawn(consumer.clone().run(deliveries, shutdown.clone()));
         inner.spawn(consumer.run_parking_timer(shutdown.clone()));
         inner.spawn(outbox::relay(db.clone(), bus.clone(), wakeup.clone(), shutdown.clone()));
         tasks.spawn(async move {
             while inner.join_next().await.is_some() {}
             bus_shutdown.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(2), bus_task).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), ownership).await;
         });
-        Ok(Node { name, db, bus, stats, wakeup, admin_token: None, gauges: None, apply })
+        Ok(Node { name, db, bus, owned, stats, wakeup, admin_token: None, gauges: None, apply })
     }
 
     pub fn with_admin_token(mut self, token: Option<crate::config::Secret>) -> Self {
@@ -126,6 +156,14 @@ impl Node {
         if let Some(reason) = self.bus.not_ready_reason() {
             return Some(reason);
         }
+        let Some(sessions) = self.owned.borrow().clone() else {
+            return Some("has not claimed its partitions yet".into());
+        };
+        for (p, bus) in sessions {
+            if let Some(reason) = bus.not_ready_reason() {
+                return Some(format!("partition {p}: {reason}"));
+            }
+        }
         // An empty write transaction: takes the write lock, writes nothing.
         let writable = self.db.write(|_| Ok::<_, DbError>(()));
         match tokio::time::timeout(Duration::from_secs(2), writable).await {
@@ -136,8 +174,13 @@ impl Node {
     }
 
     pub async fn stats(&self) -> DbResult<NodeStats> {
+        let owned = self.owned.borrow().clone().unwrap_or_default();
+        let partitions: Vec<u16> = owned.keys().copied().collect();
+        let bus_ready = self.bus.is_ready() && owned.values().all(Bus::is_ready);
         Ok(NodeStats {
-            bus_ready: self.bus.is_ready(),
+            bus_ready,
+            instance: crate::db::instance(),
+            partitions,
             messages: self.stats.snapshot(),
             outbox: outbox::backlog(&self.db.reader).await?,
             parked: parking::count(&self.db.reader).await?,

@@ -112,7 +112,7 @@ pub(crate) fn write_all(tx: &mut Tx<'_>, rows: Vec<Pending>) -> DbResult<Vec<Uns
     Ok(rows
         .into_iter()
         .zip(seqs)
-        .map(|(r, seq)| Unsent { seq, topic: r.topic.to_owned(), payload: r.payload })
+        .map(|(r, seq)| Unsent { seq, topic: r.topic.to_owned(), order_id: r.order_id, payload: r.payload })
         .collect())
 }
 
@@ -354,7 +354,7 @@ impl Outstanding {
         }
         let bus = bus.clone();
         self.futures.push(Box::pin(async move {
-            let path = format!("{}{}", bus.prefix(), row.topic);
+            let path = bus.route_stored(&row.topic, &row.order_id);
             (row.seq, bus.publish(&path, row.payload).await)
         }));
     }
@@ -445,6 +445,8 @@ pub struct Unsent {
     pub seq: i64,
     /// Topic below the prefix.
     pub topic: String,
+    /// The order it is about: picks the topic's partition.
+    pub order_id: String,
     pub payload: Vec<u8>,
 }
 
@@ -456,12 +458,15 @@ pub struct Unsent {
 /// skipping rows another relay is claiming at that moment, leased to this
 /// instance for [`LEASE_MS`].
 pub async fn unsent(db: &Db, after: i64, limit: i64) -> DbResult<Vec<Unsent>> {
-    let row = |r: &crate::db::Row<'_>| Ok(Unsent { seq: r.get(0)?, topic: r.get(1)?, payload: r.get(2)? });
+    let row = |r: &crate::db::Row<'_>| {
+        Ok(Unsent { seq: r.get(0)?, topic: r.get(1)?, payload: r.get(2)?, order_id: r.get(3)? })
+    };
     match db.backend() {
         Backend::Sqlite => {
             db.reader
                 .fetch(
-                    "SELECT seq, topic, payload FROM outbox WHERE sent_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
+                    "SELECT seq, topic, payload, COALESCE(order_id, '') FROM outbox
+                     WHERE sent_at IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
                     &[&after, &limit],
                     row,
                 )
@@ -476,7 +481,7 @@ pub async fn unsent(db: &Db, after: i64, limit: i64) -> DbResult<Vec<Unsent>> {
                      WHERE seq IN (SELECT seq FROM outbox
                                    WHERE sent_at IS NULL AND seq > $3 AND (owner = $1 OR lease_until < $4)
                                    ORDER BY seq LIMIT $5 FOR UPDATE SKIP LOCKED)
-                     RETURNING seq, topic, payload",
+                     RETURNING seq, topic, payload, COALESCE(order_id, '')",
                     &[&crate::db::instance(), &(now + LEASE_MS), &after, &now, &limit],
                     row,
                 )
@@ -562,7 +567,8 @@ mod tests {
     }
 
     fn committed(seqs: std::ops::RangeInclusive<i64>) -> Vec<Unsent> {
-        seqs.map(|seq| Unsent { seq, topic: "orders/status".into(), payload: Vec::new() }).collect()
+        seqs.map(|seq| Unsent { seq, topic: "orders/status".into(), order_id: String::new(), payload: Vec::new() })
+            .collect()
     }
 
     fn seqs(rows: Option<Vec<Unsent>>) -> Option<Vec<i64>> {

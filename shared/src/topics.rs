@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::OrderId;
+
 pub const DEFAULT_PREFIX: &str = "webshop/v1/";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,10 +69,98 @@ impl Topic {
         format!("{prefix}{}", self.suffix())
     }
 
-    /// The topic of a full path, if it is one of ours under `prefix`.
-    pub fn from_path(prefix: &str, path: &str) -> Option<Topic> {
-        let suffix = path.strip_prefix(prefix)?;
+    /// The topic whose [`Topic::suffix`] is `suffix`.
+    pub fn from_suffix(suffix: &str) -> Option<Topic> {
         Topic::ALL.into_iter().find(|t| t.suffix() == suffix)
+    }
+
+    /// Whether the topic is split into partitions when a deployment has
+    /// more than one (see [`Partitions`]). Every topic a service consumes
+    /// is; `orders/status` goes to every front and is not.
+    pub fn partitioned(self) -> bool {
+        self != Topic::OrdersStatus
+    }
+
+    /// The path a message about `order_id` is published to: the topic's
+    /// path, plus `/{partition}` when it is partitioned.
+    pub fn routed(self, prefix: &str, partitions: Partitions, order_id: OrderId) -> String {
+        match partitions.of(self, order_id) {
+            Some(p) => format!("{prefix}{}/{p}", self.suffix()),
+            None => self.path(prefix),
+        }
+    }
+
+    /// The topic of a full path, if it is one of ours under `prefix`; a
+    /// partitioned topic may carry its partition (`…/orders/send/7`).
+    pub fn from_path(prefix: &str, path: &str) -> Option<Topic> {
+        Topic::with_partition(prefix, path).map(|(t, _)| t)
+    }
+
+    /// The topic of a full path and the partition it names, if any.
+    pub fn with_partition(prefix: &str, path: &str) -> Option<(Topic, Option<u16>)> {
+        let suffix = path.strip_prefix(prefix)?;
+        if let Some(t) = Topic::from_suffix(suffix) {
+            return Some((t, None));
+        }
+        let (topic, partition) = suffix.rsplit_once('/')?;
+        let t = Topic::from_suffix(topic).filter(|t| t.partitioned())?;
+        // Digits only: `+`, `#` or a sign would reach other partitions.
+        if partition.is_empty() || partition.len() > 5 || !partition.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((t, Some(partition.parse().ok()?)))
+    }
+}
+
+/// How many partitions the services' topics are split into: the same
+/// number on every node of a deployment (`bus.partitions`). Each partition
+/// is one persistent MQTT session per service, consumed by one instance at
+/// a time, so a service's work spreads over its instances partition by
+/// partition while all of one order's messages stay on one consumer. With
+/// one partition (the default) topics carry no partition and a service has
+/// one session, as a single-instance shop needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Partitions(u16);
+
+impl Partitions {
+    /// The most a deployment may have: each is an MQTT session per service.
+    pub const MAX: u16 = 1024;
+    pub const ONE: Partitions = Partitions(1);
+
+    pub fn new(count: u16) -> anyhow::Result<Partitions> {
+        anyhow::ensure!(
+            (1..=Self::MAX).contains(&count),
+            "bus.partitions must be between 1 and {}, got {count}",
+            Self::MAX
+        );
+        Ok(Partitions(count))
+    }
+
+    pub fn count(self) -> u16 {
+        self.0
+    }
+
+    /// The partition of `order_id`'s messages on `topic`; `None` when the
+    /// topic carries none (one partition, or `orders/status`).
+    pub fn of(self, topic: Topic, order_id: OrderId) -> Option<u16> {
+        (self.0 > 1 && topic.partitioned()).then(|| self.of_order(order_id))
+    }
+
+    /// The partition an order belongs to: the first 8 bytes of its id (a
+    /// hash already: order ids are UUIDv5 of the idempotency key), modulo
+    /// the count.
+    pub fn of_order(self, order_id: OrderId) -> u16 {
+        let bytes: [u8; 8] = order_id.0.as_bytes()[..8].try_into().expect("a UUID has 16 bytes");
+        (u64::from_be_bytes(bytes) % u64::from(self.0)) as u16
+    }
+
+    /// The subscription filter of `topic` for `partition`.
+    pub fn filter(self, prefix: &str, topic: Topic, partition: u16) -> String {
+        if self.0 > 1 && topic.partitioned() {
+            format!("{prefix}{}/{partition}", topic.suffix())
+        } else {
+            topic.path(prefix)
+        }
     }
 }
 
@@ -231,6 +321,10 @@ pub fn mosquitto_acl(prefix: &str, users: &[(&str, Role)], anonymous: Option<Rol
                 (false, false) => continue,
             };
             out.push_str(&format!("topic {access} {}\n", t.path(prefix)));
+            if t.partitioned() {
+                // Its partitions (`bus.partitions` above 1).
+                out.push_str(&format!("topic {access} {}/+\n", t.path(prefix)));
+            }
         }
     }
     let mut out = String::from("# Generated from shared::topics::Role: what each user may publish (write) and\n");
@@ -256,6 +350,35 @@ mod tests {
             assert_eq!(Topic::from_path(DEFAULT_PREFIX, &t.path(DEFAULT_PREFIX)), Some(t));
         }
         assert_eq!(Topic::from_path(DEFAULT_PREFIX, "webshop/v1/nope"), None);
+    }
+
+    #[test]
+    fn partitioned_paths_name_their_partition() {
+        let p = DEFAULT_PREFIX;
+        let id = OrderId(uuid::Uuid::from_u128(0x0000_0000_0000_0011_ffff_ffff_ffff_ffff));
+        let four = Partitions::new(4).unwrap();
+        assert_eq!(four.of_order(id), 1, "0x11 mod 4");
+        assert_eq!(Topic::OrdersSend.routed(p, four, id), "webshop/v1/orders/send/1");
+        assert_eq!(Topic::OrdersStatus.routed(p, four, id), "webshop/v1/orders/status");
+        assert_eq!(Topic::OrdersSend.routed(p, Partitions::ONE, id), "webshop/v1/orders/send");
+        assert_eq!(Topic::with_partition(p, "webshop/v1/orders/send/1"), Some((Topic::OrdersSend, Some(1))));
+        assert_eq!(Topic::with_partition(p, "webshop/v1/orders/send"), Some((Topic::OrdersSend, None)));
+        for bad in [
+            "webshop/v1/orders/send/+",
+            "webshop/v1/orders/send/#",
+            "webshop/v1/orders/send/",
+            "webshop/v1/orders/status/1",
+            "webshop/v1/orders/send/-1",
+            "webshop/v1/orders/send/999999",
+        ] {
+            assert_eq!(Topic::from_path(p, bad), None, "{bad}");
+        }
+        assert_eq!(four.filter(p, Topic::InStock, 3), "webshop/v1/inventory/in-stock/3");
+        assert_eq!(Partitions::ONE.filter(p, Topic::InStock, 0), "webshop/v1/inventory/in-stock");
+        assert!(Role::Inventory.may_subscribe(p, "webshop/v1/orders/send/3"));
+        assert!(Role::Front.may_publish(p, "webshop/v1/orders/send/3"));
+        assert!(!Role::Front.may_subscribe(p, "webshop/v1/orders/status/3"));
+        assert!(Partitions::new(0).is_err() && Partitions::new(Partitions::MAX + 1).is_err());
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Consumer, Handler, StatsSnapshot, MAX_BATCH};
-use crate::bus::{Bus, Delivery};
-use crate::db::DbResult;
+use crate::bus::Delivery;
+use crate::db::{DbError, DbResult};
 
 /// A batch handed to the writer and not yet acked.
 struct Applying {
@@ -21,6 +21,14 @@ struct Applying {
 
 fn payloads(batch: &[Delivery]) -> Vec<(String, Bytes)> {
     batch.iter().map(|d| (d.topic.clone(), d.payload.clone())).collect()
+}
+
+/// The partitions a batch came from, each once.
+fn partitions(batch: &[Delivery]) -> Vec<u16> {
+    let mut ps: Vec<u16> = batch.iter().filter_map(|d| d.partition).collect();
+    ps.sort_unstable();
+    ps.dedup();
+    ps
 }
 
 impl<H: Handler> Consumer<H> {
@@ -35,7 +43,7 @@ impl<H: Handler> Consumer<H> {
     /// behind it may commit first; nothing is acked until the failed one is
     /// retried and committed (a reordering the handlers tolerate, as any
     /// broker reordering).
-    pub async fn run(self, bus: Bus, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Delivery>, shutdown: CancellationToken) {
         let mut out: VecDeque<Applying> = VecDeque::with_capacity(2);
         let mut closed = false;
         loop {
@@ -44,7 +52,7 @@ impl<H: Handler> Consumer<H> {
                 biased;
                 done = async { (&mut out.front_mut().expect("a batch is out").task).await }, if !out.is_empty() => {
                     let batch = out.pop_front().expect("a batch is out");
-                    if !self.settle(&bus, batch, done, &shutdown).await {
+                    if !self.settle(batch, done, &shutdown).await {
                         return;
                     }
                 }
@@ -67,8 +75,8 @@ impl<H: Handler> Consumer<H> {
                         }
                     }
                     let this = self.clone();
-                    let msgs = payloads(&batch);
-                    let task = tokio::spawn(async move { this.apply(msgs).await });
+                    let (msgs, parts) = (payloads(&batch), partitions(&batch));
+                    let task = tokio::spawn(async move { this.apply_owned(msgs, parts).await });
                     out.push_back(Applying { deliveries: batch, task, started: std::time::Instant::now() });
                 }
             }
@@ -79,8 +87,7 @@ impl<H: Handler> Consumer<H> {
     /// was acked, so that is safe), then acked. `false`: stopped first.
     async fn settle(
         &self,
-        bus: &Bus,
-        batch: Applying,
+        mut batch: Applying,
         mut done: Result<DbResult<StatsSnapshot>, tokio::task::JoinError>,
         shutdown: &CancellationToken,
     ) -> bool {
@@ -88,6 +95,21 @@ impl<H: Handler> Consumer<H> {
         loop {
             let (e, transient) = match done {
                 Ok(Ok(_)) => break,
+                Ok(Err(DbError::NotOwner(lost))) => {
+                    // Another instance owns these now and gets them again
+                    // from the broker: leave them unacked, apply the rest.
+                    tracing::info!(
+                        node = self.node,
+                        ?lost,
+                        "partitions taken over; leaving their messages to the new owner"
+                    );
+                    batch.deliveries.retain(|d| !d.partition.is_some_and(|p| lost.contains(&p)));
+                    if batch.deliveries.is_empty() {
+                        return true;
+                    }
+                    done = Ok(self.apply_owned(payloads(&batch.deliveries), partitions(&batch.deliveries)).await);
+                    continue;
+                }
                 Ok(Err(e)) => (e.to_string(), e.is_transient()),
                 Err(e) => (e.to_string(), false),
             };
@@ -105,14 +127,14 @@ impl<H: Handler> Consumer<H> {
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            done = Ok(self.apply(payloads(&batch.deliveries)).await);
+            done = Ok(self.apply_owned(payloads(&batch.deliveries), partitions(&batch.deliveries)).await);
         }
         metrics::histogram!("consumer_batch_messages", "node" => self.node).record(batch.deliveries.len() as f64);
         metrics::histogram!("consumer_batch_seconds", "node" => self.node)
             .record(batch.started.elapsed().as_secs_f64());
         crate::crash_point!("consumer::before_ack");
         for d in &batch.deliveries {
-            bus.ack(d);
+            d.ack();
         }
         self.wakeup.wake();
         true

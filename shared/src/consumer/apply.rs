@@ -18,6 +18,17 @@ impl<H: Handler> Consumer<H> {
     /// acks after this returns). Public so tests can drive the real
     /// handlers with a fake bus.
     pub async fn apply(&self, batch: Vec<(String, Bytes)>) -> DbResult<StatsSnapshot> {
+        self.apply_owned(batch, Vec::new()).await
+    }
+
+    /// [`Consumer::apply`] for messages from the sessions of `partitions`:
+    /// on PostgreSQL the transaction first checks they are still this
+    /// instance's ([`crate::ownership::check`]).
+    pub(super) async fn apply_owned(
+        &self,
+        batch: Vec<(String, Bytes)>,
+        partitions: Vec<u16>,
+    ) -> DbResult<StatsSnapshot> {
         // Decoded here, off the writer thread (the one serial stage).
         let decoded = batch
             .into_iter()
@@ -30,7 +41,16 @@ impl<H: Handler> Consumer<H> {
             })
             .collect();
         let this = self.clone();
-        let pass = self.db.write(move |tx| this.apply_batch(tx, decoded)).await?;
+        let fenced = self.db.backend() == crate::db::Backend::Postgres && !partitions.is_empty();
+        let pass = self
+            .db
+            .write(move |tx| {
+                if fenced {
+                    crate::ownership::check(tx, &partitions)?;
+                }
+                this.apply_batch(tx, decoded)
+            })
+            .await?;
         self.stats.add(&pass.tally);
         self.count(pass.counts);
         Ok(pass.tally)

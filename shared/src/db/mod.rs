@@ -16,9 +16,10 @@
 //! by [`Tx::backend`]. Each backend has its own numbered migrations
 //! ([`Migrations`]), applied on open.
 
-mod postgres;
+pub(crate) mod postgres;
 mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -51,6 +52,10 @@ pub enum DbError {
     Corrupt { table: &'static str, key: String, why: String },
     #[error("the database writer is closed")]
     Closed,
+    /// Another instance took over these partitions: a batch read from
+    /// their sessions must not commit (see `crate::ownership`).
+    #[error("partitions {0:?} are no longer this instance's")]
+    NotOwner(Vec<u16>),
     /// A rule of ours that fails the transaction.
     #[error("{0}")]
     Misuse(String),
@@ -464,6 +469,8 @@ pub struct Db {
     pub(crate) sent: Sent,
     /// Committed events, handed to the relay without a read.
     pub(crate) committed: Committed,
+    /// PostgreSQL: how to open more sessions (partition ownership).
+    pub(crate) pg: Option<Arc<postgres::Target>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -480,14 +487,16 @@ impl Db {
     /// PostgreSQL server), applies the shared and the service's migrations,
     /// and starts the writer thread.
     pub async fn open(cfg: &DbConfig, migrations: &Migrations) -> anyhow::Result<Db> {
-        let (reader, conn) = match cfg.backend() {
+        let (reader, conn, pg) = match cfg.backend() {
             Backend::Sqlite => {
                 let migrator = combined(&SHARED_SQLITE, &migrations.sqlite);
-                sqlite::open(cfg, &migrator).await?
+                let (reader, conn) = sqlite::open(cfg, &migrator).await?;
+                (reader, conn, None)
             }
             Backend::Postgres => {
                 let migrator = combined(&SHARED_POSTGRES, &migrations.postgres);
-                postgres::open(cfg, &migrator).await?
+                let (reader, conn, target) = postgres::open(cfg, &migrator).await?;
+                (reader, conn, Some(Arc::new(target)))
             }
         };
         let (writer, jobs) = mpsc::unbounded_channel();
@@ -495,7 +504,7 @@ impl Db {
             .name("db-writer".into())
             .spawn(move || serve(conn, jobs))
             .context("starting the database writer thread")?;
-        Ok(Db { writer, reader, sent: Sent::default(), committed: Committed::default() })
+        Ok(Db { writer, reader, sent: Sent::default(), committed: Committed::default(), pg })
     }
 
     pub fn backend(&self) -> Backend {

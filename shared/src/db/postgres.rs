@@ -40,7 +40,7 @@ fn options(cfg: &DbConfig) -> anyhow::Result<PgConnectOptions> {
 /// Connects, applies the migrations (sqlx's migrator holds an advisory lock
 /// while it does, so instances starting together take turns), and opens the
 /// writer session and the read pool.
-pub(super) async fn open(cfg: &DbConfig, migrator: &Migrator) -> anyhow::Result<(Reader, WriterConn)> {
+pub(super) async fn open(cfg: &DbConfig, migrator: &Migrator) -> anyhow::Result<(Reader, WriterConn, Target)> {
     let options = options(cfg)?;
     let what =
         || format!("connecting to PostgreSQL at {}", crate::config::redact_url(cfg.url.as_deref().unwrap_or_default()));
@@ -65,10 +65,37 @@ pub(super) async fn open(cfg: &DbConfig, migrator: &Migrator) -> anyhow::Result<
     // The writer plans each statement for its parameters: a plan cached
     // while a table was nearly empty (a sequential scan) would otherwise
     // stay in use for a batch's `= ANY($1)` reads as the table grows.
-    let options = options.options([("plan_cache_mode", "force_custom_plan")]);
+    //
+    // A transaction left open (the process was stopped mid-batch) is ended
+    // by the server, so the row locks it holds don't hold up the instance
+    // that takes its partitions over (see `crate::ownership`).
+    let target = Target { options: options.clone(), schema: cfg.schema.clone() };
+    let options = options
+        .options([("plan_cache_mode", "force_custom_plan"), ("idle_in_transaction_session_timeout", IDLE_TIMEOUT)]);
     let conn = PgConnection::connect_with(&options).await.with_context(what)?;
     let session = Session { rt: Handle::current(), options, conn: Some(conn), changes: 0 };
-    Ok((Reader::Postgres(reader), WriterConn::Postgres(Box::new(session))))
+    Ok((Reader::Postgres(reader), WriterConn::Postgres(Box::new(session)), target))
+}
+
+/// How long the server lets an ownership session sit idle, or a write
+/// transaction sit open with nothing to do, before it ends the session:
+/// the time a stopped (not killed) process keeps its partitions.
+pub(crate) const IDLE_TIMEOUT: &str = "5s";
+
+/// Where a node's extra sessions (partition ownership) connect: the
+/// node's own options and schema.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub options: PgConnectOptions,
+    pub schema: String,
+}
+
+impl Target {
+    /// A session that the server ends after [`IDLE_TIMEOUT`] without a
+    /// statement: whoever holds it must keep talking.
+    pub async fn connect_watched(&self) -> sqlx::Result<PgConnection> {
+        PgConnection::connect_with(&self.options.clone().options([("idle_session_timeout", IDLE_TIMEOUT)])).await
+    }
 }
 
 /// The writer's connection, reconnected before the next transaction when a
