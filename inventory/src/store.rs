@@ -36,6 +36,14 @@ pub struct SeedProduct {
 pub async fn seed_if_empty(db: &Db, products: &[SeedProduct]) -> DbResult<usize> {
     let products = products.to_vec();
     db.write(move |tx| {
+        if tx.backend() == Backend::Postgres {
+            // Instances starting together seed one at a time; the next
+            // one's count (a fresh snapshot after the lock) sees the rows.
+            tx.scalar(
+                "SELECT CAST(0 AS BIGINT) FROM (SELECT pg_advisory_xact_lock(hashtextextended('inventory seed', 0))) l",
+                &[],
+            )?;
+        }
         if tx.scalar("SELECT COUNT(*) FROM products", &[])? > 0 {
             return Ok(0);
         }

@@ -66,12 +66,12 @@ impl Proc {
         }
     }
 
-    fn start(&mut self, failpoints: Option<&str>) {
+    pub(crate) fn start(&mut self, failpoints: Option<&str>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_webshop"));
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         cmd.args(&self.args)
-            .envs(&self.env)
             .env("RUST_LOG", "warn,rumqttd=off")
+            .envs(&self.env)
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(log);
@@ -86,22 +86,29 @@ impl Proc {
         text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
-    fn has_exited(&mut self) -> bool {
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill runs");
+        assert!(sent.success(), "kill -{signal} {pid} failed");
+    }
+
+    pub(crate) fn has_exited(&mut self) -> bool {
         self.exit_status().is_some()
     }
 
-    fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill9();
         self.start(None);
     }

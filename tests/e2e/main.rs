@@ -15,6 +15,7 @@ mod model;
 mod otlp;
 mod polls;
 mod release;
+mod scaleout;
 mod stalls;
 mod tls;
 mod tools;
