@@ -18,8 +18,8 @@
 //!   inherits the broker's session: what the old owner had not acked is
 //!   delivered again, and the inbox drops what it had committed.
 //!
-//! Each instance aims at its share, ⌈partitions / live instances⌉ (the
-//! `instances` table, one heartbeat per second): it claims free partitions
+//! Each instance aims at its share, ⌈partitions / live instances⌉ (an
+//! instance is live while its lease holds its member lock): it claims free partitions
 //! while below its share and gives one back per tick while above it, so an
 //! instance that joins gets work and one that leaves (SIGTERM: it stops
 //! consuming, lets its batches commit and ack, then lets go) hands its
@@ -48,9 +48,6 @@ use crate::topics::{Partitions, Topic};
 
 /// How often an instance beats, claims and gives back.
 const TICK: Duration = Duration::from_secs(1);
-/// An instance that hasn't beaten for this long no longer counts towards
-/// the shares (SQL interval).
-const LIVE_WITHIN: &str = "5 seconds";
 /// Most a gate waits for the lease to answer.
 const GATE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most a stopping session gets to say goodbye to the broker.
@@ -116,6 +113,7 @@ impl Sessions {
     /// consumer has finished.
     pub(crate) async fn run_shared(mut self, target: Arc<Target>, shutdown: CancellationToken) {
         let key = lock_key(&target.schema);
+        let members = lock_key(&format!("{}/members", target.schema));
         let lease: Arc<Mutex<Option<PgConnection>>> = Arc::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -130,7 +128,7 @@ impl Sessions {
             self.reap().await;
             let live = {
                 let mut conn = lease.lock().await;
-                beat(&mut conn, &target).await
+                beat(&mut conn, &target, members).await
             };
             let live = match live {
                 Ok(live) => live,
@@ -196,8 +194,7 @@ impl Sessions {
         self.stop_all("shutting down").await;
         // Closing the lease lets go of every lock at once.
         let last = lease.lock().await.take();
-        if let Some(mut conn) = last {
-            let _ = sqlx::query("DELETE FROM instances WHERE instance = $1").bind(instance()).execute(&mut conn).await;
+        if let Some(conn) = last {
             let _ = conn.close().await;
         }
     }
@@ -287,24 +284,30 @@ fn lock_key(name: &str) -> i32 {
     hash as i32
 }
 
-/// Says this instance is alive, on the lease (connected first if needed);
-/// returns how many instances are (itself included).
-async fn beat(conn: &mut Option<PgConnection>, target: &Target) -> sqlx::Result<i64> {
+/// Connects the lease if needed (and joins the members: a lock of its own
+/// under `members`, gone with the session); returns how many members hold
+/// theirs now, itself included. Also keeps the lease from going idle.
+async fn beat(conn: &mut Option<PgConnection>, target: &Target, members: i32) -> sqlx::Result<i64> {
     if conn.is_none() {
-        *conn = Some(target.connect_watched().await?);
+        let mut c = target.connect_watched().await?;
+        sqlx::query("SELECT pg_try_advisory_lock($1, $2)")
+            .bind(members)
+            .bind(lock_key(instance()))
+            .execute(&mut c)
+            .await?;
+        *conn = Some(c);
     }
     let c = conn.as_mut().expect("connected above");
-    let others = sqlx::query(&format!(
-        "WITH beat AS (INSERT INTO instances (instance, seen_at) VALUES ($1, now())
-                       ON CONFLICT (instance) DO UPDATE SET seen_at = now() RETURNING 1),
-              gone AS (DELETE FROM instances WHERE seen_at < now() - interval '1 minute' RETURNING 1)
-         SELECT count(*) FROM instances WHERE seen_at > now() - interval '{LIVE_WITHIN}' AND instance <> $1"
-    ))
-    .bind(instance())
+    let live = sqlx::query(
+        "SELECT count(*) FROM pg_locks
+         WHERE locktype = 'advisory' AND objsubid = 2 AND granted AND classid::bigint = $1
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(i64::from(members as u32))
     .fetch_one(&mut *c)
     .await;
-    match others {
-        Ok(row) => Ok(row.get::<i64, _>(0) + 1),
+    match live {
+        Ok(row) => Ok(row.get::<i64, _>(0).max(1)),
         Err(e) => {
             *conn = None;
             Err(e)

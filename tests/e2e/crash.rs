@@ -73,7 +73,7 @@ impl Proc {
             .env("RUST_LOG", "warn,rumqttd=off")
             .envs(&self.env)
             .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
             .stderr(log);
         if let Some(fp) = failpoints {
             cmd.env("FAILPOINTS", fp);

@@ -373,6 +373,46 @@ async fn two_of_each_node_survive_kills_stops_and_a_broker_restart() {
     let clients: Vec<_> =
         (0..6).map(|c| tokio::spawn(client(c, shop.public(""), http.clone(), history.clone(), until))).collect();
 
+    // The watcher: how long each service had partitions no live instance
+    // consumed (an instance that doesn't answer consumes nothing).
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (http, watching) = (http.clone(), watching.clone());
+        let urls: Vec<(usize, String)> = ["inventory-a", "inventory-b", "order-a", "order-b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i / 2, shop.node(n, "/stats")))
+            .collect();
+        tokio::spawn(async move {
+            let mut gaps: [Vec<Duration>; 2] = Default::default();
+            let mut since: [Option<Instant>; 2] = [None, None];
+            while !watching.is_cancelled() {
+                let mut covered: [std::collections::BTreeSet<u64>; 2] = Default::default();
+                for (service, url) in &urls {
+                    let stats = async {
+                        http.get(url).timeout(Duration::from_millis(300)).send().await.ok()?.json::<Value>().await.ok()
+                    };
+                    if let Some(stats) = stats.await {
+                        covered[*service]
+                            .extend(stats["partitions"].as_array().into_iter().flatten().filter_map(Value::as_u64));
+                    }
+                }
+                for s in 0..2 {
+                    match (covered[s].len() == usize::from(PARTITIONS), since[s]) {
+                        (false, None) => since[s] = Some(Instant::now()),
+                        (true, Some(t)) => {
+                            gaps[s].push(t.elapsed());
+                            since[s] = None;
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            gaps
+        })
+    };
+
     // The nemesis, in the foreground: a fixed plan, scaled to the run.
     let step = load_for / 8;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
@@ -408,6 +448,12 @@ async fn two_of_each_node_survive_kills_stops_and_a_broker_restart() {
     }
     for c in clients {
         c.await.unwrap();
+    }
+    watching.cancel();
+    let gaps = watcher.await.unwrap();
+    for (service, gaps) in ["inventory", "order"].iter().zip(gaps) {
+        let ms: Vec<u128> = gaps.iter().map(|g| g.as_millis()).collect();
+        eprintln!("scale-out: {service} had partitions without a consumer for {ms:?} ms");
     }
 
     // Heal: everything running, partitions owned again.

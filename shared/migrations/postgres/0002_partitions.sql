@@ -10,8 +10,3 @@ CREATE TABLE partition_owners (
     since     TIMESTAMPTZ NOT NULL DEFAULT now(),
     claims    BIGINT NOT NULL DEFAULT 1
 );
--- The instances alive (a heartbeat every second), so each knows its share.
-CREATE TABLE instances (
-    instance TEXT PRIMARY KEY,
-    seen_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-);
