@@ -15,6 +15,7 @@ mod model;
 mod otlp;
 mod polls;
 mod release;
+mod rolling_upgrade;
 mod stalls;
 mod tls;
 mod tools;
