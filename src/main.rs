@@ -684,6 +684,8 @@ impl Nodes {
                 order_url: format!("http://{}", order.local_addr()),
                 admin_token: admin_token(),
                 log: log.clone(),
+                // One front and no load balancer to move traffic away first.
+                drain_grace_secs: 0.0,
                 ..Default::default()
             },
             shutdown,

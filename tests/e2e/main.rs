@@ -3,6 +3,7 @@
 
 mod acl;
 mod admin;
+mod balancer;
 mod bench;
 mod crash;
 mod database_crash;
