@@ -6,9 +6,12 @@
 //! - [`tools::chaos`]: a fault-injecting MQTT proxy;
 //! - [`tools::fuzz`]: random and malformed traffic at every topic;
 //! - [`tools::bench`]: the benchmark (`webshop bench`);
-//! - [`tools::mqtt`]: the small MQTT client they share.
+//! - [`tools::mqtt`]: the small MQTT client they share;
+//! - [`haproxy`]: the haproxy configuration for several fronts
+//!   (`webshop haproxy-config`).
 //!
 //! The audit lives in `public-front` (`public_front::audit`), which also
 //! serves it at `GET /admin/audit`.
 
+pub mod haproxy;
 pub mod tools;

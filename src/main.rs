@@ -190,6 +190,20 @@ enum Command {
     /// Measure throughput and latency percentiles (catalog reads, orders and
     /// cancels end to end) next to reference limits of this machine.
     Bench(Box<webshop::tools::bench::Args>),
+    /// Print an haproxy (2.6) configuration that balances several fronts
+    /// (docs/SCALING.md, "Fronts behind haproxy").
+    HaproxyConfig {
+        /// Where haproxy listens, host:port (`*:80`: every address).
+        #[arg(long)]
+        listen: webshop::haproxy::Addr,
+        /// A public-front instance, host:port (repeat for each).
+        #[arg(long = "front", required = true)]
+        fronts: Vec<webshop::haproxy::Addr>,
+        /// Where haproxy serves its stats page and Prometheus metrics
+        /// (default: none).
+        #[arg(long)]
+        stats: Option<webshop::haproxy::Addr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -333,6 +347,10 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::DeadLetters { node, replay, bus, login } => dead_letters(&node, replay, &bus, login).await,
+        Command::HaproxyConfig { listen, fronts, stats } => {
+            print!("{}", webshop::haproxy::render(&webshop::haproxy::Balancer { listen, fronts, stats }));
+            Ok(())
+        }
     }
 }
 
@@ -684,6 +702,8 @@ impl Nodes {
                 order_url: format!("http://{}", order.local_addr()),
                 admin_token: admin_token(),
                 log: log.clone(),
+                // One front and no load balancer to move traffic away first.
+                drain_grace_secs: 0.0,
                 ..Default::default()
             },
             shutdown,

@@ -62,6 +62,13 @@ pub struct Config {
     /// which never change, are answered from memory regardless. 0: always
     /// ask the order node. Default 1.
     pub order_cache_secs: f64,
+    /// Seconds the front keeps serving after SIGTERM (or Ctrl-C) before it
+    /// stops accepting connections and drains the requests in flight.
+    /// Meanwhile `/readyz` answers 503, so a load balancer that checks it
+    /// takes the front out of rotation while no request fails: keep it
+    /// above the balancer's time to notice (checks' interval times the
+    /// failures it needs). 0: stop accepting at once. Default 2.
+    pub drain_grace_secs: f64,
     pub log: LogConfig,
 }
 
@@ -83,6 +90,7 @@ impl Default for Config {
             catalog_cache_secs: 0.5,
             stale_price_max_secs: 300.0,
             order_cache_secs: 1.0,
+            drain_grace_secs: 2.0,
             log: LogConfig::default(),
         }
     }

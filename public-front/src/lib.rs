@@ -44,6 +44,7 @@ pub struct App {
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
     bus_shutdown: CancellationToken,
+    drain_grace: std::time::Duration,
 }
 
 impl App {
@@ -94,23 +95,38 @@ impl App {
                 .iter()
                 .map(|o| o.parse().with_context(|| format!("cors_origins: `{o}` is not a valid origin")))
                 .collect::<anyhow::Result<_>>()?,
+            shutdown: shutdown.clone(),
         });
-        Ok(App { listener, tls, state, tasks, shutdown, bus_shutdown })
+        let drain_grace = shared::config::secs(cfg.drain_grace_secs);
+        Ok(App { listener, tls, state, tasks, shutdown, bus_shutdown, drain_grace })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    /// Serves until shutdown. Shutdown has two steps: for `drain_grace`
+    /// the front keeps serving while `/readyz` answers 503 (a load balancer
+    /// moves traffic away); then it stops accepting, ends the live status
+    /// streams and drains the requests in flight.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let router = router::router(self.state.clone());
-        // Live status streams would hold the HTTP drain open: end them first.
-        let (shutdown, waiters) = (self.shutdown.clone(), self.state.waiters.clone());
+        let stop_accepting = CancellationToken::new();
+        let (shutdown, stop, grace) = (self.shutdown.clone(), stop_accepting.clone(), self.drain_grace);
+        // Live status streams would hold the HTTP drain open: end them
+        // when it begins. A page then reconnects through the balancer,
+        // which has moved it to another front by then.
+        let waiters = self.state.waiters.clone();
         self.tasks.spawn(async move {
             shutdown.cancelled().await;
+            if !grace.is_zero() {
+                tracing::info!(grace_secs = grace.as_secs_f64(), "shutting down: not ready, still serving");
+                tokio::time::sleep(grace).await;
+            }
             waiters.close_live();
+            stop.cancel();
         });
-        shared::http::serve(self.listener, router, self.tls, self.shutdown.clone()).await?;
+        shared::http::serve(self.listener, router, self.tls, stop_accepting).await?;
         self.bus_shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         Ok(())

@@ -89,6 +89,11 @@ async fn metrics_text() -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    // First: a draining front must leave the load balancer's rotation even
+    // while everything it depends on is fine.
+    if s.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable(ErrorCode::NotReady, "shutting down"));
+    }
     if let Some(reason) = s.bus.not_ready_reason() {
         return Err(ApiError::unavailable(ErrorCode::NotReady, reason));
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::bus::Bus;
+use tokio_util::sync::CancellationToken;
 
 use crate::downstream::Downstream;
 use crate::status::StatusWaiters;
@@ -40,6 +41,10 @@ pub struct Front {
     pub audit_horizon: Duration,
     pub max_concurrent_requests: usize,
     pub cors_origins: Vec<axum::http::HeaderValue>,
+    /// Cancelled when the front begins to shut down: from then on
+    /// `/readyz` answers 503 while requests are still served (the drain
+    /// grace, `drain_grace_secs`).
+    pub shutdown: CancellationToken,
 }
 
 impl shared::http::AdminToken for AppState {

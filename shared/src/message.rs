@@ -3,6 +3,14 @@
 //! Parsing is split from applying: [`Inbound::decode`] checks size, JSON,
 //! schema version and type, so the consumer can dedup and dead-letter
 //! without knowing the body; a handler then parses the body it expects.
+//!
+//! Envelopes and bodies ignore fields they don't know: during a rolling
+//! upgrade a newer node may send a field an older one has never heard of,
+//! and the older node must still apply the message. So a new field is
+//! optional (`#[serde(default)]`) and means nothing to a node without it;
+//! removing a field or changing what one means needs a new topic version
+//! (docs/PROTOCOL.md, "Versions"). What stays strict: the size limit, the
+//! envelope's `v` and `type`, the ids, and each body's `validate`.
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -138,9 +146,10 @@ pub struct OrderLine {
     pub unit_price_cents: i64,
 }
 
-/// `orders/send`: place an order.
+/// `orders/send`: place an order. Fields it doesn't know are ignored (see
+/// the module docs); the customer's request body, `PlaceOrder` in the
+/// front, is the strict one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SendOrder {
     pub customer_email: Email,
     pub items: Vec<OrderLine>,
@@ -323,6 +332,50 @@ mod tests {
         env.message_id = MessageId(uuid::Uuid::nil());
         let err = Inbound::decode(Topic::OrdersSend, env.to_json().into()).unwrap_err();
         assert!(err.0.contains("nil message_id"), "{err}");
+    }
+
+    /// A message from a newer node, with a field in the envelope, the body
+    /// and an order line that this build doesn't know, is applied: the
+    /// unknown fields are ignored, not poison.
+    #[test]
+    fn unknown_fields_from_a_newer_node_are_ignored() {
+        let env = Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::new_v4()), sample());
+        let mut json: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
+        json["priority"] = serde_json::json!("high");
+        json["body"]["gift_wrap"] = serde_json::json!({"paper": "red"});
+        json["body"]["items"][0]["engraving"] = serde_json::json!("A.L.");
+        let inbound = Inbound::decode(Topic::OrdersSend, serde_json::to_vec(&json).unwrap().into()).unwrap();
+        let body: SendOrder = inbound.body().unwrap();
+        assert_eq!(body, sample());
+        body.validate().unwrap();
+    }
+
+    /// Ignoring unknown fields loosens nothing else: a missing field, a bad
+    /// value, another version or another topic's type is still poison.
+    #[test]
+    fn tolerant_bodies_keep_the_strict_checks() {
+        let env = Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::new_v4()), sample());
+        let json: serde_json::Value = serde_json::from_slice(&env.to_json()).unwrap();
+        let decode = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut j = json.clone();
+            edit(&mut j);
+            Inbound::decode(Topic::OrdersSend, serde_json::to_vec(&j).unwrap().into())
+                .and_then(|m| m.body::<SendOrder>())
+                .and_then(|b| b.validate())
+        };
+        let missing = decode(&|j| {
+            j["body"].as_object_mut().unwrap().remove("fingerprint");
+        })
+        .unwrap_err();
+        assert!(missing.0.contains("missing field `fingerprint`"), "{missing}");
+        let bad = decode(&|j| j["body"]["items"][0]["quantity"] = serde_json::json!(0)).unwrap_err();
+        assert!(bad.0.contains("invalid order.send body"), "{bad}");
+        let empty = decode(&|j| j["body"]["items"] = serde_json::json!([])).unwrap_err();
+        assert!(empty.0.contains("at least one item"), "{empty}");
+        let version = decode(&|j| j["v"] = serde_json::json!(2)).unwrap_err();
+        assert!(version.0.contains("schema version"), "{version}");
+        let kind = decode(&|j| j["type"] = serde_json::json!("order.cancel")).unwrap_err();
+        assert!(kind.0.contains("does not belong"), "{kind}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod acl;
 mod admin;
+mod balancer;
 mod bench;
 mod crash;
 mod database_crash;
@@ -15,6 +16,7 @@ mod model;
 mod otlp;
 mod polls;
 mod release;
+mod rolling_upgrade;
 mod scaleout;
 mod stalls;
 mod tls;

@@ -195,6 +195,8 @@ impl Shop {
                 inventory_url: inventory_url.clone(),
                 order_url: order_url.clone(),
                 admin_token: token,
+                // No load balancer to move traffic away first.
+                drain_grace_secs: 0.0,
                 ..Default::default()
             },
             shutdown.clone(),
