@@ -83,6 +83,18 @@ pub struct Balancer {
     /// Where haproxy serves its stats page (`/`, CSV at `/;csv`) and
     /// Prometheus metrics (`/metrics`). Keep it private. `None`: no stats.
     pub stats: Option<Addr>,
+    /// Internal listeners for the fronts' `inventory_url` and `order_url`
+    /// when those services run several instances.
+    pub internal: Vec<Internal>,
+}
+
+/// One service's instances behind an internal listener.
+#[derive(Clone, Debug)]
+pub struct Internal {
+    /// `inventory` or `order`: names the listener and its servers.
+    pub service: &'static str,
+    pub listen: Addr,
+    pub servers: Vec<Addr>,
 }
 
 impl Balancer {
@@ -94,6 +106,12 @@ impl Balancer {
         }
         if let Some(s) = &self.stats {
             let _ = write!(line, " --stats {s}");
+        }
+        for i in &self.internal {
+            let _ = write!(line, " --{}-listen {}", i.service, i.listen);
+            for s in &i.servers {
+                let _ = write!(line, " --{} {s}", i.service);
+            }
         }
         line
     }
@@ -174,6 +192,31 @@ backend fronts
     for (i, front) in b.fronts.iter().enumerate() {
         let _ = writeln!(out, "    server front{} {front}", i + 1);
     }
+    for i in &b.internal {
+        let _ = write!(
+            out,
+            "
+# The {service} instances, for the fronts' {service}_url. Internal: keep
+# it off the public network. An instance answers 503 on /readyz while it
+# can't serve (no broker, no database, partitions not yet claimed); one
+# that owns no partitions still serves reads.
+frontend {service}
+    bind {listen}
+    default_backend {service}_nodes
+
+backend {service}_nodes
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server check inter 1s fastinter 250ms fall 2 rise 1
+",
+            service = i.service,
+            listen = i.listen,
+        );
+        for (n, server) in i.servers.iter().enumerate() {
+            let _ = writeln!(out, "    server {}{} {server}", i.service, n + 1);
+        }
+    }
     if let Some(stats) = &b.stats {
         let _ = write!(
             out,
@@ -207,6 +250,7 @@ mod tests {
             listen: addr("127.0.0.1:8000"),
             fronts: vec![addr("127.0.0.1:8080"), addr("127.0.0.1:8090")],
             stats: Some(addr("127.0.0.1:8404")),
+            internal: Vec::new(),
         }
     }
 
@@ -239,6 +283,24 @@ mod tests {
             assert!(cfg.contains(needed), "{needed} missing");
         }
         assert!(!cfg.contains("frontend stats"));
+    }
+
+    #[test]
+    fn internal_listeners_balance_the_services() {
+        let b = Balancer {
+            internal: vec![Internal {
+                service: "order",
+                listen: addr("127.0.0.1:8282"),
+                servers: vec![addr("127.0.0.1:8182"), addr("127.0.0.1:8183")],
+            }],
+            ..shipped()
+        };
+        let cfg = render(&b);
+        assert!(cfg.contains("frontend order\n    bind 127.0.0.1:8282\n    default_backend order_nodes\n"), "{cfg}");
+        assert!(cfg.contains("    server order1 127.0.0.1:8182\n    server order2 127.0.0.1:8183\n"), "{cfg}");
+        assert!(b
+            .command_line()
+            .ends_with("--order-listen 127.0.0.1:8282 --order 127.0.0.1:8182 --order 127.0.0.1:8183"));
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! - [`tools::bench`]: the benchmark (`webshop bench`);
 //! - [`tools::mqtt`]: the small MQTT client they share;
 //! - [`haproxy`]: the haproxy configuration for several fronts
-//!   (`webshop haproxy-config`).
+//!   (`webshop haproxy-config`);
+//! - [`cluster`]: a scaled-out shop on one machine (`webshop cluster`).
 //!
 //! The audit lives in `public-front` (`public_front::audit`), which also
 //! serves it at `GET /admin/audit`.
 
+pub mod cluster;
 pub mod haproxy;
 pub mod tools;

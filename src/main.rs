@@ -35,6 +35,10 @@ struct Cli {
 enum Command {
     /// Start the broker and all three nodes in this process.
     Up(Up),
+    /// Start a scaled-out shop on this machine: PostgreSQL, the broker,
+    /// several instances of each node (processes) and haproxy
+    /// (docs/SCALING.md).
+    Cluster(webshop::cluster::Args),
     /// Run one node from its config file, as operators do on separate
     /// machines (environment variables override the file).
     Node {
@@ -203,6 +207,20 @@ enum Command {
         /// (default: none).
         #[arg(long)]
         stats: Option<webshop::haproxy::Addr>,
+        /// An internal listener for several inventory instances (the
+        /// fronts' inventory_url), host:port.
+        #[arg(long, requires = "inventories")]
+        inventory_listen: Option<webshop::haproxy::Addr>,
+        /// An inventory instance, host:port (repeat for each).
+        #[arg(long = "inventory", requires = "inventory_listen")]
+        inventories: Vec<webshop::haproxy::Addr>,
+        /// An internal listener for several order instances (the fronts'
+        /// order_url), host:port.
+        #[arg(long, requires = "orders")]
+        order_listen: Option<webshop::haproxy::Addr>,
+        /// An order instance, host:port (repeat for each).
+        #[arg(long = "order", requires = "order_listen")]
+        orders: Vec<webshop::haproxy::Addr>,
     },
 }
 
@@ -293,6 +311,11 @@ struct Up {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(up) => run_up(up).await,
+        Command::Cluster(args) => {
+            let shutdown = CancellationToken::new();
+            shared::shutdown::cancel_on_signal(shutdown.clone());
+            webshop::cluster::run(args, shutdown).await
+        }
         Command::Bench(args) => webshop::tools::bench::run(*args).await.map(drop),
         Command::Node { node, config } => node.run(config).await,
         Command::Config { command: ConfigCommand::Check { file, node } } => check_config(&file, node),
@@ -347,8 +370,14 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::DeadLetters { node, replay, bus, login } => dead_letters(&node, replay, &bus, login).await,
-        Command::HaproxyConfig { listen, fronts, stats } => {
-            print!("{}", webshop::haproxy::render(&webshop::haproxy::Balancer { listen, fronts, stats }));
+        Command::HaproxyConfig { listen, fronts, stats, inventory_listen, inventories, order_listen, orders } => {
+            let internal = [("inventory", inventory_listen, inventories), ("order", order_listen, orders)]
+                .into_iter()
+                .filter_map(|(service, listen, servers)| {
+                    Some(webshop::haproxy::Internal { service, listen: listen?, servers })
+                })
+                .collect();
+            print!("{}", webshop::haproxy::render(&webshop::haproxy::Balancer { listen, fronts, stats, internal }));
             Ok(())
         }
     }

@@ -224,6 +224,7 @@ impl Fleet {
             listen: local(listen),
             fronts: self.front_ports.iter().map(|p| local(*p)).collect(),
             stats: Some(local(stats)),
+            internal: Vec::new(),
         }
     }
 

@@ -128,30 +128,23 @@ impl Scaled {
             node_ports.insert(n, free_port());
         }
         let lb = [free_port(), free_port(), free_port()];
-        let servers = |prefix: &str| -> String {
-            names
-                .iter()
-                .filter(|n| n.starts_with(prefix))
-                .map(|n| format!("    server {n} 127.0.0.1:{} check inter 500ms fall 2 rise 1\n", node_ports[n]))
-                .collect()
+        let addr = |port: u16| webshop::haproxy::Addr::parse(&format!("127.0.0.1:{port}")).unwrap();
+        let instances = |prefix: &str| -> Vec<webshop::haproxy::Addr> {
+            names.iter().filter(|n| n.starts_with(prefix)).map(|n| addr(node_ports[n])).collect()
         };
-        let cfg = format!(
-            "global\n    maxconn 2000\ndefaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n\
-             timeout server 10s\n    timeout tunnel 1h\n    retries 3\n    option redispatch\n\
-             retry-on conn-failure empty-response\n    option httpchk GET /readyz\n    http-check expect status 200\n\
-             frontend public\n    bind 127.0.0.1:{}\n    default_backend fronts\n\
-             backend fronts\n    balance roundrobin\n{}\
-             frontend inventory\n    bind 127.0.0.1:{}\n    default_backend inventories\n\
-             backend inventories\n    balance roundrobin\n{}\
-             frontend order\n    bind 127.0.0.1:{}\n    default_backend orders\n\
-             backend orders\n    balance roundrobin\n{}",
-            lb[0],
-            servers("front"),
-            lb[1],
-            servers("inventory"),
-            lb[2],
-            servers("order"),
-        );
+        let cfg = webshop::haproxy::render(&webshop::haproxy::Balancer {
+            listen: addr(lb[0]),
+            fronts: instances("front"),
+            stats: None,
+            internal: vec![
+                webshop::haproxy::Internal {
+                    service: "inventory",
+                    listen: addr(lb[1]),
+                    servers: instances("inventory"),
+                },
+                webshop::haproxy::Internal { service: "order", listen: addr(lb[2]), servers: instances("order") },
+            ],
+        });
         let hcfg = dir.path().join("haproxy.cfg");
         std::fs::write(&hcfg, cfg).unwrap();
         let haproxy = Plain::spawn(&haproxy, &["-f".into(), hcfg.display().to_string(), "-db".into()]);
