@@ -174,7 +174,7 @@ async fn checkout_retries_with_the_same_key_while_the_order_service_is_down() {
     let key = key.as_str().expect("the checkout's Idempotency-Key is kept with the cart").to_owned();
     b.screenshot("retrying").await;
 
-    let mut cfg = helpers::order_config(&shop.store, shop.dir.path(), shop.node_port);
+    let mut cfg = shop.order_config();
     cfg.listen = addr;
     shop.order = helpers::start_order(cfg).await;
 

@@ -131,7 +131,7 @@ pub(crate) async fn orders_are_taken_at_last_known_prices_while_inventory_is_dow
     assert!(metrics.contains("orders_stale_priced_total{node=\"public-front\"}"), "{metrics}");
 
     // Inventory comes back on its address and reserves the order.
-    let mut cfg = inventory_config(&shop.store, shop.dir.path(), shop.node_port);
+    let mut cfg = shop.inventory_config();
     cfg.listen = inventory_addr;
     shop.inventory = start_inventory(cfg).await;
     let order = shop.wait_status(&stale, "confirmed").await;

@@ -180,7 +180,7 @@ async fn a_stray_status_event_with_another_fingerprint_is_not_a_409() {
     assert_eq!((code, problem["code"].as_str()), (503, Some("not_committed")), "{problem}");
 
     // The retry the 503 asks for, once the order service is back, is the order.
-    let mut cfg = order_config(&shop.store, shop.dir.path(), shop.node_port);
+    let mut cfg = shop.order_config();
     cfg.listen = addr;
     shop.order = start_order(cfg).await;
     shop.wait_ready().await;

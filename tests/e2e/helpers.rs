@@ -98,6 +98,9 @@ impl Running {
 pub enum BrokerKind {
     Embedded,
     Mosquitto,
+    /// RabbitMQ's MQTT plugin: one node per test process ([`rabbitmq::shared`]),
+    /// each shop on it with a topic prefix and client ids of its own.
+    RabbitMq,
 }
 
 /// A Mosquitto process on a free port, killed on drop.
@@ -210,6 +213,63 @@ pub struct Shop {
     pub store: StoreAt,
     /// The broker's users, when it has some ([`Shop::start_with_logins`]).
     pub logins: Option<Logins>,
+    /// The shop's topic prefix and client ids on its broker.
+    pub bus_at: BusAt,
+}
+
+/// Where on its broker a shop lives: the topic prefix of every node and
+/// tester, and a suffix to the nodes' client ids. A shop on a broker of
+/// its own uses the defaults; shops sharing one broker each get their own,
+/// so they neither see each other's messages nor take over each other's
+/// sessions.
+#[derive(Clone, Debug)]
+pub struct BusAt {
+    pub topic_prefix: String,
+    pub client_suffix: String,
+    /// The CA of a TLS shop's broker.
+    pub ca_path: Option<std::path::PathBuf>,
+}
+
+impl BusAt {
+    fn own_broker(pki: Option<&TestPki>) -> BusAt {
+        BusAt {
+            topic_prefix: shared::topics::DEFAULT_PREFIX.into(),
+            client_suffix: String::new(),
+            ca_path: pki.map(|p| p.ca.clone()),
+        }
+    }
+
+    /// A namespace no other shop of this test process has. No `.` in it:
+    /// RabbitMQ maps MQTT's `/` to AMQP's `.` and back.
+    fn shared_broker(pki: Option<&TestPki>) -> BusAt {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        BusAt {
+            topic_prefix: format!("shop{n}/webshop/v1/"),
+            client_suffix: format!("-shop{n}"),
+            ..Self::own_broker(pki)
+        }
+    }
+
+    /// `bus` of a node in `role`, in this namespace, logged in from `logins`.
+    fn node(
+        &self,
+        role: Role,
+        logins: Option<&Logins>,
+        mut bus: shared::config::BusConfig,
+    ) -> shared::config::BusConfig {
+        bus.topic_prefix = self.topic_prefix.clone();
+        // An empty id is the front's: it picks a unique one itself.
+        if !bus.client_id.is_empty() {
+            bus.client_id.push_str(&self.client_suffix);
+        }
+        bus.ca_path = self.ca_path.clone();
+        if let Some(logins) = logins {
+            logins.apply(role, &mut bus);
+        }
+        bus
+    }
 }
 
 /// A password per role, for a broker that holds each user to its role:
@@ -335,8 +395,8 @@ impl Shop {
     ) -> Option<Shop> {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
-        let broker_port = free_port();
-        let mosquitto = match kind {
+        let mut broker_port = free_port();
+        let (mosquitto, bus_at) = match kind {
             BrokerKind::Embedded => {
                 broker::spawn(&broker::BrokerConfig {
                     listen: SocketAddr::from(([127, 0, 0, 1], broker_port)),
@@ -345,12 +405,21 @@ impl Shop {
                     ..Default::default()
                 })
                 .expect("broker starts");
-                None
+                (None, BusAt::own_broker(pki.as_ref()))
             }
-            BrokerKind::Mosquitto => Some(match &logins {
-                None => start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?,
-                Some(l) => start_mosquitto_with(dir.path(), broker_port, pki.as_ref(), Some(l)).await?,
-            }),
+            BrokerKind::Mosquitto => {
+                let m = match &logins {
+                    None => start_mosquitto(dir.path(), broker_port, pki.as_ref()).await?,
+                    Some(l) => start_mosquitto_with(dir.path(), broker_port, pki.as_ref(), Some(l)).await?,
+                };
+                (Some(m), BusAt::own_broker(pki.as_ref()))
+            }
+            BrokerKind::RabbitMq => {
+                assert!(pki.is_none() && logins.is_none(), "the RabbitMQ shop has neither TLS nor logins");
+                let node = tokio::task::spawn_blocking(rabbitmq::shared).await.unwrap()?;
+                broker_port = node.mqtt_port;
+                (None, BusAt::shared_broker(None))
+            }
         };
         let chaos = match faults {
             Some(faults) => Some(
@@ -370,27 +439,20 @@ impl Shop {
         let scheme = if pki.is_some() { "https" } else { "http" };
         let tls = pki.as_ref().map(server_tls).unwrap_or_default();
         let ca_path = pki.as_ref().map(|p| p.ca.clone());
-        let with_tls = |mut bus: shared::config::BusConfig, role: Role| {
-            bus.ca_path = ca_path.clone();
-            if let Some(logins) = &logins {
-                logins.apply(role, &mut bus);
-            }
-            bus
-        };
         let mut inventory_cfg = inventory_config(&store, dir.path(), node_port);
         inventory_cfg.tls = tls.clone();
-        inventory_cfg.bus = with_tls(inventory_cfg.bus, Role::Inventory);
+        inventory_cfg.bus = bus_at.node(Role::Inventory, logins.as_ref(), inventory_cfg.bus);
         let inventory = start_inventory(inventory_cfg).await;
         let mut order_cfg = order_config(&store, dir.path(), node_port);
         order_cfg.tls = tls.clone();
-        order_cfg.bus = with_tls(order_cfg.bus, Role::Order);
+        order_cfg.bus = bus_at.node(Role::Order, logins.as_ref(), order_cfg.bus);
         let order = start_order(order_cfg).await;
         let shutdown = CancellationToken::new();
         let front_app = public_front::App::build(
             public_front::Config {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls,
-                bus: with_tls(bus(node_port, ""), Role::Front),
+                bus: bus_at.node(Role::Front, logins.as_ref(), bus(node_port, "")),
                 inventory_url: format!("{scheme}://{}", inventory.addr),
                 order_url: format!("{scheme}://{}", order.addr),
                 downstream_ca_path: ca_path.clone(),
@@ -417,9 +479,27 @@ impl Shop {
             pki,
             store,
             logins,
+            bus_at,
         };
         shop.wait_ready().await;
         Some(shop)
+    }
+
+    /// The inventory node's config as the shop started it (on the same
+    /// database, broker session and namespace), for a restart.
+    pub fn inventory_config(&self) -> inventory::Config {
+        let mut cfg = inventory_config(&self.store, self.dir.path(), self.node_port);
+        cfg.tls = self.pki.as_ref().map(server_tls).unwrap_or_default();
+        cfg.bus = self.bus_at.node(Role::Inventory, self.logins.as_ref(), cfg.bus);
+        cfg
+    }
+
+    /// The order node's config as the shop started it, for a restart.
+    pub fn order_config(&self) -> order::Config {
+        let mut cfg = order_config(&self.store, self.dir.path(), self.node_port);
+        cfg.tls = self.pki.as_ref().map(server_tls).unwrap_or_default();
+        cfg.bus = self.bus_at.node(Role::Order, self.logins.as_ref(), cfg.bus);
+        cfg
     }
 
     pub async fn wait_ready(&self) {
@@ -531,18 +611,22 @@ impl Shop {
     /// A raw MQTT client logged in as `role` (without a login on a broker
     /// without users).
     pub async fn client_as(&self, role: Role) -> Tester {
-        match &self.logins {
+        let mut tester = match &self.logins {
             None => Tester::connect_with(self.broker_port, self.pki.as_ref()).await,
             Some(l) => {
                 Tester::connect_as(self.broker_port, self.pki.as_ref(), Some((role.name(), l.password(role)))).await
             }
-        }
+        };
+        tester.prefix = self.bus_at.topic_prefix.clone();
+        tester
     }
 }
 
 pub struct Tester {
     client: AsyncClient,
     _task: JoinHandle<()>,
+    /// The topic prefix it publishes under.
+    pub prefix: String,
 }
 
 impl Tester {
@@ -579,14 +663,11 @@ impl Tester {
             }
         });
         tokio::time::timeout(DEADLINE, rx).await.expect("tester connects").unwrap();
-        Tester { client, _task: task }
+        Tester { client, _task: task, prefix: shared::topics::DEFAULT_PREFIX.into() }
     }
 
     pub async fn publish_raw(&self, topic: Topic, payload: Vec<u8>) {
-        self.client
-            .publish(topic.path(shared::topics::DEFAULT_PREFIX), QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
+        self.client.publish(topic.path(&self.prefix), QoS::AtLeastOnce, false, payload).await.unwrap();
     }
 
     pub async fn publish<B: serde::Serialize>(&self, topic: Topic, env: &Envelope<B>) {
@@ -868,5 +949,188 @@ pub async fn all_settle(shop: &Shop, ids: &[String]) {
             (code == 200 && body["status"] != "pending").then_some(())
         })
         .await;
+    }
+}
+
+/// A throwaway RabbitMQ node with its MQTT plugin, started by the test
+/// process on free ports with everything (data, logs, config, Erlang
+/// cookie) in a temp dir.
+pub mod rabbitmq {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// RabbitMQ 3.10 has no MQTT packet limit; its `max_message_size`
+    /// bounds the payload only. A topic adds at most 64 KiB, so payloads
+    /// up to the nodes' `bus.max_packet_bytes` less 64 KiB keep every
+    /// packet it forwards within what the nodes take.
+    pub const MAX_MESSAGE_SIZE: usize = shared::config::DEFAULT_MAX_PACKET_BYTES - 65536;
+
+    /// A node takes seconds to boot: more than the deadline for a test's
+    /// conditions when CI runs everything at once on two cores.
+    const BOOT_DEADLINE: Duration = Duration::from_secs(180);
+
+    /// A running node, killed with its whole process group on drop.
+    pub struct Node {
+        pub mqtt_port: u16,
+        pub name: String,
+        pub dir: PathBuf,
+        child: Child,
+    }
+
+    impl Drop for Node {
+        fn drop(&mut self) {
+            kill_group(self.child.id());
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// SIGKILL to the group the node leads (beam.smp and its helpers;
+    /// `epmd` daemonizes on its own and is shared by every Erlang node,
+    /// so it stays: a dead node's name is gone from it with its socket).
+    fn kill_group(pid: u32) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+    }
+
+    fn server_script() -> Option<PathBuf> {
+        // Not /usr/sbin/rabbitmq-server: as root, that one switches to the
+        // `rabbitmq` user, which can't write the test's temp dir.
+        ["/usr/lib/rabbitmq/bin/rabbitmq-server"].iter().map(PathBuf::from).find(|p| p.exists())
+    }
+
+    /// The node every RabbitMQ shop of this test process shares, started
+    /// on first use and stopped (its files removed) once the process is
+    /// gone; `None` when RabbitMQ isn't installed (an error when
+    /// `WEBSHOP_REQUIRE_RABBITMQ=1`, as in CI). Blocks while it boots.
+    pub fn shared() -> Option<&'static Node> {
+        static NODE: OnceLock<Option<Node>> = OnceLock::new();
+        let node = NODE
+            .get_or_init(|| {
+                let node = start()?;
+                // A static is never dropped: a reaper outliving this
+                // process stops the node (as for the PostgreSQL cluster).
+                let reap = format!(
+                    // (dash's `kill` takes no `--`.)
+                    "tail --pid={pid} -f /dev/null; kill -KILL -{group}; rm -rf {dir}",
+                    pid = std::process::id(),
+                    group = node.child.id(),
+                    dir = node.dir.display(),
+                );
+                let started = Command::new("sh")
+                    .args(["-c", &format!("({reap}) >/dev/null 2>&1 &")])
+                    .status()
+                    .expect("the RabbitMQ node's reaper starts");
+                assert!(started.success(), "the RabbitMQ node's reaper did not start");
+                Some(node)
+            })
+            .as_ref()?;
+        Some(node)
+    }
+
+    /// A node of the caller's own, stopped when it is dropped.
+    pub fn start() -> Option<Node> {
+        let Some(script) = server_script() else {
+            if std::env::var("WEBSHOP_REQUIRE_RABBITMQ").as_deref() == Ok("1") {
+                panic!("RabbitMQ is required (WEBSHOP_REQUIRE_RABBITMQ) but not installed");
+            }
+            eprintln!("RabbitMQ not installed: skipping the RabbitMQ run (apt-get install rabbitmq-server)");
+            return None;
+        };
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("webshop-test-{}-{}@localhost", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let dir = tempfile::Builder::new().prefix("webshop-rabbitmq").tempdir().unwrap().keep();
+        let (mqtt_port, amqp_port, dist_port) = (super::free_port(), super::free_port(), super::free_port());
+        let conf = dir.join("rabbitmq.conf");
+        std::fs::write(&conf, config(mqtt_port, amqp_port)).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[rabbitmq_mqtt].\n").unwrap();
+        let log = std::fs::File::create(dir.join("console.log")).unwrap();
+        let child = Command::new(script)
+            .env("RABBITMQ_NODENAME", &name)
+            .env("RABBITMQ_NODE_PORT", amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_CONFIG_FILE", &conf)
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            // The Erlang cookie is created in $HOME.
+            .env("HOME", &dir)
+            // The script then execs the VM instead of keeping a shell in
+            // front of it: the child is beam.smp itself.
+            .env("RUNNING_UNDER_SYSTEMD", "true")
+            .env_remove("NOTIFY_SOCKET")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("rabbitmq-server starts");
+        let mut node = Node { mqtt_port, name, dir, child };
+        let start = Instant::now();
+        while !mqtt_connects(mqtt_port) {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("RabbitMQ exited ({status}) while booting:\n{}", tail(&node.dir));
+            }
+            assert!(
+                start.elapsed() < BOOT_DEADLINE,
+                "RabbitMQ did not take MQTT connections within {BOOT_DEADLINE:?}:\n{}",
+                tail(&node.dir)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("RabbitMQ node {} took MQTT connections after {:?}", node.name, start.elapsed());
+        Some(node)
+    }
+
+    /// The node's rabbitmq.conf: what the shop needs of it (docs/SCALING.md,
+    /// "RabbitMQ as the broker", explains each line).
+    fn config(mqtt_port: u16, amqp_port: u16) -> String {
+        format!(
+            "listeners.tcp.default = 127.0.0.1:{amqp_port}\n\
+             mqtt.listeners.tcp.default = 127.0.0.1:{mqtt_port}\n\
+             mqtt.allow_anonymous = true\n\
+             mqtt.durable_queue_type = quorum\n\
+             mqtt.subscription_ttl = infinity\n\
+             mqtt.prefetch = {prefetch}\n\
+             max_message_size = {MAX_MESSAGE_SIZE}\n\
+             log.console = false\n\
+             log.file.level = warning\n",
+            prefetch = shared::consumer::MAX_BATCH,
+        )
+    }
+
+    /// Whether the broker answers an MQTT CONNECT on `port` with an
+    /// accepting CONNACK (a listening port alone can precede the plugin).
+    fn mqtt_connects(port: u16) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        // CONNECT, MQTT 3.1.1, clean session, keep-alive 30 s, client id "boot-probe".
+        let id = b"boot-probe";
+        let mut packet = vec![0x10, (10 + 2 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+        packet.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        packet.extend_from_slice(id);
+        let mut connack = [0u8; 4];
+        let ok = s.write_all(&packet).is_ok() && s.read_exact(&mut connack).is_ok() && connack == [0x20, 2, 0, 0];
+        // DISCONNECT.
+        let _ = s.write_all(&[0xe0, 0]);
+        ok
+    }
+
+    /// The end of the node's logs, for a failure message.
+    fn tail(dir: &Path) -> String {
+        let mut out = String::new();
+        let logs = std::fs::read_dir(dir.join("log")).into_iter().flatten().flatten().map(|e| e.path());
+        for path in std::iter::once(dir.join("console.log")).chain(logs) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out += &format!("--- {}\n{}\n", path.display(), lines[lines.len().saturating_sub(30)..].join("\n"));
+        }
+        out
     }
 }

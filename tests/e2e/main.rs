@@ -55,6 +55,25 @@ macro_rules! on_both_brokers {
     };
 }
 
+/// The core scenarios on RabbitMQ's MQTT plugin: one node for the test
+/// process (it takes seconds to boot), each shop on it with its own topic
+/// prefix and client ids. Skipped when RabbitMQ isn't installed, unless
+/// `WEBSHOP_REQUIRE_RABBITMQ=1`.
+macro_rules! on_rabbitmq {
+    ($($name:ident),* $(,)?) => {
+        mod rabbitmq {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(shop) = super::Shop::start(super::BrokerKind::RabbitMq).await {
+                        super::$name(shop).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
 /// The same scenarios with the services' data on PostgreSQL (embedded
 /// broker); skipped when PostgreSQL isn't installed, unless
 /// `WEBSHOP_REQUIRE_POSTGRES=1`.
@@ -87,6 +106,20 @@ on_both_brokers!(
     a_node_that_is_down_is_a_503_not_a_500,
     orders_sent_while_the_order_service_restarts_are_not_lost,
     a_repeated_cancel_answers_with_the_cancelled_order,
+    orders_are_taken_at_last_known_prices_while_inventory_is_down,
+    subscriptions_follow_the_code_when_the_broker_kept_the_session,
+);
+
+on_rabbitmq!(
+    happy_path_place_confirm_cancel_restores_stock,
+    out_of_stock_is_rejected_and_reserves_nothing,
+    the_same_send_five_times_makes_one_order_and_one_reservation,
+    in_stock_before_send_is_parked_then_confirms,
+    cancel_before_send_at_the_order_service,
+    cancel_before_send_at_inventory,
+    retried_post_is_the_same_order_and_a_different_body_conflicts,
+    malformed_and_oversize_messages_are_dead_lettered_and_the_shop_goes_on,
+    orders_sent_while_the_order_service_restarts_are_not_lost,
     orders_are_taken_at_last_known_prices_while_inventory_is_down,
     subscriptions_follow_the_code_when_the_broker_kept_the_session,
 );
@@ -431,7 +464,7 @@ async fn orders_sent_while_the_order_service_restarts_are_not_lost(mut shop: Sho
             .publish(Topic::OrdersSend, &Envelope::new(Topic::OrdersSend, *id, send_body(SKU, 1, &format!("fp-r{i}"))))
             .await;
     }
-    let mut cfg = order_config(&shop.store, shop.dir.path(), shop.node_port);
+    let mut cfg = shop.order_config();
     cfg.listen = addr;
     shop.order = start_order(cfg).await;
     for id in &ids {
@@ -449,7 +482,8 @@ async fn subscriptions_follow_the_code_when_the_broker_kept_the_session(mut shop
     shop.order.stop().await;
     // An "older" order service: the same client id, a persistent session
     // subscribed to orders/send only.
-    let mut opts = rumqttc::MqttOptions::new("test-order", "127.0.0.1", shop.node_port);
+    let bus = shop.order_config().bus;
+    let mut opts = rumqttc::MqttOptions::new(bus.client_id, "127.0.0.1", shop.node_port);
     opts.set_clean_session(true);
     let (client, mut events) = rumqttc::AsyncClient::new(opts.clone(), 10);
     drop(client);
@@ -460,7 +494,7 @@ async fn subscriptions_follow_the_code_when_the_broker_kept_the_session(mut shop
     drop(events);
     opts.set_clean_session(false);
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
-    client.subscribe(Topic::OrdersSend.path(shared::topics::DEFAULT_PREFIX), rumqttc::QoS::AtLeastOnce).await.unwrap();
+    client.subscribe(Topic::OrdersSend.path(&bus.topic_prefix), rumqttc::QoS::AtLeastOnce).await.unwrap();
     tokio::time::timeout(DEADLINE, async {
         while !matches!(events.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) {}
     })
@@ -473,7 +507,7 @@ async fn subscriptions_follow_the_code_when_the_broker_kept_the_session(mut shop
     .await
     .expect("the old session disconnects");
 
-    let mut cfg = order_config(&shop.store, shop.dir.path(), shop.node_port);
+    let mut cfg = shop.order_config();
     cfg.listen = addr;
     shop.order = start_order(cfg).await;
     shop.wait_ready().await;
