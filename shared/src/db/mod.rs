@@ -443,7 +443,10 @@ static SHARED_POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 fn combined(shared: &Migrator, service: &Migrator) -> Migrator {
     let mut all: Vec<Migration> = shared.migrations.iter().chain(service.migrations.iter()).cloned().collect();
     all.sort_by_key(|m| m.version);
-    Migrator { migrations: all.into(), ..Migrator::DEFAULT }
+    // A database migrated by a newer version still opens: during a rolling
+    // upgrade an older instance may start after a newer one, and
+    // migrations only add.
+    Migrator { migrations: all.into(), ignore_missing: true, ..Migrator::DEFAULT }
 }
 
 type Job = Box<dyn FnOnce(&mut WriterConn) + Send>;
