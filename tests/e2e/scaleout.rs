@@ -3,7 +3,8 @@
 //! and a Mosquitto broker, with 8 partitions, behind haproxy. Clients place
 //! orders (hot SKUs, retries of the same key through either front) and
 //! cancel some, while a nemesis kills -9, stops (SIGSTOP, then SIGCONT: a
-//! zombie) and restarts instances and restarts the broker. Every HTTP
+//! zombie), terminates (SIGTERM) and restarts instances and restarts the
+//! broker. Every HTTP
 //! operation is recorded as ok, failed or indeterminate (a 5xx or no
 //! answer); after healing, the indeterminate ones are retried with their
 //! keys. Then: no accepted order lost, nothing applied twice, no stock
@@ -417,9 +418,16 @@ async fn two_of_each_node_survive_kills_stops_and_a_broker_restart() {
                 eprintln!("nemesis: kill -9 order-{which}");
                 shop.orders[which].restart();
             }
-            1 | 5 => {
+            1 => {
                 eprintln!("nemesis: kill -9 inventory-{which}");
                 shop.inventories[which].restart();
+            }
+            5 => {
+                // A graceful hand-over: it commits, acks and lets go.
+                eprintln!("nemesis: SIGTERM inventory-{which}, then start it again");
+                let status = shop.inventories[which].terminate().await;
+                assert!(status.success(), "inventory-{which} exited with {status} on SIGTERM");
+                shop.inventories[which].start(None);
             }
             2 => {
                 // A zombie: stopped past the takeover, then woken.
