@@ -155,6 +155,45 @@ pub struct DbConfig {
     /// copied once, so a larger window writes less per order; the commit
     /// that checkpoints takes longer, and the WAL file stays about this long.
     pub checkpoint_pages: u32,
+    /// How long the machinery's records are kept before a prune (every
+    /// minute) deletes them; they bound the database's size at a steady
+    /// order rate (docs/OPERATIONS.md, "Disk").
+    pub retention: Retention,
+}
+
+/// How long each of the machinery's records is kept, in seconds. At least
+/// 60 each.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Sent events, with their payloads (the timeline shows them). Default
+    /// 86400 (24 h).
+    pub sent_events_secs: f64,
+    /// Received message ids (the inbox). A copy that arrives later is
+    /// applied again, which the business keys make harmless for its
+    /// effect. Default 604800 (7 days).
+    pub inbox_secs: f64,
+    /// Timeline notes. Default 604800 (7 days).
+    pub timeline_secs: f64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { sent_events_secs: 86_400.0, inbox_secs: 604_800.0, timeline_secs: 604_800.0 }
+    }
+}
+
+impl Retention {
+    fn validate(&self) -> anyhow::Result<()> {
+        for (key, v) in [
+            ("sent_events_secs", self.sent_events_secs),
+            ("inbox_secs", self.inbox_secs),
+            ("timeline_secs", self.timeline_secs),
+        ] {
+            anyhow::ensure!(v.is_finite() && v >= 60.0, "db.retention.{key} must be at least 60 (seconds), not {v}");
+        }
+        Ok(())
+    }
 }
 
 impl Default for DbConfig {
@@ -166,6 +205,7 @@ impl Default for DbConfig {
             path: PathBuf::from("data/service.db"),
             synchronous: Synchronous::Full,
             checkpoint_pages: 10_000,
+            retention: Retention::default(),
         }
     }
 }
@@ -179,6 +219,7 @@ impl std::fmt::Debug for DbConfig {
             .field("path", &self.path)
             .field("synchronous", &self.synchronous)
             .field("checkpoint_pages", &self.checkpoint_pages)
+            .field("retention", &self.retention)
             .finish()
     }
 }
@@ -196,6 +237,7 @@ impl DbConfig {
     /// Checks what serde can't: a `url` that is neither unset nor a
     /// PostgreSQL URL.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.retention.validate()?;
         match self.url.as_deref() {
             Some(u) if self.backend() == crate::db::Backend::Sqlite => {
                 anyhow::bail!("db.url must be a postgres:// URL (or unset for SQLite at db.path), not `{u}`")

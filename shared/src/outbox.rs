@@ -34,8 +34,6 @@ const RELAY_INFLIGHT: usize = 4 * BATCH as usize;
 /// After a publish failed, how long before the relay reads from the oldest
 /// unsent event again (the failed one among them).
 const RESCAN_AFTER: Duration = Duration::from_secs(1);
-/// Sent events are kept this long (for operators), then deleted.
-const KEEP_SENT_MS: i64 = 24 * 3600 * 1000;
 /// PostgreSQL: how long an instance owns the events it committed or
 /// claimed before another instance's relay may claim them (it died, or
 /// can't reach the broker).
@@ -519,11 +517,14 @@ fn prune_sent(tx: &mut Tx<'_>, keep_ms: i64) -> DbResult<u64> {
     crate::db::prune_log(tx, "outbox", "seq", "sent_at IS NULL OR sent_at >= $1", now_ms() - keep_ms)
 }
 
+/// Forgets what `db.retention` no longer keeps.
 async fn prune(db: &Db) -> DbResult<()> {
-    db.write(|tx| {
-        prune_sent(tx, KEEP_SENT_MS)?;
-        crate::inbox::prune(tx, 7 * KEEP_SENT_MS)?;
-        crate::timeline::prune(tx, 7 * KEEP_SENT_MS)
+    let ms = |secs: f64| (secs * 1000.0) as i64;
+    let keep = db.retention;
+    db.write(move |tx| {
+        prune_sent(tx, ms(keep.sent_events_secs))?;
+        crate::inbox::prune(tx, ms(keep.inbox_secs))?;
+        crate::timeline::prune(tx, ms(keep.timeline_secs))
     })
     .await
 }

@@ -474,6 +474,8 @@ pub struct Db {
     pub(crate) committed: Committed,
     /// PostgreSQL: how to open more sessions (partition ownership).
     pub(crate) pg: Option<Arc<postgres::Target>>,
+    /// How long the prune keeps what (`outbox::prune`).
+    pub(crate) retention: crate::config::Retention,
 }
 
 impl std::fmt::Debug for Command {
@@ -507,7 +509,8 @@ impl Db {
             .name("db-writer".into())
             .spawn(move || serve(conn, jobs))
             .context("starting the database writer thread")?;
-        Ok(Db { writer, reader, sent: Sent::default(), committed: Committed::default(), pg })
+        let retention = cfg.retention;
+        Ok(Db { writer, reader, sent: Sent::default(), committed: Committed::default(), pg, retention })
     }
 
     pub fn backend(&self) -> Backend {

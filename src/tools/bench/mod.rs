@@ -97,6 +97,12 @@ pub struct Args {
     /// Seconds each reference limit is measured.
     #[arg(long, default_value_t = 2.0)]
     pub reference_secs: f64,
+    /// How long the shop the bench starts keeps sent events, inbox ids and
+    /// timeline notes (`db.retention.*`, at least 60 s); default: the
+    /// shop's own (24 h, 7 days). A run longer than this shows the files'
+    /// size at a steady rate.
+    #[arg(long)]
+    pub retention_secs: Option<f64>,
     /// Concurrent clients of the closed-loop order and cancel phases (256:
     /// with the MQTT window of 500, enough to keep both writers' batches
     /// full on 2 cores; 128 left them waiting on round trips whenever the
@@ -209,6 +215,7 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
     let mut memory: Vec<procfs::Usage> = Vec::new();
     let mut shop_kind = String::from("not started (reference phases only)");
     let mut stores = Vec::new();
+    let mut disk = None;
     if wants_load {
         for (i, store) in stores_to_run(&args)?.into_iter().enumerate() {
             let settings = shop_settings(&args, &synchronous, store);
@@ -216,6 +223,9 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
             shop_kind = shop.kind.to_owned();
             stores.push(settings.store());
             let result = run_load(&args, &shop, &store.suffix(i == 0), &mut phases, &mut memory).await;
+            if result.is_ok() && disk.is_none() {
+                disk = shop.disk(args.retention_secs).await;
+            }
             shop.stop().await;
             settings.clean_up().await;
             result?;
@@ -250,6 +260,7 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
         ratios: Vec::new(),
         targets: Vec::new(),
         memory,
+        disk,
     };
     result.compute_ratios();
     result.compute_targets();
@@ -331,6 +342,7 @@ fn shop_settings(args: &Args, synchronous: &str, store: Store) -> shop::Settings
         log: args.log.clone(),
         admin_token: format!("bench-{run}"),
         postgres,
+        retention_secs: args.retention_secs,
     }
 }
 

@@ -38,6 +38,8 @@ pub struct BenchResult {
     pub targets: Vec<Target>,
     /// Peak memory of each process over the whole run.
     pub memory: Vec<Usage>,
+    /// The SQLite files of the first shop the bench started, at its end.
+    pub disk: Option<Disk>,
 }
 
 #[derive(Debug, Serialize)]
@@ -258,6 +260,37 @@ impl BenchResult {
                 "peak resident memory (VmHWM) of each node process".into()
             },
         });
+        let steady = "order-closed: the last minute within 10 % of the first (runs of 3 minutes or more)".to_owned();
+        match self.phase("order-closed").and_then(|p| steadiness(&p.measured.timeline)) {
+            Some((first, last)) => t.push(Target {
+                target: steady,
+                measured: format!(
+                    "first minute {first:.0}/s, last minute {last:.0}/s ({:+.1} %)",
+                    100.0 * (last / first.max(1e-9) - 1.0)
+                ),
+                met: Some((last / first.max(1e-9) - 1.0).abs() <= 0.10),
+                note: String::new(),
+            }),
+            None => t.push(Target {
+                target: steady,
+                measured: "run shorter than 3 minutes".into(),
+                met: None,
+                note: "--phases closed --duration-secs 600 --stages false checks it".into(),
+            }),
+        }
+        if let Some(d) = &self.disk {
+            t.push(Target {
+                target: "the database files' size, per million orders placed".into(),
+                measured: format!(
+                    "{:.0} MiB for {} orders: {:.0} MiB per million",
+                    d.bytes as f64 / MIB,
+                    d.orders,
+                    d.bytes as f64 / MIB / (d.orders.max(1) as f64) * 1e6
+                ),
+                met: None,
+                note: d.note.clone(),
+            });
+        }
         if let (Some(sqlite), Some(postgres)) = (self.phase("order-closed"), self.phase("order-closed@postgres")) {
             let (a, b) = (sqlite.measured.throughput_per_s, postgres.measured.throughput_per_s);
             t.push(Target {
@@ -473,6 +506,29 @@ impl BenchResult {
 
 fn errors(m: &Measured) -> u64 {
     m.errors.values().sum()
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Completions per second in the first and the last minute of a timeline
+/// of at least three minutes.
+fn steadiness(timeline: &[super::record::Second]) -> Option<(f64, f64)> {
+    if timeline.len() < 180 {
+        return None;
+    }
+    let rate = |s: &[super::record::Second]| s.iter().map(|s| s.completed as f64).sum::<f64>() / s.len() as f64;
+    // The last second may be cut short by the end of the run.
+    let end = timeline.len() - 1;
+    Some((rate(&timeline[..60]), rate(&timeline[end - 60..end])))
+}
+
+/// The SQLite files of the shop the bench started, after its order phases.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disk {
+    pub bytes: u64,
+    /// Orders the shop took (every order phase of this store).
+    pub orders: u64,
+    pub note: String,
 }
 
 fn skipped(target: String, phase: &str) -> Target {

@@ -23,6 +23,8 @@ pub struct Settings {
     pub admin_token: String,
     /// PostgreSQL instead of SQLite files.
     pub postgres: Option<BenchDb>,
+    /// `db.retention.*` of both services, seconds; `None`: their defaults.
+    pub retention_secs: Option<f64>,
 }
 
 /// A PostgreSQL database for a bench run: the services get schemas of
@@ -54,6 +56,11 @@ impl Settings {
             synchronous: self.synchronous.parse()?,
             url: self.postgres.as_ref().map(|p| p.url.clone()),
             schema: self.schema(schema),
+            retention: self.retention_secs.map_or_else(Default::default, |s| shared::config::Retention {
+                sent_events_secs: s,
+                inbox_secs: s,
+                timeline_secs: s,
+            }),
             ..Default::default()
         })
     }
@@ -65,6 +72,11 @@ impl Settings {
             (format!("WEBSHOP_{upper}__DB__PATH"), dir.join(format!("{node}.db")).display().to_string()),
             (format!("WEBSHOP_{upper}__DB__SYNCHRONOUS"), self.synchronous.clone()),
         ];
+        if let Some(s) = self.retention_secs {
+            for key in ["SENT_EVENTS_SECS", "INBOX_SECS", "TIMELINE_SECS"] {
+                env.push((format!("WEBSHOP_{upper}__DB__RETENTION__{key}"), s.to_string()));
+            }
+        }
         if let Some(p) = &self.postgres {
             env.push((format!("WEBSHOP_{upper}__DB__URL"), p.url.clone()));
             env.push((format!("WEBSHOP_{upper}__DB__SCHEMA"), self.schema(schema)));
@@ -104,7 +116,43 @@ pub struct Shop {
     /// How the shop runs, for the report.
     pub kind: &'static str,
     running: Running,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Shop {
+    /// The size of the SQLite files of a shop the bench started (none on
+    /// PostgreSQL or for a running shop), and how many orders it holds
+    /// (the order node's `orders` gauge).
+    pub async fn disk(&self, retention_secs: Option<f64>) -> Option<super::report::Disk> {
+        let dir = self.dir.as_ref()?.path();
+        let mut bytes = 0;
+        let mut sqlite = false;
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".db") || name.ends_with(".db-wal") || name.ends_with(".db-shm") {
+                sqlite |= name.ends_with(".db");
+                bytes += entry.metadata().ok()?.len();
+            }
+        }
+        if !sqlite {
+            return None;
+        }
+        let metrics = reqwest::get(format!("{}/metrics", self.order.as_ref()?)).await.ok()?.text().await.ok()?;
+        let orders: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("orders{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let keep = match retention_secs {
+            Some(s) => format!("sent events, inbox ids and timeline notes kept {s:.0} s"),
+            None => "sent events kept 24 h, inbox ids and timeline notes 7 days".into(),
+        };
+        Some(super::report::Disk {
+            bytes,
+            orders: orders as u64,
+            note: format!("SQLite files and WALs of both services, {keep}, warm-ups included"),
+        })
+    }
 }
 
 enum Running {
@@ -216,7 +264,7 @@ impl Shop {
             pids: vec![Pid { node: "all nodes + bench client (one process)".into(), pid: std::process::id() }],
             kind: "in-process (broker, inventory, order, front and the load generator share one process)",
             running: Running::InProcess { shutdown, tasks },
-            _dir: Some(dir),
+            dir: Some(dir),
         };
         shop.wait_ready().await?;
         Ok(shop)
@@ -292,7 +340,7 @@ impl Shop {
             pids,
             kind: "separate processes (one per node, as `webshop node ...`), the load generator in its own",
             running: Running::Processes(children),
-            _dir: Some(dir),
+            dir: Some(dir),
         };
         shop.wait_ready().await?;
         Ok(shop)
@@ -314,7 +362,7 @@ impl Shop {
             pids: Vec::new(),
             kind: "a running shop (started elsewhere)",
             running: Running::Remote,
-            _dir: None,
+            dir: None,
         };
         shop.wait_ready().await?;
         Ok(shop)
