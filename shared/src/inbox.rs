@@ -52,11 +52,16 @@ pub fn record_all(tx: &mut Tx<'_>, msgs: &[Inbound]) -> DbResult<Vec<bool>> {
     }
 }
 
-/// Forgets ids older than `keep_ms`. A duplicate arriving after that is
-/// still harmless: business keys (one order, one reservation, one release
-/// per `order_id`) make every effect idempotent on their own.
-pub fn prune(tx: &mut Tx<'_>, keep_ms: i64) -> DbResult<u64> {
-    tx.execute("DELETE FROM inbox WHERE received_at < $1", &[&(now_ms() - keep_ms)])
+/// Forgets ids older than `keep_ms`, at most `limit` of them, oldest
+/// first. A duplicate arriving after that is still harmless: business keys
+/// (one order, one reservation, one release per `order_id`) make every
+/// effect idempotent on their own.
+pub fn prune(tx: &mut Tx<'_>, keep_ms: i64, limit: i64) -> DbResult<u64> {
+    tx.execute(
+        "DELETE FROM inbox WHERE message_id IN
+             (SELECT message_id FROM inbox WHERE received_at < $1 ORDER BY received_at LIMIT $2)",
+        &[&(now_ms() - keep_ms), &limit],
+    )
 }
 
 /// Forgets a message: one that was dead-lettered must not count as seen, so

@@ -302,7 +302,7 @@ pub async fn relay(db: Db, bus: Bus, wakeup: Wakeup, shutdown: CancellationToken
                 }
             }
         }
-        if now_ms() - last_prune > 60_000 {
+        if now_ms() - last_prune > PRUNE_EVERY_MS {
             last_prune = now_ms();
             if let Err(e) = prune(&db).await {
                 tracing::warn!(error = %e, "pruning sent outbox rows failed");
@@ -510,23 +510,50 @@ async fn next_events(db: &Db, after: i64) -> DbResult<Vec<Unsent>> {
     Ok(rows)
 }
 
-/// Deletes events sent more than `keep_ms` ago. Events are sent in `seq`
-/// order, so those are the lowest seqs; it stops at the oldest event still
-/// unsent.
-fn prune_sent(tx: &mut Tx<'_>, keep_ms: i64) -> DbResult<u64> {
-    crate::db::prune_log(tx, "outbox", "seq", "sent_at IS NULL OR sent_at >= $1", now_ms() - keep_ms)
+/// Deletes events sent more than `keep_ms` ago, at most `limit` seqs'
+/// worth. Events are sent in `seq` order, so those are the lowest seqs; it
+/// stops at the oldest event still unsent.
+fn prune_sent(tx: &mut Tx<'_>, keep_ms: i64, limit: i64) -> DbResult<u64> {
+    crate::db::prune_log(tx, "outbox", "seq", "sent_at IS NULL OR sent_at >= $1", now_ms() - keep_ms, limit)
 }
 
-/// Forgets what `db.retention` no longer keeps.
+/// How often the relay prunes.
+const PRUNE_EVERY_MS: i64 = 1_000;
+/// Rows the prune deletes per table and transaction: a short transaction,
+/// so the consumer's batches go on between two (one minute's worth at a
+/// time stalled the writer for seconds at 4,000 orders/s).
+const PRUNE_CHUNK: i64 = 5_000;
+/// Most transactions one pass takes: a backlog (after a long stop) is
+/// worked off over several passes.
+const PRUNE_CHUNKS: usize = 20;
+
+/// Forgets what `db.retention` no longer keeps, a chunk per transaction.
+/// On PostgreSQL one instance at a time prunes (the others skip a pass).
 async fn prune(db: &Db) -> DbResult<()> {
     let ms = |secs: f64| (secs * 1000.0) as i64;
     let keep = db.retention;
-    db.write(move |tx| {
-        prune_sent(tx, ms(keep.sent_events_secs))?;
-        crate::inbox::prune(tx, ms(keep.inbox_secs))?;
-        crate::timeline::prune(tx, ms(keep.timeline_secs))
-    })
-    .await
+    for _ in 0..PRUNE_CHUNKS {
+        let most = db
+            .write(move |tx| {
+                if tx.backend() == Backend::Postgres
+                    && tx.scalar(
+                        "SELECT CAST(pg_try_advisory_xact_lock(hashtextextended('prune', 0)) AS INTEGER)",
+                        &[],
+                    )? == 0
+                {
+                    return Ok(0);
+                }
+                let sent = prune_sent(tx, ms(keep.sent_events_secs), PRUNE_CHUNK)?;
+                let inbox = crate::inbox::prune(tx, ms(keep.inbox_secs), PRUNE_CHUNK)?;
+                let notes = crate::timeline::prune(tx, ms(keep.timeline_secs), PRUNE_CHUNK)?;
+                Ok::<_, crate::db::DbError>(sent.max(inbox).max(notes))
+            })
+            .await?;
+        if most < PRUNE_CHUNK as u64 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -606,15 +633,18 @@ mod tests {
         db.write(|tx| -> DbResult<()> {
             let (old, now) = (now_ms() - 90_000, now_ms());
             events(tx, &[Some(old), Some(old), None, Some(old), Some(now)]);
-            assert_eq!(prune_sent(tx, 60_000)?, 2);
+            assert_eq!(prune_sent(tx, 60_000, 100)?, 2);
             assert_eq!(left(tx), ["m2", "m3", "m4"], "never past an unsent event");
             tx.execute("UPDATE outbox SET sent_at = $1 WHERE message_id = 'm2'", &[&old])?;
-            assert_eq!(prune_sent(tx, 60_000)?, 2);
+            assert_eq!(prune_sent(tx, 60_000, 100)?, 2);
             assert_eq!(left(tx), ["m4"], "a recent event stays");
             tx.execute("UPDATE outbox SET sent_at = $1", &[&old])?;
-            assert_eq!(prune_sent(tx, 60_000)?, 1);
+            assert_eq!(prune_sent(tx, 60_000, 100)?, 1);
             assert!(left(tx).is_empty());
-            assert_eq!(prune_sent(tx, 60_000)?, 0);
+            assert_eq!(prune_sent(tx, 60_000, 100)?, 0);
+            events(tx, &[Some(old), Some(old), Some(old)]);
+            assert_eq!(prune_sent(tx, 60_000, 2)?, 2, "at most the limit");
+            assert_eq!(prune_sent(tx, 60_000, 2)?, 1);
             Ok(())
         })
         .await

@@ -88,11 +88,10 @@ pub async fn for_order(reader: &Reader, order_id: &str) -> DbResult<Vec<Entry>> 
     .await
 }
 
-/// Forgets entries older than `keep_ms`. Notes are written in time order,
-/// so the old ones are the lowest ids.
-pub fn prune(tx: &mut Tx<'_>, keep_ms: i64) -> DbResult<()> {
-    crate::db::prune_log(tx, "timeline", "id", "at >= $1", now_ms() - keep_ms)?;
-    Ok(())
+/// Forgets entries older than `keep_ms`, at most `limit` of them. Notes are
+/// written in time order, so the old ones are the lowest ids.
+pub fn prune(tx: &mut Tx<'_>, keep_ms: i64, limit: i64) -> DbResult<u64> {
+    crate::db::prune_log(tx, "timeline", "id", "at >= $1", now_ms() - keep_ms, limit)
 }
 
 #[cfg(test)]
@@ -121,13 +120,13 @@ mod tests {
         db.write(|tx| -> DbResult<()> {
             let now = now_ms();
             notes_at(tx, &[now - 90_000, now - 80_000, now - 1_000, now]);
-            prune(tx, 60_000)?;
+            prune(tx, 60_000, 100)?;
             assert_eq!(left(tx), ["o2", "o3"]);
-            prune(tx, 60_000)?;
+            prune(tx, 60_000, 100)?;
             assert_eq!(left(tx), ["o2", "o3"], "nothing old is left to forget");
-            prune(tx, -10_000)?;
+            prune(tx, -10_000, 100)?;
             assert!(left(tx).is_empty(), "every note older than the window goes, the newest too");
-            prune(tx, 60_000)?;
+            prune(tx, 60_000, 100)?;
             Ok(())
         })
         .await

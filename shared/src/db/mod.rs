@@ -614,18 +614,19 @@ fn serve(mut conn: WriterConn, mut jobs: mpsc::UnboundedReceiver<Command>) {
 }
 
 /// Deletes the oldest rows of `table`, an append-only log ordered by its
-/// key column `key`, up to the first row for which `keep` (an SQL condition
-/// on `$1`, here a time) holds. It visits only the rows it deletes (and the
-/// first one it keeps), not the whole table: the prunes of the outbox and
-/// the timeline.
-pub fn prune_log(tx: &mut Tx<'_>, table: &str, key: &str, keep: &str, at: i64) -> DbResult<u64> {
+/// integer key column `key`, up to the first row for which `keep` (an SQL
+/// condition on `$1`, here a time) holds, and at most `limit` keys past the
+/// oldest. It visits only the rows it deletes (and the first one it keeps),
+/// not the whole table: the prunes of the outbox and the timeline.
+pub fn prune_log(tx: &mut Tx<'_>, table: &str, key: &str, keep: &str, at: i64, limit: i64) -> DbResult<u64> {
     tx.execute(
         &format!(
             "DELETE FROM {table} WHERE {key} < coalesce(
                  (SELECT {key} FROM {table} WHERE {keep} ORDER BY {key} LIMIT 1),
-                 (SELECT max({key}) + 1 FROM {table}))"
+                 (SELECT max({key}) + 1 FROM {table}))
+               AND {key} < (SELECT min({key}) FROM {table}) + $2"
         ),
-        &[&at],
+        &[&at, &limit],
     )
 }
 
