@@ -89,7 +89,9 @@ fn required(found: Option<String>, var: &str, what: &str) -> Option<String> {
 
 struct Scaled {
     dir: tempfile::TempDir,
-    broker: Plain,
+    /// Mosquitto, ours to restart; `None` on the RabbitMQ node the test
+    /// process shares.
+    broker: Option<Plain>,
     _haproxy: Plain,
     inventories: Vec<Proc>,
     orders: Vec<Proc>,
@@ -99,21 +101,48 @@ struct Scaled {
     node_ports: HashMap<&'static str, u16>,
 }
 
+/// The broker the scaled-out shop runs on.
+#[derive(Clone, Copy, PartialEq)]
+enum Broker {
+    /// A Mosquitto of the test's own, with persistence (restartable).
+    Mosquitto,
+    /// The RabbitMQ node the test process shares (its MQTT plugin, quorum
+    /// queues), under a topic prefix and client ids of the test's own.
+    RabbitMq,
+}
+
 impl Scaled {
-    async fn start(store: &StoreAt) -> Option<Scaled> {
-        let mosquitto =
-            required(binary(&["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]), "WEBSHOP_REQUIRE_MOSQUITTO", "mosquitto")?;
+    async fn start(store: &StoreAt, kind: Broker) -> Option<Scaled> {
         let haproxy =
             required(binary(&["/usr/sbin/haproxy", "/usr/bin/haproxy"]), "WEBSHOP_REQUIRE_HAPROXY", "haproxy")?;
         let dir = tempfile::tempdir().unwrap();
+        let (broker, broker_port, bus_env) = match kind {
+            Broker::Mosquitto => {
+                let (broker, port) = Self::start_mosquitto(dir.path()).await?;
+                (Some(broker), port, Vec::new())
+            }
+            Broker::RabbitMq => {
+                let node = tokio::task::spawn_blocking(crate::helpers::rabbitmq::shared).await.unwrap()?;
+                let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+                let env = vec![("TOPIC_PREFIX".to_owned(), format!("scaleout-{run}/v1/")), ("RUN".to_owned(), run)];
+                (None, node.mqtt_port, env)
+            }
+        };
+        let scaled = Self::start_nodes(store, dir, broker, broker_port, &bus_env, haproxy);
+        Some(scaled)
+    }
+
+    async fn start_mosquitto(dir: &std::path::Path) -> Option<(Plain, u16)> {
+        let mosquitto =
+            required(binary(&["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]), "WEBSHOP_REQUIRE_MOSQUITTO", "mosquitto")?;
         let broker_port = free_port();
-        let conf = dir.path().join("mosquitto.conf");
+        let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
                 "listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
                  max_queued_messages 100000\nmax_inflight_messages 500\nmax_packet_size 4194304\n",
-                dir.path().display()
+                dir.display()
             ),
         )
         .unwrap();
@@ -122,6 +151,20 @@ impl Scaled {
             tokio::net::TcpStream::connect(("127.0.0.1", broker_port)).await.ok().map(|_| ())
         })
         .await;
+        Some((broker, broker_port))
+    }
+
+    /// The nodes and haproxy. `bus` holds `TOPIC_PREFIX` and `RUN` (a
+    /// suffix for the services' client ids) on a shared broker.
+    fn start_nodes(
+        store: &StoreAt,
+        dir: tempfile::TempDir,
+        broker: Option<Plain>,
+        broker_port: u16,
+        bus: &[(String, String)],
+        haproxy: String,
+    ) -> Scaled {
+        let setting = |k: &str| bus.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
 
         let mut node_ports = HashMap::new();
         let names = ["inventory-a", "inventory-b", "order-a", "order-b", "front-a", "front-b"];
@@ -159,6 +202,13 @@ impl Scaled {
                 (format!("WEBSHOP_{upper}__BUS__PARTITIONS"), PARTITIONS.to_string()),
                 ("RUST_LOG".into(), "warn,shared::ownership=info,rumqttd=off".into()),
             ];
+            if let Some(prefix) = setting("TOPIC_PREFIX") {
+                env.push((format!("WEBSHOP_{upper}__BUS__TOPIC_PREFIX"), prefix));
+            }
+            if let (Some(run), false) = (setting("RUN"), kind == "front") {
+                // Every instance of a service shares its base client id.
+                env.push((format!("WEBSHOP_{upper}__BUS__CLIENT_ID"), format!("scaleout-{kind}-{run}")));
+            }
             env.extend(extra);
             if kind != "front" {
                 env.extend(store.env(kind, dir.path()));
@@ -176,7 +226,7 @@ impl Scaled {
             ]
         };
         let fronts = vec![node("front-a", "front", front_env()), node("front-b", "front", front_env())];
-        Some(Scaled { dir, broker, _haproxy: haproxy, inventories, orders, fronts, lb, node_ports })
+        Scaled { dir, broker, _haproxy: haproxy, inventories, orders, fronts, lb, node_ports }
     }
 
     fn public(&self, path: &str) -> String {
@@ -334,8 +384,20 @@ fn allowed(from: &str, to: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_each_node_survive_kills_stops_and_a_broker_restart() {
+    jepsen(Broker::Mosquitto).await;
+}
+
+/// The same on RabbitMQ's MQTT plugin: each partition's session is a
+/// quorum queue. The node is shared by the test process, so the broker is
+/// not restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_each_node_survive_kills_and_stops_on_rabbitmq() {
+    jepsen(Broker::RabbitMq).await;
+}
+
+async fn jepsen(kind: Broker) {
     let Some(store) = StoreAt::postgres().await else { return };
-    let Some(mut shop) = Scaled::start(&store).await else { return };
+    let Some(mut shop) = Scaled::start(&store, kind).await else { return };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .pool_idle_timeout(shared::http::CLIENT_POOL_IDLE_TIMEOUT)
@@ -437,10 +499,16 @@ async fn two_of_each_node_survive_kills_stops_and_a_broker_restart() {
                 shop.orders[which].signal("CONT");
                 eprintln!("nemesis: SIGCONT order-{which}");
             }
-            3 => {
-                eprintln!("nemesis: restart the broker");
-                shop.broker.restart();
-            }
+            3 => match shop.broker.as_mut() {
+                Some(broker) => {
+                    eprintln!("nemesis: restart the broker");
+                    broker.restart();
+                }
+                None => {
+                    eprintln!("nemesis: kill -9 inventory-{which} (the shared broker stays up)");
+                    shop.inventories[which].restart();
+                }
+            },
             _ => {
                 eprintln!("nemesis: kill -9 front-{which}");
                 shop.fronts[which].restart();
