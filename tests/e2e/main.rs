@@ -17,6 +17,7 @@ mod model;
 mod otlp;
 mod polls;
 mod release;
+mod retention;
 mod rolling_upgrade;
 mod scaleout;
 mod stalls;
