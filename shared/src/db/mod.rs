@@ -16,6 +16,7 @@
 //! by [`Tx::backend`]. Each backend has its own numbered migrations
 //! ([`Migrations`]), applied on open.
 
+pub(crate) mod events;
 pub(crate) mod postgres;
 mod sqlite;
 
@@ -28,7 +29,7 @@ use sqlx::Row as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::DbConfig;
-use crate::outbox::{Committed, Pending, Sent};
+use events::{Committed, Pending, Sent};
 
 /// Which engine a database runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -568,7 +569,7 @@ where
         marks.write(&mut tx)?;
         let out = f(&mut tx)?;
         let events = std::mem::take(&mut tx.events);
-        let events = crate::outbox::write_all(&mut tx, events)?;
+        let events = events::write_all(&mut tx, events)?;
         Ok((out, events))
     })();
     let (out, events) = match result {
