@@ -253,6 +253,7 @@ mod tests {
                 .collect(),
             currency: "EUR".into(),
             fingerprint: "fp".into(),
+            cart_id: None,
         }
     }
 

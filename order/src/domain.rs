@@ -226,6 +226,7 @@ mod tests {
             }],
             currency: "EUR".into(),
             fingerprint: fp.into(),
+            cart_id: None,
         }
     }
 

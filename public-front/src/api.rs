@@ -323,6 +323,7 @@ async fn price(s: &Front, req: PlaceOrder, fingerprint: String) -> Result<(SendO
         items: lines,
         currency: currency.unwrap_or("EUR").to_owned(),
         fingerprint,
+        cart_id: None,
     };
     Ok((send, priced.stale_age))
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::ids::{OrderId, ParseError, Sku};
+use crate::ids::{CartId, OrderId, ParseError, Sku};
 
 /// Declares [`ErrorCode`] from one table of variant and wire string, so
 /// the string, the enum and the OpenAPI schema can't disagree.
@@ -51,10 +51,16 @@ error_codes! {
     AdminDisabled = "admin_disabled",
     BodyTooLarge = "body_too_large",
     BusUnavailable = "bus_unavailable",
+    /// The cart changed since the version a checkout was priced for.
+    CartChanged = "cart_changed",
+    /// The cart was checked out and changes no more.
+    CartCheckedOut = "cart_checked_out",
+    EmptyCart = "empty_cart",
     EmptyOrder = "empty_order",
     IdempotencyKeyReused = "idempotency_key_reused",
     /// A 500: the cause is logged, never sent.
     Internal = "internal",
+    InvalidCartId = "invalid_cart_id",
     InvalidCursor = "invalid_cursor",
     InvalidIdempotencyKey = "invalid_idempotency_key",
     InvalidLimit = "invalid_limit",
@@ -90,6 +96,7 @@ error_codes! {
     /// A dead letter stored truncated, which can't be replayed.
     Truncated = "truncated",
     Unauthorized = "unauthorized",
+    UnknownCart = "unknown_cart",
     UnknownDeadLetter = "unknown_dead_letter",
     UnknownNode = "unknown_node",
     UnknownOrder = "unknown_order",
@@ -286,6 +293,13 @@ impl FromPath for OrderId {
     const INVALID: ErrorCode = ErrorCode::InvalidOrderId;
     fn parse(s: &str) -> Result<Self, ParseError> {
         OrderId::parse(s)
+    }
+}
+
+impl FromPath for CartId {
+    const INVALID: ErrorCode = ErrorCode::InvalidCartId;
+    fn parse(s: &str) -> Result<Self, ParseError> {
+        CartId::parse(s)
     }
 }
 

@@ -10,6 +10,9 @@ use uuid::Uuid;
 /// Namespace for deriving order ids from idempotency keys (UUIDv5).
 const ORDER_NAMESPACE: Uuid = Uuid::from_u128(0x6f3a_1c2e_8b4d_4e5f_9a0b_1c2d_3e4f_5a6b);
 
+/// Namespace for deriving checkout orders from a cart and a key.
+const CHECKOUT_NAMESPACE: Uuid = Uuid::from_u128(0x2b7e_41a0_93c5_4d18_b6f2_0e9a_7c34_d581);
+
 /// Why an identifier or quantity was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
@@ -23,6 +26,8 @@ pub enum ParseError {
     Email(String),
     #[error("the Idempotency-Key must be 1-200 visible ASCII characters")]
     IdempotencyKey,
+    #[error("`{0}` is not a valid cart id (expected a UUID)")]
+    CartId(String),
 }
 
 /// An order's identity. Derived from the client's idempotency key so every
@@ -40,6 +45,22 @@ impl OrderId {
     }
 }
 
+impl OrderId {
+    /// The order a cart's checkout with `key` makes: the same cart and key
+    /// always make the same order, so a checkout retries safely. Its first
+    /// 8 bytes are the cart's, so the order's messages share the cart's
+    /// partition (`topics::Partitions::of_order`) and one consumer sees a
+    /// cart and its order in order; the rest is a hash of cart and key (a
+    /// UUIDv8, RFC 9562's custom layout).
+    pub fn for_checkout(cart: CartId, key: &IdempotencyKey) -> Self {
+        let digest = Uuid::new_v5(&CHECKOUT_NAMESPACE, &[cart.0.as_bytes().as_slice(), key.0.as_bytes()].concat());
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&cart.0.as_bytes()[..8]);
+        bytes[8..].copy_from_slice(&digest.as_bytes()[8..]);
+        Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+}
+
 impl fmt::Display for OrderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
@@ -50,6 +71,46 @@ impl FromStr for OrderId {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
+    }
+}
+
+/// A server-side cart's identity: random (UUIDv4), so knowing one cart's
+/// id tells nothing about another's. On the bus a cart's messages carry it
+/// in the envelope's `order_id` field (the subject the inbox, parking and
+/// partitions key on), through [`CartId::subject`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CartId(pub Uuid);
+
+impl CartId {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        match Uuid::parse_str(s) {
+            Ok(u) if !u.is_nil() => Ok(Self(u)),
+            _ => Err(ParseError::CartId(s.chars().take(64).collect())),
+        }
+    }
+    /// The envelope subject of the cart's messages.
+    pub fn subject(self) -> OrderId {
+        OrderId(self.0)
+    }
+    /// The cart a message's subject names.
+    pub fn of_subject(id: OrderId) -> Self {
+        Self(id.0)
+    }
+}
+
+impl Default for CartId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for CartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
     }
 }
 
@@ -208,6 +269,25 @@ impl IdempotencyKey {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_checkout_order_shares_its_carts_partition_and_is_the_same_for_a_retry() {
+        let key = |k: &str| IdempotencyKey::parse(k).unwrap();
+        for _ in 0..50 {
+            let cart = CartId::new();
+            let order = OrderId::for_checkout(cart, &key("k1"));
+            assert_eq!(order, OrderId::for_checkout(cart, &key("k1")), "a retry makes the same order");
+            assert_ne!(order, OrderId::for_checkout(cart, &key("k2")));
+            assert_ne!(order, OrderId::for_checkout(CartId::new(), &key("k1")));
+            assert_ne!(order, cart.subject(), "the order is not the cart");
+            for n in [2, 8, 1024] {
+                let p = crate::topics::Partitions::new(n).unwrap();
+                assert_eq!(p.of_order(order), p.of_order(cart.subject()));
+            }
+        }
+        assert!(CartId::parse("00000000-0000-0000-0000-000000000000").is_err(), "nil");
+        assert!(CartId::parse("cart").is_err());
+    }
 
     #[test]
     fn same_key_same_order() {

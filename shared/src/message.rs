@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use crate::ids::{Email, MessageId, OrderId, Quantity, Sku};
+use crate::ids::{CartId, Email, MessageId, OrderId, Quantity, Sku};
 use crate::topics::Topic;
 
 /// The only envelope version this build understands.
@@ -157,6 +157,10 @@ pub struct SendOrder {
     /// Hash of the customer's request body; the same idempotency key with a
     /// different body is a conflict.
     pub fingerprint: String,
+    /// The cart this order checks out: inventory turns the cart's holds
+    /// into the reservation (and releases what the order doesn't take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<CartId>,
 }
 
 impl SendOrder {
@@ -295,6 +299,148 @@ pub struct ReleaseRequested {}
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {}
 
+/// `carts/command`: what a customer does to a cart (the envelope's subject
+/// is the cart, [`CartId::subject`]). The front answers once `carts/status`
+/// says the order service applied or refused it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CartCommand {
+    /// Start the cart; a repeat changes nothing.
+    Create,
+    /// Set a line's quantity (absolute, so a repeat changes nothing); 0
+    /// removes the line.
+    SetItem { sku: Sku, quantity: u32 },
+    /// Turn the cart as of `version` into an order.
+    Checkout(Checkout),
+}
+
+impl CartCommand {
+    pub fn validate(&self) -> Result<(), Poison> {
+        match self {
+            CartCommand::Create => Ok(()),
+            CartCommand::SetItem { quantity, .. } if *quantity > Quantity::MAX => {
+                Err(Poison(format!("a cart line holds at most {} units", Quantity::MAX)))
+            }
+            CartCommand::SetItem { .. } => Ok(()),
+            CartCommand::Checkout(c) if c.prices.len() > MAX_LINES => {
+                Err(Poison(format!("a checkout prices at most {MAX_LINES} lines")))
+            }
+            CartCommand::Checkout(c) if c.prices.iter().any(|p| p.unit_price_cents < 0) => {
+                Err(Poison("unit_price_cents must not be negative".into()))
+            }
+            CartCommand::Checkout(_) => Ok(()),
+        }
+    }
+}
+
+/// A cart's checkout, as the front asks for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkout {
+    /// The cart version the customer saw and the prices are for: a cart
+    /// changed since is refused (`cart_changed`), not ordered unseen.
+    pub version: i64,
+    /// The order to make ([`OrderId::for_checkout`]).
+    pub order_id: OrderId,
+    pub customer_email: Email,
+    pub currency: String,
+    /// The unit price of every SKU in the cart, at the front's prices.
+    pub prices: Vec<LinePrice>,
+    /// Identifies the customer's request, as [`SendOrder::fingerprint`].
+    pub fingerprint: String,
+}
+
+/// Why the order service refused a cart command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CartRefusal {
+    /// No cart with this id.
+    UnknownCart,
+    /// The cart was checked out; it changes no more.
+    CheckedOut,
+    /// The cart changed since the version the checkout names.
+    CartChanged,
+    /// The cart would hold more than [`MAX_LINES`] lines.
+    TooManyLines,
+    /// Nothing to check out.
+    EmptyCart,
+    /// The checkout has no price for one of the cart's SKUs.
+    Unpriced,
+}
+
+/// `carts/status`: the order service applied or refused a cart command.
+/// Sent to every front (not partitioned, not durable); the front that
+/// published the command answers its customer with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartChanged {
+    /// The `message_id` of the command this answers.
+    pub command_id: MessageId,
+    /// `None`: applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<CartRefusal>,
+    /// The cart after the command (absent for an unknown cart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart: Option<crate::view::Cart>,
+}
+
+/// One line of a hold request or answer: a SKU and a number of units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldLine {
+    pub sku: Sku,
+    pub quantity: u32,
+}
+
+/// `carts/hold`: hold these quantities for the cart (the whole cart, not
+/// a change: SKUs not listed hold nothing). Inventory applies a request
+/// only if its `version` is newer than the last one it applied, so copies
+/// and reordered requests change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    /// The cart's version this request is for (rises with every change).
+    pub version: i64,
+    pub lines: Vec<HoldLine>,
+}
+
+impl HoldRequest {
+    pub fn validate(&self) -> Result<(), Poison> {
+        if self.lines.len() > MAX_LINES {
+            return Err(Poison(format!("a cart holds at most {MAX_LINES} lines")));
+        }
+        if self.lines.iter().any(|l| l.quantity > Quantity::MAX) {
+            return Err(Poison(format!("a cart line holds at most {} units", Quantity::MAX)));
+        }
+        Ok(())
+    }
+}
+
+/// Why inventory says what a cart holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeldBecause {
+    /// It applied a hold request.
+    Hold,
+    /// The holds ran out of time: the stock went back.
+    Expired,
+    /// The cart's order took the holds (or was refused): the cart holds
+    /// nothing and never will again.
+    CheckedOut,
+}
+
+/// `inventory/held`: what a cart holds now. `seq` rises with every change
+/// inventory makes to the cart's holds; the order service keeps the
+/// highest it has seen, so copies and reordered answers change nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub seq: i64,
+    /// The last hold request's version inventory applied.
+    pub version: i64,
+    pub because: HeldBecause,
+    /// Units held per SKU; a SKU not listed holds nothing.
+    pub lines: Vec<HoldLine>,
+    /// When the holds run out, if any are left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +455,7 @@ mod tests {
             }],
             currency: "EUR".into(),
             fingerprint: "f".into(),
+            cart_id: None,
         }
     }
 

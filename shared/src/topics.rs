@@ -26,10 +26,19 @@ pub enum Topic {
     OrdersCancelled,
     /// inventory → order: release done (or nothing was held).
     Released,
+    /// front → order: change a cart (create, set a line, check out).
+    CartsCommand,
+    /// order → fronts: a cart command was applied or refused (not durable).
+    CartsStatus,
+    /// order → inventory: hold these quantities for the cart.
+    CartsHold,
+    /// inventory → order: what the cart holds now (after a hold, an
+    /// expiry or the checkout).
+    Held,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 7] = [
+    pub const ALL: [Topic; 11] = [
         Topic::OrdersSend,
         Topic::OrdersCancel,
         Topic::OrdersStatus,
@@ -37,6 +46,10 @@ impl Topic {
         Topic::OutOfStock,
         Topic::OrdersCancelled,
         Topic::Released,
+        Topic::CartsCommand,
+        Topic::CartsStatus,
+        Topic::CartsHold,
+        Topic::Held,
     ];
 
     /// The topic path below the prefix.
@@ -49,6 +62,10 @@ impl Topic {
             Topic::OutOfStock => "inventory/out-of-stock",
             Topic::OrdersCancelled => "orders/cancelled",
             Topic::Released => "inventory/released",
+            Topic::CartsCommand => "carts/command",
+            Topic::CartsStatus => "carts/status",
+            Topic::CartsHold => "carts/hold",
+            Topic::Held => "inventory/held",
         }
     }
 
@@ -62,6 +79,10 @@ impl Topic {
             Topic::OutOfStock => "inventory.out_of_stock",
             Topic::OrdersCancelled => "order.cancelled",
             Topic::Released => "inventory.released",
+            Topic::CartsCommand => "cart.command",
+            Topic::CartsStatus => "cart.status",
+            Topic::CartsHold => "cart.hold",
+            Topic::Held => "inventory.held",
         }
     }
 
@@ -76,9 +97,9 @@ impl Topic {
 
     /// Whether the topic is split into partitions when a deployment has
     /// more than one (see [`Partitions`]). Every topic a service consumes
-    /// is; `orders/status` goes to every front and is not.
+    /// is; `orders/status` and `carts/status` go to every front and are not.
     pub fn partitioned(self) -> bool {
-        self != Topic::OrdersStatus
+        !matches!(self, Topic::OrdersStatus | Topic::CartsStatus)
     }
 
     /// The path a message about `order_id` is published to: the topic's
@@ -209,17 +230,17 @@ macro_rules! consumed_topics {
 
 consumed_topics! {
     /// What public-front consumes (`public-front/src/status.rs`).
-    pub enum FrontConsumes { OrdersStatus }
+    pub enum FrontConsumes { OrdersStatus, CartsStatus }
 }
 
 consumed_topics! {
     /// What the order service consumes (`order/src/handlers/`).
-    pub enum OrderConsumes { OrdersSend, OrdersCancel, InStock, OutOfStock, Released }
+    pub enum OrderConsumes { OrdersSend, OrdersCancel, InStock, OutOfStock, Released, CartsCommand, Held }
 }
 
 consumed_topics! {
     /// What the inventory service consumes (`inventory/src/handlers/`).
-    pub enum InventoryConsumes { OrdersSend, OrdersCancelled }
+    pub enum InventoryConsumes { OrdersSend, OrdersCancelled, CartsHold }
 }
 
 /// What a client on the bus is, and so what it may publish and subscribe
@@ -387,13 +408,33 @@ mod tests {
         let path = |t: Topic| t.path(p);
         assert!(Role::Front.may_publish(p, &path(Topic::OrdersSend)));
         assert!(Role::Front.may_publish(p, &path(Topic::OrdersCancel)));
-        for t in [Topic::InStock, Topic::OutOfStock, Topic::Released, Topic::OrdersStatus, Topic::OrdersCancelled] {
+        assert!(Role::Front.may_publish(p, &path(Topic::CartsCommand)));
+        for t in [
+            Topic::InStock,
+            Topic::OutOfStock,
+            Topic::Released,
+            Topic::OrdersStatus,
+            Topic::OrdersCancelled,
+            Topic::CartsStatus,
+            Topic::CartsHold,
+            Topic::Held,
+        ] {
             assert!(!Role::Front.may_publish(p, &path(t)), "front may publish {t:?}");
         }
-        for t in [Topic::InStock, Topic::OutOfStock, Topic::Released, Topic::OrdersCancel] {
+        for t in
+            [Topic::InStock, Topic::OutOfStock, Topic::Released, Topic::OrdersCancel, Topic::CartsCommand, Topic::Held]
+        {
             assert!(!Role::Order.may_publish(p, &path(t)), "order may publish {t:?}");
         }
-        for t in [Topic::OrdersSend, Topic::OrdersCancel, Topic::OrdersStatus, Topic::OrdersCancelled] {
+        for t in [
+            Topic::OrdersSend,
+            Topic::OrdersCancel,
+            Topic::OrdersStatus,
+            Topic::OrdersCancelled,
+            Topic::CartsCommand,
+            Topic::CartsStatus,
+            Topic::CartsHold,
+        ] {
             assert!(!Role::Inventory.may_publish(p, &path(t)), "inventory may publish {t:?}");
         }
         for r in [Role::Front, Role::Order, Role::Inventory] {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Email, OrderId, Sku};
+use crate::ids::{CartId, Email, OrderId, Sku};
 use crate::message::{OrderLine, OrderStatus};
 
 /// A product as inventory returns it.
@@ -38,8 +38,66 @@ pub struct Order {
     /// Absent in answers of order nodes that predate it.
     #[serde(default)]
     pub release_pending: bool,
+    /// The cart this order checked out, if it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<CartId>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+}
+
+/// Whether a cart still changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CartStatus {
+    Open,
+    /// Turned into an order (`order_id`); it changes no more.
+    CheckedOut,
+}
+
+impl CartStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CartStatus::Open => "open",
+            CartStatus::CheckedOut => "checked_out",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(CartStatus::Open),
+            "checked_out" => Some(CartStatus::CheckedOut),
+            _ => None,
+        }
+    }
+}
+
+/// A cart as the order service holds and returns it: the lines the
+/// customer chose, and what inventory last said it holds for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cart {
+    pub cart_id: CartId,
+    pub status: CartStatus,
+    /// Rises with every change of the lines (not of the holds).
+    pub version: i64,
+    pub lines: Vec<CartLine>,
+    /// The cart version inventory's holds answer: below `version`, the
+    /// newest lines are not held yet.
+    pub holds_version: i64,
+    /// When the holds run out, while some are left.
+    pub holds_expire_at_ms: Option<i64>,
+    /// The holds ran out (until the next change asks again).
+    pub holds_expired: bool,
+    /// The order a checkout made.
+    pub order_id: Option<OrderId>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// One cart line: what the customer wants and what inventory holds for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartLine {
+    pub sku: Sku,
+    pub quantity: u32,
+    pub held: u32,
 }
 
 /// Stock bookkeeping of one product, for the audit.

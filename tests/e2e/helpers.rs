@@ -698,6 +698,7 @@ pub fn send_body_at(sku: &str, qty: i64, fingerprint: &str, unit_price_cents: i6
         }],
         currency: "EUR".into(),
         fingerprint: fingerprint.into(),
+        cart_id: None,
     }
 }
 

@@ -228,6 +228,7 @@ pub async fn baseline(synchronous: &str, secs: f64) -> anyhow::Result<Rate> {
                     }],
                     currency: p.currency.clone(),
                     fingerprint: format!("{n:064x}"),
+                    cart_id: None,
                 };
                 Envelope::new(Topic::OrdersSend, OrderId(uuid::Uuid::new_v4()), body).to_json().into()
             })
