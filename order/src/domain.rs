@@ -112,6 +112,7 @@ pub fn decide(
                 reason: cancelled.then(|| "cancelled before the order arrived".to_owned()),
                 // Inventory may have reserved from this same send: release.
                 release_pending: cancelled,
+                cart_id: send.cart_id,
                 created_at_ms: now_ms,
                 updated_at_ms: now_ms,
             };

@@ -2,11 +2,13 @@
 //!
 //! Layout:
 //! - `domain.rs`: the pure lifecycle (`decide`);
+//! - `carts/`: server-side carts (`decide`, `held`) and their table;
 //! - `handlers/`: one file per consumed topic;
 //! - `follow_up.rs`: the timer that chases inventory for unsettled orders;
 //! - `store.rs`: the tables and SQL; `http.rs`: the read API;
 //! - `config.rs`; `main.rs` is a thin binary over [`App`].
 
+pub mod carts;
 pub mod config;
 pub mod domain;
 pub mod follow_up;

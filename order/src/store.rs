@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use shared::clock::now_ms;
 use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
-use shared::ids::{Email, OrderId};
+use shared::ids::{CartId, Email, OrderId};
 use shared::message::{OrderStatus, SendOrder};
 use shared::view::{Order, ReleaseChase};
 
@@ -20,9 +20,9 @@ pub fn migrations() -> shared::db::Migrations {
     }
 }
 
-const COLUMNS: &str = "order_id, status, version, customer_email, items, currency, total_cents, fingerprint, reason, release_pending, created_at, updated_at";
+const COLUMNS: &str = "order_id, status, version, customer_email, items, currency, total_cents, fingerprint, reason, release_pending, created_at, updated_at, cart_id";
 
-/// An order from a row whose first 12 columns are `COLUMNS`.
+/// An order from a row whose first 13 columns are `COLUMNS`.
 fn order(r: &Row<'_>) -> DbResult<Order> {
     let id: String = r.get(0)?;
     let corrupt = |why: String| DbError::corrupt("orders", &id, why);
@@ -39,6 +39,10 @@ fn order(r: &Row<'_>) -> DbResult<Order> {
         fingerprint: r.get(7)?,
         reason: r.get(8)?,
         release_pending: r.get::<i64>(9)? != 0,
+        cart_id: match r.get::<Option<String>>(12)? {
+            Some(c) => Some(CartId::parse(&c).map_err(|e| corrupt(e.to_string()))?),
+            None => None,
+        },
         created_at_ms: r.get(10)?,
         updated_at_ms: r.get(11)?,
     })
@@ -112,7 +116,7 @@ impl Orders {
                 Some(_) => Some(order(r)?),
                 None => None,
             };
-            let tombstone = r.get::<i64>(12)?;
+            let tombstone = r.get::<i64>(13)?;
             let slot = Slot {
                 stored: order.is_some(),
                 order,
@@ -120,7 +124,7 @@ impl Orders {
                 chased: tombstone == 2,
                 ..Slot::default()
             };
-            Ok((r.get(13)?, slot))
+            Ok((r.get(14)?, slot))
         };
         let mut found: HashMap<String, Slot> = match tx.backend() {
             Backend::Sqlite => {
@@ -224,6 +228,7 @@ impl Orders {
             rows.created_at.push(o.created_at_ms);
             rows.updated_at.push(o.updated_at_ms);
             rows.follow_up_at.push(follow_up_at);
+            rows.cart_id.push(o.cart_id.map(|c| c.to_string()));
         }
         match tx.backend() {
             Backend::Sqlite => w.write_each(tx, now),
@@ -258,13 +263,14 @@ struct OrderRows {
     created_at: Vec<i64>,
     updated_at: Vec<i64>,
     follow_up_at: Vec<Option<i64>>,
+    cart_id: Vec<Option<String>>,
 }
 
 const INSERT_TOMBSTONE: &str = "INSERT INTO cancel_tombstones (order_id, at)";
 const INSERT_CHASE: &str = "INSERT INTO release_chases (order_id, since, follow_up_at)";
 const INSERT_ORDER: &str = "INSERT INTO orders (order_id, status, version, customer_email, items, currency,
                                                  total_cents, fingerprint, reason, release_pending, created_at,
-                                                 updated_at, follow_up_at)";
+                                                 updated_at, follow_up_at, cart_id)";
 
 impl Writes {
     fn write_each(self, tx: &mut Tx<'_>, now: i64) -> DbResult<()> {
@@ -297,7 +303,7 @@ impl Writes {
         let c = &self.created;
         for i in 0..c.order_id.len() {
             tx.execute(
-                &format!("{INSERT_ORDER} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"),
+                &format!("{INSERT_ORDER} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"),
                 &[
                     &c.order_id[i],
                     &c.status[i],
@@ -312,6 +318,7 @@ impl Writes {
                     &c.created_at[i],
                     &c.updated_at[i],
                     &c.follow_up_at[i],
+                    &c.cart_id[i],
                 ],
             )?;
         }
@@ -358,7 +365,7 @@ impl Writes {
                     "{INSERT_ORDER}
                      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                                           $7::bigint[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
-                                          $12::bigint[], $13::bigint[])"
+                                          $12::bigint[], $13::bigint[], $14::text[])"
                 ),
                 &[
                     &c.order_id,
@@ -374,6 +381,7 @@ impl Writes {
                     &c.created_at,
                     &c.updated_at,
                     &c.follow_up_at,
+                    &c.cart_id,
                 ],
             )?;
         }
@@ -403,7 +411,7 @@ pub fn due_follow_ups(tx: &mut Tx<'_>, limit: i64) -> DbResult<Vec<(Order, i64)>
             "SELECT {COLUMNS}, follow_ups FROM orders WHERE follow_up_at <= $1 ORDER BY follow_up_at LIMIT $2{lock}"
         ),
         &[&now_ms(), &limit],
-        |r| Ok((order(r)?, r.get(12)?)),
+        |r| Ok((order(r)?, r.get(13)?)),
     )
 }
 
@@ -484,6 +492,7 @@ pub fn send_body(o: &Order) -> Option<SendOrder> {
         items: o.items.clone(),
         currency: o.currency.clone(),
         fingerprint: o.fingerprint.clone(),
+        cart_id: o.cart_id,
     })
 }
 
@@ -596,6 +605,7 @@ mod tests {
                 items: Vec::new(),
                 currency: "EUR".into(),
                 fingerprint: "fp".into(),
+                cart_id: None,
             };
             let crate::domain::Step::Save { order, .. } =
                 crate::domain::decide(None, Tombstone::ReleaseChased, taken_over, crate::domain::Input::Send(&s), 5)

@@ -6,11 +6,17 @@
 //! - `inventory/in-stock` → [`in_stock`]: confirm;
 //! - `inventory/out-of-stock` → [`out_of_stock`]: reject;
 //! - `inventory/released` → [`released`]: stop chasing the release (of an
-//!   order, or of a tombstone when the order never arrived).
+//!   order, or of a tombstone when the order never arrived);
+//! - `carts/command` → [`carts_command`]: create, change or check out a
+//!   cart ([`crate::carts`]);
+//! - `inventory/held` → [`held`]: what inventory holds for a cart now.
 //!
-//! Each parses its body and calls [`crate::domain::decide`]; [`apply`]
-//! persists the step and writes the events to the outbox.
+//! The order handlers parse their body and call [`crate::domain::decide`];
+//! [`apply`] persists the step and writes the events to the outbox. The
+//! cart handlers do the same with [`crate::carts`].
 
+mod carts_command;
+mod held;
 mod in_stock;
 mod orders_cancel;
 mod orders_send;
@@ -44,6 +50,8 @@ impl Handler for OrderHandler {
             Some(OrderConsumes::InStock) => in_stock::handle(self, tx, orders, msg),
             Some(OrderConsumes::OutOfStock) => out_of_stock::handle(self, tx, orders, msg),
             Some(OrderConsumes::Released) => released::handle(self, tx, orders, msg),
+            Some(OrderConsumes::CartsCommand) => carts_command::handle(tx, msg),
+            Some(OrderConsumes::Held) => held::handle(tx, msg),
             // Not subscribed: only a misrouting broker delivers it.
             None => Ok(Outcome::Ignored(msg.topic.suffix())),
         }
