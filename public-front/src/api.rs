@@ -28,7 +28,7 @@ pub const PRICE_SOURCE: &str = "x-price-source";
 
 /// The `Prefer` header as the OpenAPI document describes it: both `POST
 /// /api/orders` and `GET /api/orders/{order_id}` take it.
-const PREFER_WAIT: &str = "RFC 7240 `wait=<seconds>` (at most 25; more counts as 25; anything \
+pub(crate) const PREFER_WAIT: &str = "RFC 7240 `wait=<seconds>` (at most 25; more counts as 25; anything \
     else is ignored). On `POST /api/orders`: answer once the order is \
     settled (confirmed or rejected) or after that long, whichever comes \
     first. On `GET /api/orders/{order_id}` with `If-None-Match`: a long \
@@ -165,7 +165,7 @@ impl<S: Send + Sync> FromRequest<S> for PlaceOrder {
     }
 }
 
-fn accepted(order_id: OrderId, status: OrderStatus, version: i64) -> Response {
+pub(crate) fn accepted(order_id: OrderId, status: OrderStatus, version: i64) -> Response {
     let location = format!("/api/orders/{order_id}");
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Accepted { order_id, status, version })).into_response()
 }
@@ -173,7 +173,7 @@ fn accepted(order_id: OrderId, status: OrderStatus, version: i64) -> Response {
 /// The W3C traceparent for what a request publishes: the caller's, or a
 /// fresh one. With span export, `span` continues the caller's trace and
 /// is named as the parent.
-fn traceparent(headers: &HeaderMap, span: &tracing::Span) -> String {
+pub(crate) fn traceparent(headers: &HeaderMap, span: &tracing::Span) -> String {
     let incoming =
         headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(shared::trace::parse).map(str::to_owned);
     shared::trace::link(span, incoming).unwrap_or_else(shared::trace::new_traceparent)
@@ -181,7 +181,7 @@ fn traceparent(headers: &HeaderMap, span: &tracing::Span) -> String {
 
 /// A span for the request, when spans are exported. It needn't be entered:
 /// it starts in [`traceparent`] and ends when the handler drops it.
-fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
+pub(crate) fn request_span(name: &'static str, order_id: OrderId) -> tracing::Span {
     if shared::telemetry::exporting() {
         tracing::info_span!("request", node = "public-front", %order_id, otel.name = name)
     } else {
@@ -216,18 +216,7 @@ pub(crate) async fn place_order(
     body: Result<PlaceOrder, ApiError>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let key = headers.get("idempotency-key").ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::MissingIdempotencyKey,
-            "Send an Idempotency-Key header so the order can be retried safely.",
-        )
-    })?;
-    let key = key.to_str().ok().and_then(|k| IdempotencyKey::parse(k).ok()).ok_or_else(|| {
-        ApiError::bad_request(
-            ErrorCode::InvalidIdempotencyKey,
-            "The Idempotency-Key must be 1-200 visible ASCII characters.",
-        )
-    })?;
+    let key = idempotency_key(&headers)?;
     let req = body?;
     if req.items.is_empty() {
         return Err(ApiError::unprocessable(ErrorCode::EmptyOrder, "An order needs at least one item."));
@@ -272,17 +261,8 @@ pub(crate) async fn place_order(
         }),
     };
     let Some(mut st) = status else { return Err(not_committed()) };
-    // `Prefer: wait=N`: the settled status in this answer, if it comes in
-    // time. The order is committed already: a failed read keeps `pending`.
-    // The wait counts from the request's start, so waiting for the commit
-    // and then for the status stays inside the request timeout.
-    if let (OrderStatus::Pending, Some(wait)) = (st.status, crate::poll::prefer_wait(&headers)) {
-        let wait = wait.min(crate::poll::MAX_WAIT.saturating_sub(started.elapsed()));
-        if st.fingerprint == fingerprint {
-            if let Ok(Some(o)) = s.order_after(order_id, st.version, wait).await {
-                (st.status, st.version) = (o.status, o.version);
-            }
-        }
+    if st.fingerprint == fingerprint {
+        (st.status, st.version) = settled(&s, &headers, started, order_id, (st.status, st.version)).await;
     }
     let mut resp = committed(order_id, (st.status, st.version), &st.fingerprint, &fingerprint)?;
     if let Some(age) = stale_age {
@@ -293,6 +273,43 @@ pub(crate) async fn place_order(
         }
     }
     Ok(resp)
+}
+
+/// The request's `Idempotency-Key`, which must be there and well formed.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+    let key = headers.get("idempotency-key").ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::MissingIdempotencyKey,
+            "Send an Idempotency-Key header so the order can be retried safely.",
+        )
+    })?;
+    key.to_str().ok().and_then(|k| IdempotencyKey::parse(k).ok()).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidIdempotencyKey,
+            "The Idempotency-Key must be 1-200 visible ASCII characters.",
+        )
+    })
+}
+
+/// `Prefer: wait=N` on a committed order: the settled status for the
+/// answer, if it comes in time. The order is committed already: a failed
+/// read keeps what the caller has. The wait counts from the request's
+/// start, so waiting for the commit and then for the status stays inside
+/// the request timeout.
+pub(crate) async fn settled(
+    s: &Front,
+    headers: &HeaderMap,
+    started: std::time::Instant,
+    order_id: OrderId,
+    (status, version): (OrderStatus, i64),
+) -> (OrderStatus, i64) {
+    if let (OrderStatus::Pending, Some(wait)) = (status, crate::poll::prefer_wait(headers)) {
+        let wait = wait.min(crate::poll::MAX_WAIT.saturating_sub(started.elapsed()));
+        if let Ok(Some(o)) = s.order_after(order_id, version, wait).await {
+            return (o.status, o.version);
+        }
+    }
+    (status, version)
 }
 
 /// The order line by line at inventory's prices (live, cached, or last
@@ -330,7 +347,7 @@ async fn price(s: &Front, req: PlaceOrder, fingerprint: String) -> Result<(SendO
 
 /// The answer to an order the order service has committed: 202 with its
 /// status, or 409 when the key's order was placed with another body.
-fn committed(
+pub(crate) fn committed(
     order_id: OrderId,
     (status, version): (OrderStatus, i64),
     stored: &str,
@@ -348,19 +365,23 @@ fn committed(
 
 /// The answer for an order an earlier attempt already placed, if the order
 /// service has it (and can be asked).
-async fn committed_before(s: &Front, order_id: OrderId, fingerprint: &str) -> Option<Result<Response, ApiError>> {
+pub(crate) async fn committed_before(
+    s: &Front,
+    order_id: OrderId,
+    fingerprint: &str,
+) -> Option<Result<Response, ApiError>> {
     let o = s.downstream.order(order_id).await.ok().flatten()?;
     Some(committed(order_id, (o.status, o.version), &o.fingerprint, fingerprint))
 }
 
-fn not_committed() -> ApiError {
+pub(crate) fn not_committed() -> ApiError {
     ApiError::unavailable(
         ErrorCode::NotCommitted,
         "The order service has not confirmed the request yet. Retry with the same Idempotency-Key; that is safe.",
     )
 }
 
-async fn publish(bus: &Bus, topic: &str, payload: Vec<u8>) -> Result<(), ApiError> {
+pub(crate) async fn publish(bus: &Bus, topic: &str, payload: Vec<u8>) -> Result<(), ApiError> {
     bus.publish(topic, payload).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         ApiError::unavailable(ErrorCode::BusUnavailable, "The message bus is not reachable; please retry shortly.")

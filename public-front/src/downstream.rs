@@ -20,8 +20,8 @@ use moka::future::Cache;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use shared::http::{ApiError, ErrorCode};
-use shared::ids::{OrderId, Sku};
-use shared::view::{Order, Product};
+use shared::ids::{CartId, OrderId, Sku};
+use shared::view::{Cart, Order, Product};
 
 #[derive(Clone)]
 pub struct Downstream {
@@ -284,6 +284,10 @@ impl Downstream {
 
     pub async fn order(&self, id: OrderId) -> Result<Option<Order>, ApiError> {
         self.get_json("order", format!("{}/orders/{id}", self.order)).await
+    }
+
+    pub async fn cart(&self, id: CartId) -> Result<Option<Cart>, ApiError> {
+        self.get_json("order", format!("{}/carts/{id}", self.order)).await
     }
 
     /// Whether both nodes answer their liveness probe.

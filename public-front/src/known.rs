@@ -134,6 +134,7 @@ impl KnownOrders {
                 fingerprint: status.fingerprint.clone(),
                 reason: status.reason.clone(),
                 release_pending: false,
+                cart_id: None,
                 created_at_ms: snap.created_at_ms,
                 updated_at_ms: snap.updated_at_ms,
             })
@@ -169,6 +170,7 @@ mod tests {
             fingerprint: "f".into(),
             reason: None,
             release_pending: false,
+            cart_id: None,
             created_at_ms: 0,
             updated_at_ms: 0,
         })

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+pub mod carts;
 pub mod config;
 pub mod downstream;
 pub mod known;

@@ -12,10 +12,12 @@ use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "webshop public API", description = "Catalog, orders and their live status. Errors are RFC 9457 problem+json with a stable `code`."),
-    paths(crate::api::catalog, crate::api::product, crate::api::place_order, crate::api::get_order, crate::api::cancel_order),
-    components(schemas(Problem, shared::http::ErrorCode, CatalogPage, shared::message::OrderStatus, shared::message::OrderLine, shared::view::Product, crate::api::PlaceOrder, crate::api::Accepted, crate::api::OrderView)),
-    tags((name = "catalog"), (name = "orders"))
+    info(title = "webshop public API", description = "Catalog, carts, orders and their live status. Errors are RFC 9457 problem+json with a stable `code`."),
+    paths(crate::api::catalog, crate::api::product, crate::api::place_order, crate::api::get_order, crate::api::cancel_order,
+          crate::carts::create_cart, crate::carts::get_cart, crate::carts::set_item, crate::carts::remove_item, crate::carts::checkout),
+    components(schemas(Problem, shared::http::ErrorCode, CatalogPage, shared::message::OrderStatus, shared::message::OrderLine, shared::view::Product, crate::api::PlaceOrder, crate::api::Accepted, crate::api::OrderView,
+                       shared::view::CartStatus, crate::carts::CartView, crate::carts::CartLineView, crate::carts::Hold, crate::carts::SetQuantity, crate::carts::CheckoutRequest)),
+    tags((name = "catalog"), (name = "carts"), (name = "orders"))
 )]
 pub struct ApiDoc;
 

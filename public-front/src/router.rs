@@ -27,6 +27,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .merge(crate::api::routes())
+        .merge(crate::carts::routes())
         .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .merge(crate::admin::routes())
@@ -50,7 +51,12 @@ pub fn router(state: AppState) -> Router {
 fn hardening(router: Router<AppState>, state: &AppState) -> Router<AppState> {
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::list(state.cors_origins.clone()))
-        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::PUT,
+            axum::http::Method::DELETE,
+        ])
         .allow_headers([
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,

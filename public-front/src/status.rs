@@ -1,7 +1,8 @@
-//! Waiting for `orders/status`: the front's only subscription. A request
-//! registers interest in an order before it publishes, then awaits the
-//! order service's status event (the proof that the order is committed).
-//! Nothing here is durable: a missed event falls back to a synchronous read.
+//! Waiting for `orders/status` and `carts/status`, the front's
+//! subscriptions. A request registers interest in an order (or in the
+//! answer to its cart command) before it publishes, then awaits the order
+//! service's event (the proof that the change is committed). Nothing here
+//! is durable: a missed event falls back to a synchronous read.
 //!
 //! Every status event is first recorded in the front's memory of recent
 //! orders (`known.rs`), then wakes the waiters, so a waiter that registers
@@ -14,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use shared::bus::Delivery;
-use shared::ids::OrderId;
-use shared::message::{Inbound, OrderStatus, StatusChanged};
+use shared::ids::{MessageId, OrderId};
+use shared::message::{CartChanged, Inbound, OrderStatus, StatusChanged};
 use shared::topics::{Consumes, FrontConsumes, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,8 @@ pub struct StatusWaiters {
     // std Mutex: never held across an await.
     inner: Arc<Mutex<HashMap<OrderId, Vec<Waiter>>>>,
     live: broadcast::Sender<(OrderId, StatusChanged)>,
+    /// Cart commands waiting for their answer, by the command's message id.
+    carts: Arc<Mutex<HashMap<MessageId, oneshot::Sender<CartChanged>>>>,
     known: KnownOrders,
     /// Cancelled when live subscribers should stop (see `close_live`).
     closing: CancellationToken,
@@ -44,6 +47,7 @@ impl Default for StatusWaiters {
         Self {
             inner: Arc::default(),
             live: broadcast::channel(LIVE_CAPACITY).0,
+            carts: Arc::default(),
             known: KnownOrders::default(),
             closing: CancellationToken::new(),
         }
@@ -77,7 +81,34 @@ impl Drop for Waiting {
     }
 }
 
+/// A cart command's registration; dropping it forgets the waiter.
+pub struct CartWaiting {
+    waiters: StatusWaiters,
+    command_id: MessageId,
+    rx: Option<oneshot::Receiver<CartChanged>>,
+}
+
+impl CartWaiting {
+    /// The order service's answer to the command.
+    pub async fn recv(&mut self) -> Option<CartChanged> {
+        self.rx.take()?.await.ok()
+    }
+}
+
+impl Drop for CartWaiting {
+    fn drop(&mut self) {
+        self.waiters.carts.lock().expect("cart waiters lock").remove(&self.command_id);
+    }
+}
+
 impl StatusWaiters {
+    /// Waits for the answer to the cart command `command_id`.
+    pub fn register_cart(&self, command_id: MessageId) -> CartWaiting {
+        let (tx, rx) = oneshot::channel();
+        self.carts.lock().expect("cart waiters lock").insert(command_id, tx);
+        CartWaiting { waiters: self.clone(), command_id, rx: Some(rx) }
+    }
+
     /// Waits for a status event of `order_id`; with `want`, only for that
     /// status.
     pub fn register(&self, order_id: OrderId, want: Option<OrderStatus>) -> Waiting {
@@ -109,6 +140,12 @@ impl StatusWaiters {
     /// Ends every live stream (call when the server starts shutting down).
     pub fn close_live(&self) {
         self.closing.cancel();
+    }
+
+    fn answer_cart(&self, answer: CartChanged) {
+        if let Some(tx) = self.carts.lock().expect("cart waiters lock").remove(&answer.command_id) {
+            let _ = tx.send(answer);
+        }
     }
 
     fn dispatch(&self, order_id: OrderId, status: &StatusChanged) {
@@ -144,6 +181,13 @@ impl StatusWaiters {
             let parsed = match topic {
                 Some(FrontConsumes::OrdersStatus) => Inbound::decode(Topic::OrdersStatus, d.payload.clone())
                     .and_then(|m| m.body::<StatusChanged>().map(|b| (m, b))),
+                Some(FrontConsumes::CartsStatus) => {
+                    match Inbound::decode(Topic::CartsStatus, d.payload.clone()).and_then(|m| m.body::<CartChanged>()) {
+                        Ok(answer) => self.answer_cart(answer),
+                        Err(e) => tracing::warn!(reason = %e, "ignoring a malformed cart status event"),
+                    }
+                    continue;
+                }
                 None => continue,
             };
             match parsed {
