@@ -267,6 +267,9 @@ impl<S: Send + Sync> FromRequest<S> for SetQuantity {
             Err(e @ JsonRejection::JsonSyntaxError(_)) => {
                 Err(ApiError::bad_request(ErrorCode::MalformedJson, e.body_text()))
             }
+            Err(e @ JsonRejection::JsonDataError(_)) => {
+                Err(ApiError::unprocessable(ErrorCode::InvalidRequest, e.body_text()))
+            }
             Err(e) => Err(rejection(e.body_text(), e.status())),
         }
     }

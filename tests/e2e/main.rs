@@ -5,6 +5,7 @@ mod acl;
 mod admin;
 mod balancer;
 mod bench;
+mod carts;
 mod cluster;
 mod crash;
 mod database_crash;
