@@ -549,6 +549,10 @@ pub async fn update_gauges(db: Db) {
         }
         metrics::gauge!("orders_release_pending").set(c.release_pending as f64);
     }
+    if let Ok(c) = crate::carts::store::counts(&db.reader).await {
+        metrics::gauge!("carts", "status" => "open").set(c.open as f64);
+        metrics::gauge!("carts", "status" => "checked_out").set(c.checked_out as f64);
+    }
 }
 
 /// The most recently changed orders, newest first.

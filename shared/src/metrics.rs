@@ -13,7 +13,7 @@
 //!   the writer (apply and commit);
 //! - `bus_connected{node}`, `bus_reconnects_total{client}`,
 //!   `bus_stalls_total{client}` (the connection made no progress);
-//! - order node: `orders{status}`, `orders_release_pending`;
+//! - order node: `orders{status}`, `orders_release_pending`, `carts{status}`;
 //! - inventory: `stock_available_units`, `stock_reserved_units`,
 //!   `reservations_live`;
 //! - front: `orders_stale_priced_total{node}` (orders taken at last known

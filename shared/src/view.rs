@@ -82,6 +82,8 @@ pub struct Cart {
     /// The cart version inventory's holds answer: below `version`, the
     /// newest lines are not held yet.
     pub holds_version: i64,
+    /// Inventory's change counter for the cart's holds, as of `lines`.
+    pub holds_seq: i64,
     /// When the holds run out, while some are left.
     pub holds_expire_at_ms: Option<i64>,
     /// The holds ran out (until the next change asks again).
