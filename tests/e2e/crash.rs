@@ -261,7 +261,8 @@ async fn crash_and_recover(victim: Victim, failpoints: Option<&'static str>, n: 
         clients.push(tokio::spawn(async move {
             for i in 0..n / 4 {
                 let key = format!("crash-{c}-{i}");
-                let id = client.place(&key).await;
+                // One customer in four checks out through a server cart.
+                let id = if c == 3 { client.checkout_cart(&key).await } else { client.place(&key).await };
                 accepted.lock().await.push(id.unwrap_or_else(|| panic!("{key} never accepted")));
             }
         }));
@@ -383,6 +384,12 @@ impl Cluster {
 }
 
 impl Client {
+    /// Checks a cart of one line out into an order (see
+    /// [`checkout_cart_until_accepted`]).
+    async fn checkout_cart(&self, key: &str) -> Option<String> {
+        checkout_cart_until_accepted(&self.http, &self.base, key, "FUEL-230G-001", 1, Duration::from_secs(60)).await
+    }
+
     /// Places an order, retrying with the same key through 503s and
     /// refused connections until accepted or the deadline.
     async fn place(&self, key: &str) -> Option<String> {

@@ -1,4 +1,5 @@
-//! Load under faults: concurrent customers place and cancel orders while a
+//! Load under faults: concurrent customers place and cancel orders (every
+//! fourth through a server cart, whose stock inventory holds) while a
 //! chaos proxy between the nodes and the broker duplicates, delays and
 //! reorders their publishes and cuts connections. Afterwards every order
 //! that got a 202 is settled and the audit passes.
@@ -62,7 +63,17 @@ async fn hundreds_of_orders_and_cancels_through_a_chaos_proxy() {
                 let sku = SKUS[(c + i) % SKUS.len()];
                 let body = json!({"customer_email": format!("c{c}@example.com"),
                                   "items": [{"sku": sku, "quantity": 1 + (i % 3)}]});
-                let id = place_until_accepted(&shop, &format!("load-{c}-{i}"), body, &tally).await;
+                let key = format!("load-{c}-{i}");
+                // Every fourth order goes through a server cart.
+                let id = if i % 4 == 1 {
+                    let base = shop.front_url("");
+                    let quantity = 1 + (i % 3) as u32;
+                    checkout_cart_until_accepted(&shop.http, &base, &key, sku, quantity, Duration::from_secs(60))
+                        .await
+                        .unwrap_or_else(|| panic!("cart checkout {key} never accepted"))
+                } else {
+                    place_until_accepted(&shop, &key, body, &tally).await
+                };
                 tally.accepted.fetch_add(1, Ordering::Relaxed);
                 if i % 3 == 0 {
                     cancel_until_done(&shop, &id, &tally).await;

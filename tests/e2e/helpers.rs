@@ -731,6 +731,58 @@ pub async fn place_until_accepted(shop: &Shop, key: &str, body: serde_json::Valu
     panic!("order {key} never accepted");
 }
 
+/// A customer's checkout through a server-side cart at the front `base`
+/// (`http://host:port`): creates a cart, sets one line, and checks it out
+/// with `key`, each step sent again through 503s and refused connections
+/// (a retried create makes another, empty cart; setting a line is
+/// absolute; the key names the order). The order id once accepted, or
+/// `None` after `deadline`.
+pub async fn checkout_cart_until_accepted(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    sku: &str,
+    quantity: u32,
+    deadline: Duration,
+) -> Option<String> {
+    let start = tokio::time::Instant::now();
+    let mut cart: Option<String> = None;
+    let mut filled = false;
+    while start.elapsed() < deadline {
+        let r = match (&cart, filled) {
+            (None, _) => http.post(format!("{base}/api/carts")).send().await,
+            (Some(id), false) => {
+                http.put(format!("{base}/api/carts/{id}/items/{sku}"))
+                    .json(&serde_json::json!({"quantity": quantity}))
+                    .send()
+                    .await
+            }
+            (Some(id), true) => {
+                http.post(format!("{base}/api/carts/{id}/checkout"))
+                    .header("Idempotency-Key", key)
+                    .json(&serde_json::json!({"customer_email": "cart@example.com"}))
+                    .send()
+                    .await
+            }
+        };
+        match r {
+            Ok(r) if r.status().is_success() => {
+                let body: Value = r.json().await.ok()?;
+                match (&cart, filled) {
+                    (None, _) => cart = body["cart_id"].as_str().map(str::to_owned),
+                    (Some(_), false) => filled = true,
+                    (Some(_), true) => return body["order_id"].as_str().map(str::to_owned),
+                }
+                continue;
+            }
+            Ok(r) => assert_eq!(r.status(), 503, "cart checkout {key}: {}", r.text().await.unwrap_or_default()),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 /// A service's database settings for a test shop: a SQLite file in `dir`,
 /// or a fresh PostgreSQL database of its own (both services share it, each
 /// in its own schema, as in production).

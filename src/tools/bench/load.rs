@@ -47,6 +47,10 @@ pub enum Work {
     /// `POST /api/orders/{id}/cancel` on a confirmed order, then wait until
     /// it is observed cancelled.
     Cancel,
+    /// A customer with a server cart: `POST /api/carts`, `PUT` one line,
+    /// `POST .../checkout` with `Prefer: wait=5`, then long polls while the
+    /// order is pending.
+    Cart,
 }
 
 /// How a client learns an order's status.
@@ -91,6 +95,7 @@ impl Load {
             Work::Order => self.order(t0, phase, None).await,
             Work::PollOrder(every) => self.order(t0, phase, Some(Client::Poll(every))).await,
             Work::LongPollOrder => self.order(t0, phase, Some(Client::LongPoll)).await,
+            Work::Cart => self.cart(t0, phase).await,
             Work::Cancel => {
                 let Some(id) = self.confirmed.lock().expect("confirmed lock").pop() else {
                     return false;
@@ -235,6 +240,58 @@ impl Load {
             stage("4 cancelled → inventory/released", stamps.cancelled, released.map(|r| r.0));
         });
         phase.background.lock().expect("background lock").push(tail);
+        Ok(())
+    }
+
+    /// One cart filled with a line and checked out, until the order is
+    /// confirmed as a long-polling client sees it.
+    async fn cart(&self, t0: Instant, phase: &Phase) -> Result<(), String> {
+        let json = [("content-type", "application/json")];
+        let r = self.http.send(Method::POST, "/api/carts", &[], Bytes::new()).await.map_err(Failure::kind)?;
+        if r.status != StatusCode::CREATED {
+            return Err(http_error(r.status, &r.body));
+        }
+        let created = Instant::now();
+        let cart: serde_json::Value = serde_json::from_slice(&r.body).map_err(|_| "malformed cart JSON".to_owned())?;
+        let id = cart["cart_id"].as_str().ok_or("a cart without an id")?.to_owned();
+        let sku = &self.skus[(uuid::Uuid::new_v4().as_u128() % self.skus.len() as u128) as usize];
+        let body = Bytes::from_static(br#"{"quantity":1}"#);
+        let path = format!("/api/carts/{id}/items/{sku}");
+        let r = self.http.send(Method::PUT, &path, &json, body).await.map_err(Failure::kind)?;
+        if r.status != StatusCode::OK {
+            return Err(http_error(r.status, &r.body));
+        }
+        let filled = Instant::now();
+        let key = format!("bench-cart-{}", uuid::Uuid::new_v4().simple());
+        let prefer = format!("wait={LONG_POLL_WAIT}");
+        let headers = [json[0], ("idempotency-key", key.as_str()), ("prefer", prefer.as_str())];
+        let body = Bytes::from_static(br#"{"customer_email":"b@example.com"}"#);
+        let path = format!("/api/carts/{id}/checkout");
+        let r = self.http.send(Method::POST, &path, &headers, body).await.map_err(Failure::kind)?;
+        if r.status != StatusCode::ACCEPTED {
+            return Err(http_error(r.status, &r.body));
+        }
+        let accepted = Instant::now();
+        let (status, version) = status_of(&r.body)?;
+        let settle = [OrderStatus::Confirmed, OrderStatus::Rejected];
+        let (done, status) = match status {
+            Some(s) if settle.contains(&s) => (accepted, Some(s)),
+            _ => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).map_err(|_| "malformed 202".to_owned())?;
+                let order =
+                    v["order_id"].as_str().and_then(|o| OrderId::parse(o).ok()).ok_or("a 202 without an order")?;
+                self.long_poll(order, version, &settle).await?
+            }
+        };
+        if status != Some(OrderStatus::Confirmed) {
+            return Err(format!("order {}", status.map_or("?", |s| s.as_str())));
+        }
+        let mut rec = phase.rec.lock().expect("recorder lock");
+        rec.ok(t0, done);
+        rec.stage(t0, "1 POST /api/carts → 201", created.saturating_duration_since(t0));
+        rec.stage(t0, "2 PUT line → 200", filled.saturating_duration_since(created));
+        rec.stage(t0, "3 POST checkout → 202", accepted.saturating_duration_since(filled));
+        rec.stage(t0, "4 202 → confirmed seen", done.saturating_duration_since(accepted));
         Ok(())
     }
 

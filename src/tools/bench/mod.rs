@@ -52,6 +52,9 @@ pub enum Phase {
     LongPoll,
     /// Cancels of confirmed orders until cancelled, closed loop.
     Cancel,
+    /// Server carts filled with a line and checked out until confirmed
+    /// (long polls), closed loop.
+    Cart,
     /// Orders until confirmed, open loop at --rate (last: an overloaded
     /// shop may not recover in time for another phase).
     Open,
@@ -176,7 +179,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "sqlite,broker,baseline,catalog,closed,poll,long-poll,cancel,open"
+        default_value = "sqlite,broker,baseline,catalog,closed,poll,long-poll,cancel,cart,open"
     )]
     pub phases: Vec<Phase>,
     /// Where result.json and report.svg go.
@@ -196,7 +199,8 @@ pub async fn run(args: Args) -> anyhow::Result<BenchResult> {
     let has = |p: Phase| args.phases.contains(&p);
     let secs = args.reference_secs;
 
-    let load_phases = [Phase::Catalog, Phase::Closed, Phase::Poll, Phase::LongPoll, Phase::Cancel, Phase::Open];
+    let load_phases =
+        [Phase::Catalog, Phase::Closed, Phase::Poll, Phase::LongPoll, Phase::Cancel, Phase::Cart, Phase::Open];
     let wants_load = load_phases.iter().any(|p| has(*p));
     let reference_phases: Vec<Phase> =
         [Phase::Sqlite, Phase::Broker, Phase::Baseline].into_iter().filter(|p| has(*p)).collect();
@@ -422,6 +426,13 @@ async fn run_load(
             "cancel".into(),
             "POST /api/orders/{id}/cancel on a confirmed order until status cancelled is observed".into(),
             Work::Cancel,
+            None,
+        ),
+        (
+            Phase::Cart,
+            "cart-checkout".into(),
+            "POST /api/carts, PUT one line (held by inventory), POST checkout with Prefer: wait=5, long polls until the client sees confirmed".into(),
+            Work::Cart,
             None,
         ),
     ]);
