@@ -1,6 +1,7 @@
 //! Model-based test: proptest generates random interleavings of place,
-//! cancel, deliver (in any order), duplicate, crash-before-ack (applied but
-//! delivered again), relay, restart and follow-up, and drives the services'
+//! cancel, cart changes and checkouts, deliver (in any order), duplicate,
+//! crash-before-ack (applied but delivered again), relay, restart,
+//! follow-up and hold expiry, and drives the services'
 //! real handlers through the real consumer, with a fake bus the test
 //! controls. After every step the audit's invariants hold; after draining,
 //! every order is settled and nothing is in flight.
@@ -12,8 +13,8 @@ use proptest::prelude::*;
 use shared::config::DbConfig;
 use shared::consumer::{Consumer, ParkingPolicy, Stats};
 use shared::db::Db;
-use shared::ids::OrderId;
-use shared::message::{CancelOrder, Envelope};
+use shared::ids::{CartId, Email, IdempotencyKey, OrderId, Sku};
+use shared::message::{CancelOrder, CartCommand, Checkout, Envelope, LinePrice};
 use shared::outbox::Wakeup;
 use shared::topics::{Topic, DEFAULT_PREFIX};
 
@@ -42,6 +43,18 @@ enum Op {
     Cancel {
         order: u8,
     },
+    /// A customer sets a line of cart `cart` (created on first use); 0
+    /// removes it.
+    CartSet {
+        cart: u8,
+        sku: u8,
+        qty: u8,
+    },
+    /// A customer checks cart `cart` out, at the version the order service
+    /// has now (as the front reads it).
+    CartCheckout {
+        cart: u8,
+    },
     /// Deliver `batch` in-flight messages to `to`, from the `pick`-th on
     /// (any order), in one consumer transaction. With `again`, they stay
     /// in flight: duplicates, or a crash after commit and before ack (the
@@ -69,6 +82,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (0u8..5, 0u8..2, 1u8..4).prop_map(|(order, sku, qty)| Op::Place { order, sku, qty }),
         2 => (0u8..5).prop_map(|order| Op::Cancel { order }),
+        2 => (0u8..3, 0u8..2, 0u8..4).prop_map(|(cart, sku, qty)| Op::CartSet { cart, sku, qty }),
+        1 => (0u8..3).prop_map(|cart| Op::CartCheckout { cart }),
         8 => (node.clone(), any::<usize>(), prop::bool::weighted(0.2), prop_oneof![3 => Just(1usize), 1 => 2usize..5])
             .prop_map(|(to, pick, again, batch)| Op::Deliver { to, pick, again, batch }),
         3 => node.clone().prop_map(|from| Op::Relay { from }),
@@ -84,6 +99,7 @@ struct Model {
     to_inventory: Vec<(String, Bytes)>,
     to_order: Vec<(String, Bytes)>,
     orders: Vec<OrderId>,
+    carts: Vec<CartId>,
 }
 
 async fn open_inventory(dir: &std::path::Path) -> (Db, Consumer<inventory::handlers::InventoryHandler>) {
@@ -138,12 +154,16 @@ fn order_id(i: u8) -> OrderId {
     OrderId(uuid::Uuid::from_u128(0x1000 + u128::from(i)))
 }
 
+fn cart_id(i: u8) -> CartId {
+    CartId(uuid::Uuid::from_u128(0xca47_0000_0000_0000_0000_0000_0000_0000 + u128::from(i)))
+}
+
 impl Model {
     async fn new() -> Model {
         let dir = tempfile::tempdir().unwrap();
         let inventory = open_inventory(dir.path()).await;
         let order = open_order(dir.path()).await;
-        Model { dir, inventory, order, to_inventory: vec![], to_order: vec![], orders: vec![] }
+        Model { dir, inventory, order, to_inventory: vec![], to_order: vec![], orders: vec![], carts: vec![] }
     }
 
     fn route(&mut self, topic: Topic, payload: Bytes) {
@@ -153,11 +173,14 @@ impl Model {
                 self.to_inventory.push((path.clone(), payload.clone()));
                 self.to_order.push((path, payload));
             }
-            Topic::OrdersCancelled => self.to_inventory.push((path, payload)),
-            Topic::OrdersCancel | Topic::InStock | Topic::OutOfStock | Topic::Released => {
-                self.to_order.push((path, payload))
-            }
-            Topic::OrdersStatus => {}
+            Topic::OrdersCancelled | Topic::CartsHold => self.to_inventory.push((path, payload)),
+            Topic::OrdersCancel
+            | Topic::InStock
+            | Topic::OutOfStock
+            | Topic::Released
+            | Topic::CartsCommand
+            | Topic::Held => self.to_order.push((path, payload)),
+            Topic::OrdersStatus | Topic::CartsStatus => {}
         }
     }
 
@@ -179,6 +202,37 @@ impl Model {
             Op::Cancel { order } => {
                 let env = Envelope::new(Topic::OrdersCancel, order_id(order), CancelOrder::default());
                 self.route(Topic::OrdersCancel, env.to_json().into());
+            }
+            Op::CartSet { cart, sku, qty } => {
+                let id = cart_id(cart);
+                if !self.carts.contains(&id) {
+                    self.carts.push(id);
+                    let env = Envelope::new(Topic::CartsCommand, id.subject(), CartCommand::Create);
+                    self.route(Topic::CartsCommand, env.to_json().into());
+                }
+                let set =
+                    CartCommand::SetItem { sku: Sku::parse(SKUS[usize::from(sku)]).unwrap(), quantity: qty.into() };
+                let env = Envelope::new(Topic::CartsCommand, id.subject(), set);
+                self.route(Topic::CartsCommand, env.to_json().into());
+            }
+            Op::CartCheckout { cart } => {
+                let id = cart_id(cart);
+                let Some(seen) = order::carts::store::read(&self.order.0.reader, id).await.unwrap() else { return };
+                let prices = SKUS
+                    .iter()
+                    .zip([100, 200])
+                    .map(|(sku, unit_price_cents)| LinePrice { sku: Sku::parse(sku).unwrap(), unit_price_cents })
+                    .collect();
+                let checkout = Checkout {
+                    version: seen.version,
+                    order_id: OrderId::for_checkout(id, &IdempotencyKey::parse("checkout").unwrap()),
+                    customer_email: Email::parse("cart@example.com").unwrap(),
+                    currency: "EUR".into(),
+                    prices,
+                    fingerprint: format!("fp-cart-{cart}"),
+                };
+                let env = Envelope::new(Topic::CartsCommand, id.subject(), CartCommand::Checkout(checkout));
+                self.route(Topic::CartsCommand, env.to_json().into());
             }
             Op::Deliver { to, pick, again, batch } => {
                 let queue = if to == Node::Inventory { &mut self.to_inventory } else { &mut self.to_order };
@@ -323,8 +377,14 @@ proptest! {
                 model.check(&format!("after step {i} ({op:?})")).await;
             }
             let report = model.drain().await;
-            // Every order placed exists and is settled.
-            prop_assert_eq!(report.orders, model.orders.len());
+            // Every order placed, and every checked-out cart's, exists and
+            // is settled.
+            let mut checked_out = 0;
+            for id in &model.carts {
+                let cart = order::carts::store::read(&model.order.0.reader, *id).await.unwrap();
+                checked_out += usize::from(cart.is_some_and(|c| c.order_id.is_some()));
+            }
+            prop_assert_eq!(report.orders, model.orders.len() + checked_out);
             prop_assert!(!report.orders_by_status.contains_key("pending"), "{}", report);
             Ok(())
         })?;
