@@ -30,6 +30,11 @@ pub struct Config {
     /// `stale_price_max_secs` (300), plus the time an order may wait on the
     /// bus. Default 900.
     pub price_grace_secs: f64,
+    /// How long stock held for a cart stays held after the cart's last
+    /// change (every hold request renews all of its holds); then the
+    /// expiry timer gives it back. Must be above 0. Default 900 (15
+    /// minutes).
+    pub hold_secs: f64,
 }
 
 impl Default for Config {
@@ -47,7 +52,25 @@ impl Default for Config {
             admin_token: None,
             catalog: None,
             price_grace_secs: 900.0,
+            hold_secs: 900.0,
         }
+    }
+}
+
+impl Config {
+    /// Checks what serde can't: values out of range, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.hold_secs.is_finite() && self.hold_secs > 0.0,
+            "hold_secs must be a number of seconds above 0, not {}",
+            self.hold_secs
+        );
+        self.db.validate()
+    }
+
+    /// `hold_secs` in milliseconds (at least 1).
+    pub fn hold_ms(&self) -> i64 {
+        ((self.hold_secs * 1000.0) as i64).max(1)
     }
 }
 
@@ -63,5 +86,15 @@ mod tests {
         let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/inventory.toml"));
         let loaded: Config = shared::config::load(Some(path), "WEBSHOP_TEST_UNUSED__").unwrap();
         assert_eq!(serde_json::to_value(&loaded).unwrap(), serde_json::to_value(Config::default()).unwrap());
+    }
+
+    #[test]
+    fn hold_secs_must_be_above_zero() {
+        assert!(Config::default().validate().is_ok());
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let err = Config { hold_secs: bad, ..Config::default() }.validate().unwrap_err().to_string();
+            assert!(err.contains("hold_secs must be"), "{err}");
+        }
+        assert_eq!(Config { hold_secs: 0.0001, ..Config::default() }.hold_ms(), 1);
     }
 }

@@ -1,18 +1,21 @@
-//! Reservation rules, pure and synchronous: state + message → change +
-//! event. `store` loads the state and writes the change; `bus` wires it to
-//! the topics.
+//! Reservation and hold rules, pure and synchronous: state + message →
+//! change + event. `store` loads the state and writes the change;
+//! `handlers` wire it to the topics.
 
 use std::collections::BTreeMap;
 
 use shared::ids::Sku;
-use shared::message::{LinePrice, OrderLine, SendOrder};
+use shared::message::{HeldBecause, HoldLine, HoldRequest, LinePrice, OrderLine, SendOrder};
 use shared::view::ReservationLine;
 
-/// Stock of one product.
+/// Stock of one product. `available + reserved + held` only moves with a
+/// restock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Level {
     pub available: i64,
     pub reserved: i64,
+    /// Held for carts (`holds`), not yet ordered.
+    pub held: i64,
 }
 
 /// What inventory remembers per order id. At most one per order: one
@@ -233,6 +236,164 @@ pub fn next_reservation(existing: Option<Reservation>, change: &Change) -> Optio
     }
 }
 
+// Carts: stock held for a cart between its `carts/hold` requests and its
+// checkout, or until the holds run out.
+
+/// What inventory holds for one cart.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CartHolds {
+    /// The version of the last hold request applied (0: none yet).
+    pub version: i64,
+    /// Rises with every change inventory makes to the cart's holds; the
+    /// order service keeps the answer with the highest.
+    pub seq: i64,
+    /// Checked out: the cart holds nothing and no hold request applies.
+    pub closed: bool,
+    /// Units held per SKU; only SKUs holding some are listed.
+    pub lines: BTreeMap<Sku, i64>,
+    /// When the holds run out; `None` when nothing is held. Every applied
+    /// request renews all of the cart's holds, so they share one deadline.
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A change to one cart's holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldChange {
+    /// The cart afterwards.
+    pub cart: CartHolds,
+    /// Units moved from `available` to `held`, per SKU (negative: back).
+    pub moved: BTreeMap<Sku, i64>,
+    /// `inventory/held` for the order service.
+    pub event: shared::message::Held,
+}
+
+impl CartHolds {
+    /// The cart after `lines` replaced its holds at `seq` + 1, and what it
+    /// tells the order service.
+    fn next(&self, because: HeldBecause, lines: BTreeMap<Sku, i64>, expires_at_ms: Option<i64>) -> HoldChange {
+        let mut moved: BTreeMap<Sku, i64> = BTreeMap::new();
+        for (sku, &old) in &self.lines {
+            *moved.entry(sku.clone()).or_default() -= old;
+        }
+        for (sku, &new) in &lines {
+            *moved.entry(sku.clone()).or_default() += new;
+        }
+        moved.retain(|_, m| *m != 0);
+        let expires_at_ms = expires_at_ms.filter(|_| !lines.is_empty());
+        let cart = CartHolds {
+            version: self.version,
+            seq: self.seq + 1,
+            closed: self.closed || because == HeldBecause::CheckedOut,
+            lines,
+            expires_at_ms,
+        };
+        let event = shared::message::Held {
+            seq: cart.seq,
+            version: cart.version,
+            because,
+            lines: cart
+                .lines
+                .iter()
+                .map(|(sku, &q)| HoldLine { sku: sku.clone(), quantity: u32::try_from(q).unwrap_or(u32::MAX) })
+                .collect(),
+            expires_at_ms,
+        };
+        HoldChange { cart, moved, event }
+    }
+}
+
+/// `carts/hold`: hold what the request asks for, as far as stock goes.
+/// Applies only a request newer than the last one applied to an open cart
+/// (`None`: a copy, a late request or a checked-out cart; nothing
+/// changes). Per SKU of the cart's holds and the request, the cart holds
+/// `min(requested, held now + available)`: never more than there is, and
+/// an unknown SKU holds nothing. The holds left all run out `hold_ms` from
+/// now.
+pub fn on_hold(
+    cart: Option<&CartHolds>,
+    request: &HoldRequest,
+    stock: &BTreeMap<Sku, Level>,
+    now_ms: i64,
+    hold_ms: i64,
+) -> Option<HoldChange> {
+    let current = cart.cloned().unwrap_or_default();
+    if current.closed || request.version <= current.version {
+        return None;
+    }
+    let mut wanted: BTreeMap<Sku, i64> = BTreeMap::new();
+    for line in &request.lines {
+        *wanted.entry(line.sku.clone()).or_default() += i64::from(line.quantity);
+    }
+    let mut lines = BTreeMap::new();
+    for (sku, want) in wanted {
+        let have = current.lines.get(&sku).copied().unwrap_or(0);
+        let available = stock.get(&sku).map_or(0, |l| l.available);
+        let hold = want.min(have + available);
+        if hold > 0 {
+            lines.insert(sku, hold);
+        }
+    }
+    let mut change = current.next(HeldBecause::Hold, lines, Some(now_ms + hold_ms));
+    change.cart.version = request.version;
+    change.event.version = request.version;
+    Some(change)
+}
+
+/// The expiry timer: a cart whose holds ran out (before `now_ms`) gives
+/// them back. The cart stays open: a later request holds again.
+pub fn on_expiry(cart: &CartHolds, now_ms: i64) -> Option<HoldChange> {
+    match cart.expires_at_ms {
+        Some(at) if at < now_ms && !cart.lines.is_empty() => {
+            Some(cart.next(HeldBecause::Expired, BTreeMap::new(), None))
+        }
+        _ => None,
+    }
+}
+
+/// The cart's checkout: whatever it still holds goes back, and it closes
+/// for good. `None` for a cart already closed (an unknown cart is closed,
+/// so a late hold request for it holds nothing).
+pub fn close_cart(cart: Option<&CartHolds>) -> Option<HoldChange> {
+    let current = cart.cloned().unwrap_or_default();
+    (!current.closed).then(|| current.next(HeldBecause::CheckedOut, BTreeMap::new(), None))
+}
+
+/// `orders/send` for an order that checks out a cart (`cart_id`): on a
+/// new decision, the cart's holds go back and the order is decided on
+/// what is then available, in one step, so the order takes the held units
+/// first and nobody else can take them in between; whether reserved or
+/// refused, the cart closes. An order already decided (or without a cart)
+/// is [`on_send`], and leaves the cart alone.
+pub fn on_checkout(
+    existing: Option<&Reservation>,
+    order: &SendOrder,
+    cart: Option<&CartHolds>,
+    stock: &BTreeMap<Sku, Level>,
+    pricing: &Pricing<'_>,
+) -> (Option<Change>, Option<Event>, Option<HoldChange>) {
+    if existing.is_some() || order.cart_id.is_none() {
+        let (change, event) = on_send(existing, order, stock, pricing);
+        return (change, event, None);
+    }
+    let closed = close_cart(cart);
+    let mut levels = stock.clone();
+    if let Some(c) = &closed {
+        apply_holds(&mut levels, &c.moved);
+    }
+    let (change, event) = on_send(None, order, &levels, pricing);
+    (change, event, closed)
+}
+
+/// Moves `moved` units per SKU from `available` to `held` (negative: back).
+pub fn apply_holds(stock: &mut BTreeMap<Sku, Level>, moved: &BTreeMap<Sku, i64>) {
+    for (sku, &m) in moved {
+        if let Some(level) = stock.get_mut(sku) {
+            level.available -= m;
+            level.held += m;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +457,7 @@ mod tests {
 
     #[test]
     fn a_cheap_order_reserves_nothing() {
-        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0 })]);
+        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0, held: 0 })]);
         let prices = priced([1]);
         let mut cheap = order(&[(1, 2)]);
         cheap.items[0].unit_price_cents = 1;
@@ -312,7 +473,7 @@ mod tests {
     #[test]
     fn two_lines_of_one_sku_count_together() {
         let mut stock = BTreeMap::new();
-        stock.insert(sku(1), Level { available: 3, reserved: 0 });
+        stock.insert(sku(1), Level { available: 3, reserved: 0, held: 0 });
         let (change, event) = on_send(None, &order(&[(1, 2), (1, 2)]), &stock, &pricing(&priced([1])));
         assert!(matches!(change, Some(Change::Reject { .. })));
         assert!(matches!(event, Some(Event::OutOfStock { .. })));
@@ -325,7 +486,7 @@ mod tests {
 
     #[test]
     fn cancelled_before_send_never_reserves() {
-        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0 })]);
+        let stock = BTreeMap::from([(sku(1), Level { available: 5, reserved: 0, held: 0 })]);
         let (change, event) = on_cancelled(None);
         assert_eq!(event, Event::Released);
         let res = next_reservation(None, &change.unwrap());
@@ -365,7 +526,7 @@ mod tests {
         #[test]
         fn stock_is_conserved(initial in prop::collection::vec(0i64..10, 4), steps in prop::collection::vec(step(), 0..60)) {
             let mut stock: BTreeMap<Sku, Level> = initial.iter().enumerate()
-                .map(|(i, &n)| (sku(i as u8), Level { available: n, reserved: 0 })).collect();
+                .map(|(i, &n)| (sku(i as u8), Level { available: n, reserved: 0, held: 0 })).collect();
             let mut reservations: HashMap<u8, Reservation> = HashMap::new();
             let mut reserve_count: HashMap<u8, u32> = HashMap::new();
             let prices = priced(0..4);
@@ -395,6 +556,281 @@ mod tests {
                     prop_assert_eq!(level.reserved, held.get(&sku(i as u8)).copied().unwrap_or(0));
                 }
                 prop_assert!(reserve_count.values().all(|&c| c <= 1));
+            }
+        }
+    }
+
+    // Carts.
+
+    fn cart_of(i: u8) -> shared::ids::CartId {
+        shared::ids::CartId(uuid::Uuid::from_u128(0xC0FFEE00 + u128::from(i)))
+    }
+
+    fn request(version: i64, lines: &[(u8, u32)]) -> HoldRequest {
+        HoldRequest { version, lines: lines.iter().map(|&(s, quantity)| HoldLine { sku: sku(s), quantity }).collect() }
+    }
+
+    fn levels(available: &[(u8, i64)]) -> BTreeMap<Sku, Level> {
+        available.iter().map(|&(s, a)| (sku(s), Level { available: a, ..Level::default() })).collect()
+    }
+
+    fn held(cart: &CartHolds) -> Vec<(Sku, i64)> {
+        cart.lines.iter().map(|(s, &q)| (s.clone(), q)).collect()
+    }
+
+    const HOLD_MS: i64 = 900_000;
+
+    #[test]
+    fn a_hold_takes_what_there_is_and_renews_every_hold() {
+        let mut stock = levels(&[(1, 5), (2, 1)]);
+        // Wants 3 of SKU-1 and 4 of SKU-2 (only 1 there) and 2 of a SKU that doesn't exist.
+        let first = on_hold(None, &request(1, &[(1, 3), (2, 4), (9, 2)]), &stock, 1000, HOLD_MS).unwrap();
+        assert_eq!(held(&first.cart), vec![(sku(1), 3), (sku(2), 1)]);
+        assert_eq!(first.moved, BTreeMap::from([(sku(1), 3), (sku(2), 1)]));
+        assert_eq!((first.cart.version, first.cart.seq, first.cart.expires_at_ms), (1, 1, Some(1000 + HOLD_MS)));
+        let e = &first.event;
+        assert_eq!((e.seq, e.version, e.because, e.expires_at_ms), (1, 1, HeldBecause::Hold, Some(1000 + HOLD_MS)));
+        assert_eq!(e.lines, vec![HoldLine { sku: sku(1), quantity: 3 }, HoldLine { sku: sku(2), quantity: 1 }]);
+        apply_holds(&mut stock, &first.moved);
+        assert_eq!(stock[&sku(1)], Level { available: 2, reserved: 0, held: 3 });
+        assert_eq!(stock[&sku(2)], Level { available: 0, reserved: 0, held: 1 });
+
+        // The whole cart again: SKU-1 down to 1, SKU-2 dropped, SKU-1's
+        // deadline renewed although nothing else changed for it.
+        let second = on_hold(Some(&first.cart), &request(2, &[(1, 1)]), &stock, 5000, HOLD_MS).unwrap();
+        assert_eq!(held(&second.cart), vec![(sku(1), 1)]);
+        assert_eq!(second.moved, BTreeMap::from([(sku(1), -2), (sku(2), -1)]));
+        assert_eq!(second.cart.expires_at_ms, Some(5000 + HOLD_MS));
+        apply_holds(&mut stock, &second.moved);
+        // Growing a hold keeps what it has and adds what is available.
+        let third = on_hold(Some(&second.cart), &request(3, &[(1, 10)]), &stock, 6000, HOLD_MS).unwrap();
+        assert_eq!(held(&third.cart), vec![(sku(1), 5)]);
+
+        // Nothing held: no deadline.
+        let empty = on_hold(Some(&third.cart), &request(4, &[]), &stock, 7000, HOLD_MS).unwrap();
+        assert!(empty.cart.lines.is_empty() && empty.cart.expires_at_ms.is_none() && empty.event.lines.is_empty());
+        assert_eq!(empty.cart.seq, 4);
+    }
+
+    #[test]
+    fn copies_late_requests_and_closed_carts_change_nothing() {
+        let stock = levels(&[(1, 5)]);
+        let cart = on_hold(None, &request(3, &[(1, 2)]), &stock, 0, HOLD_MS).unwrap().cart;
+        assert_eq!(on_hold(Some(&cart), &request(3, &[(1, 4)]), &stock, 0, HOLD_MS), None, "a copy");
+        assert_eq!(on_hold(Some(&cart), &request(2, &[(1, 1)]), &stock, 0, HOLD_MS), None, "an older request");
+        assert_eq!(on_hold(None, &request(0, &[(1, 1)]), &stock, 0, HOLD_MS), None, "version 0 is no request");
+        let closed = close_cart(Some(&cart)).unwrap();
+        assert_eq!(closed.moved, BTreeMap::from([(sku(1), -2)]));
+        assert!(closed.cart.closed && closed.cart.lines.is_empty());
+        assert_eq!((closed.event.because, closed.event.seq, closed.event.version), (HeldBecause::CheckedOut, 2, 3));
+        assert_eq!(on_hold(Some(&closed.cart), &request(9, &[(1, 1)]), &stock, 0, HOLD_MS), None);
+        assert_eq!(close_cart(Some(&closed.cart)), None, "closes once");
+    }
+
+    #[test]
+    fn holds_run_out_after_their_deadline_and_the_cart_stays_open() {
+        let stock = levels(&[(1, 5)]);
+        let cart = on_hold(None, &request(1, &[(1, 2)]), &stock, 0, 1000).unwrap().cart;
+        assert_eq!(on_expiry(&cart, 1000), None, "not before the deadline");
+        let expired = on_expiry(&cart, 1001).unwrap();
+        assert_eq!(expired.moved, BTreeMap::from([(sku(1), -2)]));
+        assert!(!expired.cart.closed && expired.cart.lines.is_empty() && expired.cart.expires_at_ms.is_none());
+        assert_eq!((expired.event.because, expired.event.seq), (HeldBecause::Expired, 2));
+        assert_eq!(on_expiry(&expired.cart, 5000), None, "nothing left to run out");
+        assert!(on_hold(Some(&expired.cart), &request(2, &[(1, 1)]), &stock, 5000, 1000).is_some());
+    }
+
+    fn checkout(cart: u8, lines: &[(u8, i64)]) -> SendOrder {
+        SendOrder { cart_id: Some(cart_of(cart)), ..order(lines) }
+    }
+
+    #[test]
+    fn a_checkout_takes_the_held_units_first_and_gives_back_the_rest() {
+        let mut stock = levels(&[(1, 3), (2, 2)]);
+        let cart = on_hold(None, &request(1, &[(1, 3), (2, 2)]), &stock, 0, HOLD_MS).unwrap();
+        apply_holds(&mut stock, &cart.moved);
+        assert_eq!((stock[&sku(1)].available, stock[&sku(2)].available), (0, 0));
+        let prices = priced([1, 2]);
+        // Nothing is available, but the cart holds what the order needs;
+        // SKU-2's second unit goes back.
+        let (change, event, closed) =
+            on_checkout(None, &checkout(0, &[(1, 3), (2, 1)]), Some(&cart.cart), &stock, &pricing(&prices));
+        assert_eq!(
+            change,
+            Some(Change::Reserve { lines: vec![(sku(1), 3).into(), (sku(2), 1).into()], fingerprint: "fp".into() })
+        );
+        assert!(matches!(event, Some(Event::InStock { .. })));
+        let closed = closed.unwrap();
+        assert_eq!(closed.event.because, HeldBecause::CheckedOut);
+        apply_holds(&mut stock, &closed.moved);
+        apply(&mut stock, &change.unwrap());
+        assert_eq!(stock[&sku(1)], Level { available: 0, reserved: 3, held: 0 });
+        assert_eq!(stock[&sku(2)], Level { available: 1, reserved: 1, held: 0 });
+
+        // Decided: a repeat says it again and leaves the (closed) cart alone.
+        let reserved = Reservation::Reserved { lines: vec![(sku(1), 3).into()], fingerprint: "fp".into() };
+        let (change, _, closed_again) =
+            on_checkout(Some(&reserved), &checkout(0, &[(1, 3)]), Some(&closed.cart), &stock, &pricing(&prices));
+        assert_eq!((change, closed_again), (None, None));
+    }
+
+    #[test]
+    fn a_refused_checkout_still_gives_back_the_holds_and_closes_the_cart() {
+        let mut stock = levels(&[(1, 3)]);
+        let cart = on_hold(None, &request(1, &[(1, 2)]), &stock, 0, HOLD_MS).unwrap();
+        apply_holds(&mut stock, &cart.moved);
+        // 2 held + 1 available < 4.
+        let (change, _, closed) =
+            on_checkout(None, &checkout(0, &[(1, 4)]), Some(&cart.cart), &stock, &pricing(&priced([1])));
+        assert!(matches!(&change, Some(Change::Reject { reason, .. }) if reason.contains("3 available")), "{change:?}");
+        let closed = closed.unwrap();
+        assert!(closed.cart.closed);
+        apply_holds(&mut stock, &closed.moved);
+        assert_eq!(stock[&sku(1)], Level { available: 3, reserved: 0, held: 0 });
+        // An order for a cart inventory never saw closes it all the same.
+        let (_, _, unseen) = on_checkout(None, &checkout(1, &[(1, 1)]), None, &stock, &pricing(&priced([1])));
+        let unseen = unseen.unwrap();
+        assert!(unseen.cart.closed && unseen.moved.is_empty() && unseen.cart.seq == 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum CartStep {
+        /// A hold request `bump` versions after the cart's last applied
+        /// one (0 or less: a copy or a late request).
+        Hold {
+            cart: u8,
+            bump: i64,
+            lines: Vec<(u8, u32)>,
+        },
+        /// Time passes, then the expiry timer runs.
+        Tick {
+            ms: i64,
+        },
+        /// Order `order` checks out cart `order % 3` (sent again after the
+        /// first time).
+        Checkout {
+            order: u8,
+            lines: Vec<(u8, i64)>,
+        },
+        Cancel {
+            order: u8,
+        },
+    }
+
+    fn cart_step() -> impl Strategy<Value = CartStep> {
+        prop_oneof![
+            4 => (0u8..3, -1i64..3, prop::collection::vec((0u8..4, 0u32..6), 0..4))
+                .prop_map(|(cart, bump, lines)| CartStep::Hold { cart, bump, lines }),
+            2 => (0i64..1500).prop_map(|ms| CartStep::Tick { ms }),
+            2 => (0u8..6, prop::collection::vec((0u8..4, 1i64..6), 1..4))
+                .prop_map(|(order, lines)| CartStep::Checkout { order, lines }),
+            1 => (0u8..6).prop_map(|order| CartStep::Cancel { order }),
+        ]
+    }
+
+    proptest! {
+        /// Holds, expiries, checkouts and cancellations in any order keep
+        /// every unit of stock in exactly one place (available, reserved
+        /// or held), never negative; `held` is what the carts' holds add up
+        /// to; a checked-out cart holds nothing; each change of a cart
+        /// raises its `seq`; and a checkout is reserved exactly when the
+        /// cart's holds plus what is available cover it.
+        #[test]
+        fn stock_is_conserved_with_carts(
+            initial in prop::collection::vec(0i64..10, 4),
+            steps in prop::collection::vec(cart_step(), 0..80),
+        ) {
+            let mut stock: BTreeMap<Sku, Level> = initial.iter().enumerate()
+                .map(|(i, &n)| (sku(i as u8), Level { available: n, ..Level::default() })).collect();
+            let mut carts: HashMap<u8, CartHolds> = HashMap::new();
+            let mut reservations: HashMap<u8, Reservation> = HashMap::new();
+            let prices = priced(0..4);
+            let hold_ms = 1000;
+            let mut now = 0;
+            for s in steps {
+                let mut changes: Vec<(u8, HoldChange)> = Vec::new();
+                match s {
+                    CartStep::Hold { cart, bump, lines } => {
+                        let version = carts.get(&cart).map_or(0, |c| c.version) + bump;
+                        let before = carts.get(&cart).cloned();
+                        match on_hold(carts.get(&cart), &request(version, &lines), &stock, now, hold_ms) {
+                            Some(c) => {
+                                for (s, &q) in &c.cart.lines {
+                                    let want: i64 = lines.iter().filter(|l| sku(l.0) == *s).map(|l| i64::from(l.1)).sum();
+                                    prop_assert!(q <= want);
+                                }
+                                changes.push((cart, c));
+                            }
+                            None => prop_assert!(bump <= 0 || before.is_some_and(|c| c.closed)),
+                        }
+                    }
+                    CartStep::Tick { ms } => {
+                        now += ms;
+                        for (&id, cart) in &carts {
+                            changes.extend(on_expiry(cart, now).map(|c| (id, c)));
+                        }
+                    }
+                    CartStep::Checkout { order: id, lines } => {
+                        let cart = id % 3;
+                        let o = checkout(cart, &lines);
+                        let cover = aggregate(&o.items).iter().all(|l| {
+                            let held = carts.get(&cart).and_then(|c| c.lines.get(&l.sku)).copied().unwrap_or(0);
+                            l.quantity <= held + stock[&l.sku].available
+                        });
+                        let existing = reservations.get(&id).cloned();
+                        let (change, _, closed) = on_checkout(existing.as_ref(), &o, carts.get(&cart), &stock, &pricing(&prices));
+                        if existing.is_none() {
+                            prop_assert_eq!(matches!(change, Some(Change::Reserve { .. })), cover);
+                        } else {
+                            prop_assert!(change.is_none() && closed.is_none());
+                        }
+                        // The holds go back before the order takes its units.
+                        if let Some(c) = closed {
+                            apply_holds(&mut stock, &c.moved);
+                            carts.insert(cart, c.cart);
+                        }
+                        if let Some(change) = change {
+                            apply(&mut stock, &change);
+                            let next = next_reservation(reservations.remove(&id), &change);
+                            reservations.extend(next.map(|r| (id, r)));
+                        }
+                    }
+                    CartStep::Cancel { order: id } => {
+                        if let (Some(change), _) = on_cancelled(reservations.get(&id)) {
+                            apply(&mut stock, &change);
+                            let next = next_reservation(reservations.remove(&id), &change);
+                            reservations.extend(next.map(|r| (id, r)));
+                        }
+                    }
+                }
+                for (id, c) in changes {
+                    prop_assert_eq!(c.cart.seq, carts.get(&id).map_or(0, |c| c.seq) + 1);
+                    apply_holds(&mut stock, &c.moved);
+                    carts.insert(id, c.cart);
+                }
+
+                let mut held: BTreeMap<Sku, i64> = BTreeMap::new();
+                for c in carts.values() {
+                    prop_assert!(!c.closed || c.lines.is_empty());
+                    for (s, &q) in &c.lines {
+                        prop_assert!(q > 0);
+                        *held.entry(s.clone()).or_default() += q;
+                    }
+                }
+                let mut reserved: BTreeMap<Sku, i64> = BTreeMap::new();
+                for r in reservations.values() {
+                    if let Reservation::Reserved { lines, .. } = r {
+                        for l in lines { *reserved.entry(l.sku.clone()).or_default() += l.quantity; }
+                    }
+                }
+                for (i, &n) in initial.iter().enumerate() {
+                    let s = sku(i as u8);
+                    let level = stock[&s];
+                    prop_assert!(level.available >= 0 && level.reserved >= 0 && level.held >= 0, "{:?}", level);
+                    prop_assert_eq!(level.available + level.reserved + level.held, n);
+                    prop_assert_eq!(level.held, held.get(&s).copied().unwrap_or(0));
+                    prop_assert_eq!(level.reserved, reserved.get(&s).copied().unwrap_or(0));
+                }
             }
         }
     }

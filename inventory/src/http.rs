@@ -1,6 +1,7 @@
 //! Inventory's HTTP API, read by public-front (and operators):
 //! `GET /products`, `GET /products/{sku}`, `POST /products/lookup`,
-//! `GET /reservations/{order_id}`, `GET /stock`, plus the node routes (added by `shared::node::Service`).
+//! `GET /reservations/{order_id}`, `GET /stock`, `GET /holds`, plus the node
+//! routes (added by `shared::node::Service`).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use shared::http::{Admin, ApiError, ErrorCode, Json, PathParam, Query};
 use shared::ids::{OrderId, Sku};
 use shared::node::Node;
-use shared::view::{Product, ReservationView, StockView};
+use shared::view::{HoldView, Product, ReservationView, StockView};
 
 use crate::store;
 
@@ -23,6 +24,7 @@ pub fn router(node: Node) -> Router {
         .route("/reservations", get(reservations))
         .route("/reservations/{order_id}", get(reservation))
         .route("/stock", get(stock))
+        .route("/holds", get(holds))
         .route("/admin/products", post(add_product))
         .route("/admin/products/{sku}", axum::routing::patch(update_product))
         .with_state(node)
@@ -96,6 +98,30 @@ async fn reservations(
 
 async fn stock(State(node): State<Node>) -> Result<Json<Vec<StockView>>, ApiError> {
     Ok(Json(store::stock(&node.db.reader).await?))
+}
+
+#[derive(Deserialize)]
+struct HoldsQuery {
+    /// `{cart_id}/{sku}` of the last hold of the previous page.
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /holds?after=&limit=`: every hold, by cart and SKU (`limit` 1–1000,
+/// default 100; the next page starts `after` the last row's
+/// `{cart_id}/{sku}`).
+async fn holds(State(node): State<Node>, Query(q): Query<HoldsQuery>) -> Result<Json<Vec<HoldView>>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(ErrorCode::InvalidLimit, "limit must be between 1 and 1000"));
+    }
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(a.split_once('/').ok_or_else(|| {
+            ApiError::bad_request(ErrorCode::InvalidCursor, "after must be the `{cart_id}/{sku}` of a listed hold")
+        })?),
+    };
+    Ok(Json(store::list_holds(&node.db.reader, after, limit).await?))
 }
 
 fn admin_error(e: store::AdminError) -> ApiError {

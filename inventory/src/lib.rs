@@ -2,13 +2,16 @@
 //!
 //! Layout:
 //! - `domain.rs`: the pure reservation rules (reserve all or nothing,
-//!   release once, tombstones);
+//!   release once, tombstones) and hold rules (hold what there is, give
+//!   it back on expiry or checkout);
 //! - `handlers/`: one file per consumed topic;
+//! - `expiry.rs`: the timer that gives back the holds that ran out;
 //! - `store.rs`: the tables and SQL; `http.rs`: the read API;
 //! - `config.rs`; `main.rs` is a thin binary over [`App`].
 
 pub mod config;
 pub mod domain;
+pub mod expiry;
 pub mod handlers;
 pub mod http;
 pub mod store;
@@ -44,7 +47,7 @@ impl App {
     pub async fn build(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<App> {
         // Bad TLS files stop the node before it touches anything.
         let tls = shared::tls::acceptor("tls", &cfg.tls)?;
-        cfg.db.validate()?;
+        cfg.validate()?;
         let db = Db::open(&cfg.db, &store::migrations()).await?;
         let catalog = match &cfg.catalog {
             Some(path) => {
@@ -61,7 +64,7 @@ impl App {
         let mut tasks = JoinSet::new();
         // Inventory never parks: everything it receives can be decided.
         let policy = ParkingPolicy { retry_ms: 1000, horizon_ms: 600_000 };
-        let handler = handlers::InventoryHandler { price_grace_ms: (cfg.price_grace_secs * 1000.0) as i64 };
+        let handler = handlers::InventoryHandler::new(&cfg);
         let node = Node::start(
             "inventory",
             db,
@@ -74,6 +77,7 @@ impl App {
         )?
         .with_admin_token(cfg.admin_token.clone())
         .with_gauges(std::sync::Arc::new(|db: Db| Box::pin(store::update_gauges(db))));
+        tasks.spawn(expiry::run(node.db.clone(), node.wakeup.clone(), shutdown.clone()));
         let router = http::router(node.clone());
         Ok(App(Service::new(listener, tls, node, router, tasks, shutdown)))
     }

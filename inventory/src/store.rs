@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use shared::clock::now_ms;
 use shared::db::{Backend, Db, DbError, DbResult, Reader, Row, Tx};
-use shared::ids::{OrderId, Sku};
-use shared::view::{Product, ReservationLine, ReservationView, StockView};
+use shared::ids::{CartId, OrderId, Sku};
+use shared::view::{HoldView, Product, ReservationLine, ReservationView, StockView};
 
-use crate::domain::{Change, Level, PriceHistory, Reservation};
+use crate::domain::{CartHolds, Change, HoldChange, Level, PriceHistory, Reservation};
 
 /// Inventory's migrations, one set per backend (`inventory/migrations/`).
 pub fn migrations() -> shared::db::Migrations {
@@ -73,10 +73,11 @@ fn product(r: &Row<'_>) -> DbResult<Product> {
         price_cents: r.get(3)?,
         currency: r.get(4)?,
         available: r.get(5)?,
+        held: r.get(6)?,
     })
 }
 
-const PRODUCT_COLUMNS: &str = "sku, name, description, price_cents, currency, available";
+const PRODUCT_COLUMNS: &str = "sku, name, description, price_cents, currency, available, held";
 
 /// One page of the catalog, by SKU, optionally filtered by `q` on name and
 /// description. Returns the page and whether more follow.
@@ -144,14 +145,16 @@ fn reservation_from(
     })
 }
 
-/// The stock and reservations one consumer transaction touches: read
-/// once, changed in memory by the handlers, written back once (see
-/// `shared::consumer::Handler`). What it didn't read ahead is read on first
-/// use. On PostgreSQL each read and each write is one statement for the
-/// whole batch (rows as arrays), not one per row.
+/// The stock, reservations and cart holds one consumer transaction (or
+/// one round of the expiry timer) touches: read once, changed in memory by
+/// the handlers, written back once (see `shared::consumer::Handler`). What
+/// it didn't read ahead is read on first use. On PostgreSQL each read and
+/// each write is one statement for the whole batch (rows as arrays), not
+/// one per row.
 #[derive(Default)]
 pub struct Stock {
     reservations: HashMap<OrderId, Held>,
+    carts: HashMap<CartId, CartEntry>,
     /// `None`: no such product.
     levels: HashMap<Sku, Option<Level>>,
     /// Price and currency of each product in `levels`.
@@ -159,9 +162,23 @@ pub struct Stock {
     /// `(price_cents, replaced_at)` of the prices replaced since the grace
     /// window of the first order that asked, per SKU asked about.
     replaced: HashMap<Sku, Vec<(i64, i64)>>,
-    /// Change of `available` per SKU in this batch (`reserved` moves the
-    /// other way).
-    deltas: BTreeMap<Sku, i64>,
+    /// Change of the stock columns per SKU in this batch.
+    deltas: BTreeMap<Sku, Delta>,
+}
+
+/// How a product's stock columns moved in a batch.
+#[derive(Clone, Copy, Default)]
+struct Delta {
+    available: i64,
+    reserved: i64,
+    held: i64,
+}
+
+/// A cart's holds as the batch has them (`None`: inventory never saw the
+/// cart).
+struct CartEntry {
+    holds: Option<CartHolds>,
+    changed: bool,
 }
 
 struct Held {
@@ -232,14 +249,15 @@ impl Stock {
         wanted.dedup();
         type Product = (String, Level, i64, String);
         let product = |r: &Row<'_>| -> DbResult<Product> {
-            Ok((r.get(0)?, Level { available: r.get(1)?, reserved: r.get(2)? }, r.get(3)?, r.get(4)?))
+            let level = Level { available: r.get(1)?, reserved: r.get(2)?, held: r.get(5)? };
+            Ok((r.get(0)?, level, r.get(3)?, r.get(4)?))
         };
         let mut found: HashMap<String, Product> = HashMap::new();
         match tx.backend() {
             Backend::Sqlite => {
                 for sku in &wanted {
                     let row = tx.query_opt(
-                        "SELECT sku, available, reserved, price_cents, currency FROM products WHERE sku = $1",
+                        "SELECT sku, available, reserved, price_cents, currency, held FROM products WHERE sku = $1",
                         &[&sku.as_str()],
                         product,
                     )?;
@@ -249,7 +267,7 @@ impl Stock {
             Backend::Postgres => {
                 let keys: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
                 let rows = tx.query(
-                    "SELECT sku, available, reserved, price_cents, currency FROM products
+                    "SELECT sku, available, reserved, price_cents, currency, held FROM products
                      WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
                     &[&keys],
                     product,
@@ -334,8 +352,107 @@ impl Stock {
                 level.available += delta;
                 level.reserved -= delta;
             }
-            *self.deltas.entry(sku.clone()).or_default() += delta;
+            let d = self.deltas.entry(sku.clone()).or_default();
+            d.available += delta;
+            d.reserved -= delta;
         }
+    }
+
+    /// What inventory holds for `cart`, with this batch's changes (`None`:
+    /// it never saw the cart).
+    pub fn cart(&mut self, tx: &mut Tx<'_>, cart: CartId) -> DbResult<Option<CartHolds>> {
+        self.read_carts(tx, std::iter::once(cart))?;
+        Ok(self.carts.get(&cart).and_then(|c| c.holds.clone()))
+    }
+
+    /// Reads the holds of `carts` into the batch. On PostgreSQL it locks
+    /// their rows first, in cart order: the row of a cart serialises the
+    /// consumer and the expiry timer on its holds, and is always locked
+    /// before any product row (see [`claim_expired_carts`]).
+    pub fn read_carts(&mut self, tx: &mut Tx<'_>, carts: impl Iterator<Item = CartId>) -> DbResult<()> {
+        let mut wanted: Vec<CartId> = carts.filter(|c| !self.carts.contains_key(c)).collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let keys: Vec<String> = wanted.iter().map(CartId::to_string).collect();
+        let cart_row =
+            |r: &Row<'_>| -> DbResult<(String, i64, i64, i64)> { Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)) };
+        let hold_row =
+            |r: &Row<'_>| -> DbResult<(String, String, i64, i64)> { Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)) };
+        let (cart_rows, hold_rows) = match tx.backend() {
+            Backend::Sqlite => {
+                let (mut carts, mut holds) = (Vec::new(), Vec::new());
+                for key in &keys {
+                    carts.extend(tx.query(
+                        "SELECT cart_id, version, seq, closed FROM carts WHERE cart_id = $1",
+                        &[key],
+                        cart_row,
+                    )?);
+                    holds.extend(tx.query(
+                        "SELECT cart_id, sku, quantity, expires_at FROM holds WHERE cart_id = $1",
+                        &[key],
+                        hold_row,
+                    )?);
+                }
+                (carts, holds)
+            }
+            Backend::Postgres => {
+                let carts = tx.query(
+                    "SELECT cart_id, version, seq, closed FROM carts
+                     WHERE cart_id = ANY($1) ORDER BY cart_id FOR UPDATE",
+                    &[&keys],
+                    cart_row,
+                )?;
+                let holds = tx.query(
+                    "SELECT cart_id, sku, quantity, expires_at FROM holds WHERE cart_id = ANY($1)",
+                    &[&keys],
+                    hold_row,
+                )?;
+                (carts, holds)
+            }
+        };
+        let mut found: HashMap<String, CartHolds> = cart_rows
+            .into_iter()
+            .map(|(id, version, seq, closed)| {
+                (id, CartHolds { version, seq, closed: closed != 0, lines: BTreeMap::new(), expires_at_ms: None })
+            })
+            .collect();
+        for (id, sku, quantity, expires_at) in hold_rows {
+            let cart = found.get_mut(&id).ok_or_else(|| DbError::corrupt("holds", &id, "no carts row"))?;
+            let sku = Sku::parse(&sku).map_err(|e| DbError::corrupt("holds", &id, e))?;
+            cart.lines.insert(sku, quantity);
+            cart.expires_at_ms = Some(cart.expires_at_ms.map_or(expires_at, |at| at.min(expires_at)));
+        }
+        for (cart, key) in wanted.into_iter().zip(keys) {
+            self.carts.insert(cart, CartEntry { holds: found.remove(&key), changed: false });
+        }
+        Ok(())
+    }
+
+    /// The SKUs `cart` holds (as read into the batch).
+    pub fn held_skus(&self, cart: CartId) -> Vec<Sku> {
+        self.carts
+            .get(&cart)
+            .and_then(|c| c.holds.as_ref())
+            .map(|h| h.lines.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Applies `change` to `cart`: its holds, and the units that move
+    /// between `available` and `held`.
+    pub fn apply_holds(&mut self, cart: CartId, change: &HoldChange) {
+        for (sku, &m) in &change.moved {
+            if let Some(Some(level)) = self.levels.get_mut(sku) {
+                level.available -= m;
+                level.held += m;
+            }
+            let d = self.deltas.entry(sku.clone()).or_default();
+            d.available -= m;
+            d.held += m;
+        }
+        self.carts.insert(cart, CartEntry { holds: Some(change.cart.clone()), changed: true });
     }
 
     /// Applies `change` for `order_id`: stock and the reservation.
@@ -378,8 +495,17 @@ impl Stock {
     /// defence. SKU order (a BTreeMap): rows not locked ahead are locked in
     /// the same order everywhere.
     pub fn write(self, tx: &mut Tx<'_>) -> DbResult<()> {
-        let moved: Vec<(String, i64)> =
-            self.deltas.iter().filter(|(_, d)| **d != 0).map(|(sku, d)| (sku.to_string(), *d)).collect();
+        let moved: Vec<(String, Delta)> = self
+            .deltas
+            .iter()
+            .filter(|(_, d)| d.available != 0 || d.reserved != 0 || d.held != 0)
+            .map(|(sku, d)| (sku.to_string(), *d))
+            .collect();
+        let carts: Vec<(CartId, CartHolds)> = self
+            .carts
+            .into_iter()
+            .filter_map(|(id, c)| if c.changed { c.holds.map(|h| (id, h)) } else { None })
+            .collect();
         let mut rows = Rows::default();
         for (id, h) in self.reservations.into_iter().filter(|(_, h)| h.changed) {
             let Some(reservation) = h.reservation else { continue };
@@ -400,10 +526,11 @@ impl Stock {
         }
         match tx.backend() {
             Backend::Sqlite => {
-                for (sku, delta) in &moved {
+                for (sku, d) in &moved {
                     tx.execute(
-                        "UPDATE products SET available = available + $1, reserved = reserved - $1 WHERE sku = $2",
-                        &[delta, sku],
+                        "UPDATE products SET available = available + $1, reserved = reserved + $2, held = held + $3
+                         WHERE sku = $4",
+                        &[&d.available, &d.reserved, &d.held, sku],
                     )?;
                 }
                 for i in 0..rows.order_id.len() {
@@ -423,11 +550,15 @@ impl Stock {
             }
             Backend::Postgres => {
                 if !moved.is_empty() {
-                    let (skus, deltas): (Vec<String>, Vec<i64>) = moved.into_iter().unzip();
+                    let skus: Vec<String> = moved.iter().map(|(sku, _)| sku.clone()).collect();
+                    let column = |f: fn(&Delta) -> i64| moved.iter().map(|(_, d)| f(d)).collect::<Vec<i64>>();
                     tx.execute(
-                        "UPDATE products p SET available = p.available + d.delta, reserved = p.reserved - d.delta
-                         FROM unnest($1::text[], $2::bigint[]) AS d(sku, delta) WHERE p.sku = d.sku",
-                        &[&skus, &deltas],
+                        "UPDATE products p SET available = p.available + d.available,
+                             reserved = p.reserved + d.reserved, held = p.held + d.held
+                         FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                              AS d(sku, available, reserved, held)
+                         WHERE p.sku = d.sku",
+                        &[&skus, &column(|d| d.available), &column(|d| d.reserved), &column(|d| d.held)],
                     )?;
                 }
                 if !rows.order_id.is_empty() {
@@ -451,8 +582,97 @@ impl Stock {
                 }
             }
         }
-        Ok(())
+        write_carts(tx, &carts)
     }
+}
+
+/// Writes the changed carts: their rows, and their holds in place of the
+/// ones they had.
+fn write_carts(tx: &mut Tx<'_>, carts: &[(CartId, CartHolds)]) -> DbResult<()> {
+    if carts.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut ids = Vec::new();
+    let (mut versions, mut seqs, mut closed) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut hold_carts, mut skus, mut quantities, mut expiries) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, cart) in carts {
+        ids.push(id.to_string());
+        versions.push(cart.version);
+        seqs.push(cart.seq);
+        closed.push(i64::from(cart.closed));
+        for (sku, &q) in &cart.lines {
+            hold_carts.push(id.to_string());
+            skus.push(sku.to_string());
+            quantities.push(q);
+            // Only a cart that holds nothing has no deadline.
+            expiries.push(cart.expires_at_ms.unwrap_or(now));
+        }
+    }
+    const UPSERT_CART: &str = "ON CONFLICT (cart_id) DO UPDATE SET version = excluded.version, seq = excluded.seq,
+         closed = excluded.closed, updated_at = excluded.updated_at";
+    match tx.backend() {
+        Backend::Sqlite => {
+            for i in 0..ids.len() {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO carts (cart_id, version, seq, closed, updated_at) VALUES ($1, $2, $3, $4, $5)
+                         {UPSERT_CART}"
+                    ),
+                    &[&ids[i], &versions[i], &seqs[i], &closed[i], &now],
+                )?;
+                tx.execute("DELETE FROM holds WHERE cart_id = $1", &[&ids[i]])?;
+            }
+            for i in 0..hold_carts.len() {
+                tx.execute(
+                    "INSERT INTO holds (cart_id, sku, quantity, expires_at) VALUES ($1, $2, $3, $4)",
+                    &[&hold_carts[i], &skus[i], &quantities[i], &expiries[i]],
+                )?;
+            }
+        }
+        Backend::Postgres => {
+            tx.execute(
+                &format!(
+                    "INSERT INTO carts (cart_id, version, seq, closed, updated_at)
+                     SELECT c.*, $5 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[]) AS c
+                     {UPSERT_CART}"
+                ),
+                &[&ids, &versions, &seqs, &closed, &now],
+            )?;
+            tx.execute("DELETE FROM holds WHERE cart_id = ANY($1)", &[&ids])?;
+            if !hold_carts.is_empty() {
+                tx.execute(
+                    "INSERT INTO holds (cart_id, sku, quantity, expires_at)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[])",
+                    &[&hold_carts, &skus, &quantities, &expiries],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The expiry timer's claim: up to `limit` carts with a hold that ran out
+/// before `now_ms`, by earliest deadline. On PostgreSQL their rows are
+/// locked and rows another instance holds (its consumer or its timer) are
+/// skipped, so instances never wait on each other here; the caller then
+/// locks product rows in SKU order, like the consumer.
+pub fn claim_expired_carts(tx: &mut Tx<'_>, now_ms: i64, limit: i64) -> DbResult<Vec<CartId>> {
+    let sql = match tx.backend() {
+        Backend::Sqlite => {
+            "SELECT DISTINCT cart_id FROM
+                 (SELECT cart_id FROM holds WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)"
+        }
+        Backend::Postgres => {
+            "SELECT cart_id FROM carts
+             WHERE cart_id IN (SELECT cart_id FROM holds WHERE expires_at < $1 ORDER BY expires_at LIMIT $2)
+             ORDER BY cart_id FOR UPDATE SKIP LOCKED"
+        }
+    };
+    tx.query(sql, &[&now_ms, &limit], |r| {
+        let id: String = r.get(0)?;
+        CartId::parse(&id).map_err(|e| DbError::corrupt("holds", &id, e))
+    })
 }
 
 /// The reservation upsert's columns and what a second write keeps.
@@ -515,15 +735,32 @@ pub async fn reservation_view(reader: &Reader, order_id: OrderId) -> DbResult<Op
 
 pub async fn stock(reader: &Reader) -> DbResult<Vec<StockView>> {
     reader
-        .fetch("SELECT sku, available, reserved, initial, restocked FROM products ORDER BY sku", &[], |r| {
+        .fetch("SELECT sku, available, reserved, initial, restocked, held FROM products ORDER BY sku", &[], |r| {
             Ok(StockView {
                 sku: r.get(0)?,
                 available: r.get(1)?,
                 reserved: r.get(2)?,
+                held: r.get(5)?,
                 initial: r.get(3)?,
                 restocked: r.get(4)?,
             })
         })
+        .await
+}
+
+/// Every hold, by cart and SKU, after `after` (a cart id and a SKU), for
+/// the audit and operators. A hold past its deadline is listed until the
+/// expiry timer gives it back.
+pub async fn list_holds(reader: &Reader, after: Option<(&str, &str)>, limit: i64) -> DbResult<Vec<HoldView>> {
+    let (cart, sku) = (after.map(|a| a.0), after.map(|a| a.1));
+    reader
+        .fetch(
+            "SELECT cart_id, sku, quantity, expires_at FROM holds
+             WHERE ($1 IS NULL OR cart_id > $1 OR (cart_id = $1 AND sku > $2))
+             ORDER BY cart_id, sku LIMIT $3",
+            &[&cart, &sku, &limit],
+            |r| Ok(HoldView { cart_id: r.get(0)?, sku: r.get(1)?, quantity: r.get(2)?, expires_at_ms: r.get(3)? }),
+        )
         .await
 }
 
@@ -612,15 +849,20 @@ pub async fn update_gauges(db: Db) {
     let sums = db
         .reader
         .fetch_opt(
-            "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT), CAST(COALESCE(SUM(reserved), 0) AS BIGINT)
+            "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT), CAST(COALESCE(SUM(reserved), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(held), 0) AS BIGINT)
              FROM products",
             &[],
-            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?)),
+            |r| Ok((r.get::<i64>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
         )
         .await;
-    if let Ok(Some((available, reserved))) = sums {
+    if let Ok(Some((available, reserved, held))) = sums {
         metrics::gauge!("stock_available_units").set(available as f64);
         metrics::gauge!("stock_reserved_units").set(reserved as f64);
+        metrics::gauge!("stock_held_units").set(held as f64);
+    }
+    if let Ok(n) = db.reader.scalar("SELECT COUNT(*) FROM holds", &[]).await {
+        metrics::gauge!("holds_live").set(n as f64);
     }
     if let Ok(n) = db.reader.scalar("SELECT COUNT(*) FROM reservations WHERE state = 'reserved'", &[]).await {
         metrics::gauge!("reservations_live").set(n as f64);

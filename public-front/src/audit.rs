@@ -1,8 +1,10 @@
 //! The books audit: reads both services and checks the invariants of the
 //! design. Used by `webshop audit` and `GET /admin/audit`.
 //!
-//! - per SKU: `available >= 0` and `initial + restocked == available +
-//!   reserved`, and `reserved` equals what live reservations hold;
+//! - per SKU: `available`, `reserved` and `held` never negative,
+//!   `initial + restocked == available + reserved + held`, `reserved`
+//!   equals what live reservations hold and `held` what carts' holds add
+//!   up to;
 //! - each order id has at most one reservation and one release (the
 //!   reservations table is keyed by order id; a release is a state);
 //! - order and inventory agree: confirmed ⇔ reserved; rejected or
@@ -12,7 +14,8 @@
 //!   as in flight until the horizon);
 //! - nothing is stuck: no order pending, no release unconfirmed (an order's
 //!   or a tombstone's), no outbox event unsent past the horizon; parked and
-//!   dead letters are reported.
+//!   dead letters are reported; a hold past its deadline is given back
+//!   within the horizon.
 //!
 //! Work in flight (a pending order, a release on its way) is not a failure
 //! until it is older than the horizon.
@@ -25,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use shared::clock::now_ms;
 use shared::message::OrderStatus;
 use shared::node::NodeStats;
-use shared::view::{Order, ReleaseChase, ReservationView, StockView};
+use shared::view::{HoldView, Order, ReleaseChase, ReservationView, StockView};
 
 use crate::downstream::Downstream;
 
@@ -43,6 +46,9 @@ pub struct Report {
     pub skus: usize,
     pub orders: usize,
     pub reservations: usize,
+    /// Hold rows (one per cart and SKU), and the units they hold.
+    pub holds: usize,
+    pub held_units: i64,
     pub orders_by_status: BTreeMap<&'static str, usize>,
     pub failures: Vec<Finding>,
     pub in_flight: Vec<Finding>,
@@ -56,6 +62,7 @@ pub struct Books {
     pub orders: Vec<Order>,
     pub reservations: Vec<ReservationView>,
     pub release_chases: Vec<ReleaseChase>,
+    pub holds: Vec<HoldView>,
     pub inventory: NodeStatsLite,
     pub order: NodeStatsLite,
 }
@@ -106,19 +113,34 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
             fail("one_release_per_order", r.order_id.clone(), "released without a release time".into());
         }
     }
-    for s in &books.stock {
-        if s.available < 0 || s.reserved < 0 {
-            fail("stock_non_negative", s.sku.clone(), format!("available {} reserved {}", s.available, s.reserved));
+    let mut carts_hold: BTreeMap<&str, i64> = BTreeMap::new();
+    for h in &books.holds {
+        *carts_hold.entry(h.sku.as_str()).or_default() += h.quantity;
+        if h.quantity <= 0 {
+            fail("held_matches_holds", format!("{}/{}", h.cart_id, h.sku), format!("holds {} units", h.quantity));
         }
-        if s.initial + s.restocked != s.available + s.reserved {
+    }
+    for s in &books.stock {
+        if s.available < 0 || s.reserved < 0 || s.held < 0 {
+            fail(
+                "stock_non_negative",
+                s.sku.clone(),
+                format!("available {} reserved {} held {}", s.available, s.reserved, s.held),
+            );
+        }
+        if s.initial + s.restocked != s.available + s.reserved + s.held {
             fail(
                 "stock_conserved",
                 s.sku.clone(),
                 format!(
-                    "initial {} + restocked {} != available {} + reserved {}",
-                    s.initial, s.restocked, s.available, s.reserved
+                    "initial {} + restocked {} != available {} + reserved {} + held {}",
+                    s.initial, s.restocked, s.available, s.reserved, s.held
                 ),
             );
+        }
+        let in_carts = carts_hold.remove(s.sku.as_str()).unwrap_or(0);
+        if in_carts != s.held {
+            fail("held_matches_holds", s.sku.clone(), format!("held {} but carts' holds add up to {in_carts}", s.held));
         }
         let live = held.get(s.sku.as_str()).copied().unwrap_or(0);
         if live != s.reserved {
@@ -128,6 +150,14 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
                 format!("reserved {} but live reservations hold {live}", s.reserved),
             );
         }
+    }
+
+    for (sku, units) in carts_hold {
+        fail(
+            "held_matches_holds",
+            sku.to_owned(),
+            format!("carts hold {units} units of a SKU inventory doesn't stock"),
+        );
     }
 
     let orders: HashMap<String, &Order> = books.orders.iter().map(|o| (o.order_id.to_string(), o)).collect();
@@ -174,6 +204,17 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
                     age / 1000,
                     c.follow_ups
                 ),
+            },
+        ));
+    }
+    for h in books.holds.iter().filter(|h| h.expires_at_ms < now_ms) {
+        let age = now_ms - h.expires_at_ms;
+        stuck_or_in_flight.push((
+            age,
+            Finding {
+                check: "holds_run_out",
+                subject: format!("{}/{}", h.cart_id, h.sku),
+                detail: format!("{} units held {} s past the hold's deadline", h.quantity, age / 1000),
             },
         ));
     }
@@ -237,6 +278,8 @@ pub fn check(books: &Books, now_ms: i64, horizon: Duration) -> Report {
         skus: books.stock.len(),
         orders: books.orders.len(),
         reservations: books.reservations.len(),
+        holds: books.holds.len(),
+        held_units: books.holds.iter().map(|h| h.quantity).sum(),
         orders_by_status: by_status,
         failures,
         in_flight,
@@ -279,9 +322,19 @@ pub async fn fetch(down: &Downstream) -> Result<Books, shared::http::ApiError> {
             break;
         }
     }
+    let mut holds: Vec<HoldView> = Vec::new();
+    loop {
+        let after = holds.last().map(|h| format!("&after={}/{}", h.cart_id, h.sku)).unwrap_or_default();
+        let page: Vec<HoldView> = down.node_json("inventory", &format!("/holds?limit=1000{after}")).await?;
+        let done = page.len() < 1000;
+        holds.extend(page);
+        if done {
+            break;
+        }
+    }
     let inventory = down.node_json("inventory", "/stats").await?;
     let order = down.node_json("order", "/stats").await?;
-    Ok(Books { stock, orders, reservations, release_chases, inventory, order })
+    Ok(Books { stock, orders, reservations, release_chases, holds, inventory, order })
 }
 
 /// Fetches and checks.
@@ -293,7 +346,11 @@ pub async fn run(down: &Downstream, horizon: Duration) -> Result<Report, shared:
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "audit: {}", if self.passed { "PASS" } else { "FAIL" })?;
-        writeln!(f, "  {} SKUs, {} orders, {} reservations", self.skus, self.orders, self.reservations)?;
+        writeln!(
+            f,
+            "  {} SKUs, {} orders, {} reservations, {} holds ({} units)",
+            self.skus, self.orders, self.reservations, self.holds, self.held_units
+        )?;
         let statuses: Vec<String> = self.orders_by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
         writeln!(f, "  orders: {}", if statuses.is_empty() { "none".into() } else { statuses.join(", ") })?;
         writeln!(f, "  parked events: {}, dead letters: {}", self.parked, self.dead_letters)?;
@@ -331,7 +388,14 @@ mod tests {
     fn books(state: &str, held_ms: i64, chased_ms: Option<i64>) -> Books {
         let reserved = if state == "reserved" { 2 } else { 0 };
         Books {
-            stock: vec![StockView { sku: "ABC".into(), available: 10 - reserved, reserved, initial: 10, restocked: 0 }],
+            stock: vec![StockView {
+                sku: "ABC".into(),
+                available: 10 - reserved,
+                reserved,
+                held: 0,
+                initial: 10,
+                restocked: 0,
+            }],
             orders: Vec::new(),
             reservations: vec![ReservationView {
                 order_id: ID.into(),
@@ -350,6 +414,7 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            holds: Vec::new(),
             inventory: stats(),
             order: stats(),
         }
@@ -392,5 +457,42 @@ mod tests {
 
         let settled = check(&books("released", 120_000, None), NOW, horizon);
         assert!(settled.passed && settled.in_flight.is_empty(), "{settled}");
+    }
+
+    #[test]
+    fn held_stock_is_conserved_and_matches_the_holds() {
+        let horizon = Duration::from_secs(60);
+        let hold = |cart: &str, quantity, expires_at_ms| HoldView {
+            cart_id: cart.into(),
+            sku: "ABC".into(),
+            quantity,
+            expires_at_ms,
+        };
+        let mut b = books("released", 120_000, None);
+        b.stock[0].available = 7;
+        b.stock[0].held = 3;
+        b.holds = vec![hold("c1", 1, NOW + 1000), hold("c2", 2, NOW + 1000)];
+        let ok = check(&b, NOW, horizon);
+        assert!(ok.passed && ok.in_flight.is_empty(), "{ok}");
+        assert_eq!((ok.holds, ok.held_units), (2, 3));
+        assert!(ok.to_string().contains("2 holds (3 units)"), "{ok}");
+
+        // One unit counted twice: held but also available.
+        b.stock[0].available = 8;
+        let r = check(&b, NOW, horizon);
+        assert!(r.failures.iter().any(|f| f.check == "stock_conserved" && f.detail.contains("held 3")), "{r}");
+        // Held, but no cart holds it.
+        b.stock[0].available = 7;
+        b.holds.pop();
+        let r = check(&b, NOW, horizon);
+        assert!(r.failures.iter().any(|f| f.check == "held_matches_holds" && f.subject == "ABC"), "{r}");
+
+        // Past its deadline: in flight until the horizon, then stuck.
+        b.holds = vec![hold("c1", 1, NOW - 5_000), hold("c2", 2, NOW + 1000)];
+        let r = check(&b, NOW, horizon);
+        assert!(r.passed && r.in_flight.iter().any(|f| f.check == "holds_run_out" && f.subject == "c1/ABC"), "{r}");
+        b.holds[0].expires_at_ms = NOW - 120_000;
+        let r = check(&b, NOW, horizon);
+        assert!(!r.passed && r.failures.iter().any(|f| f.check == "holds_run_out"), "{r}");
     }
 }

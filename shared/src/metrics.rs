@@ -15,7 +15,8 @@
 //!   `bus_stalls_total{client}` (the connection made no progress);
 //! - order node: `orders{status}`, `orders_release_pending`, `carts{status}`;
 //! - inventory: `stock_available_units`, `stock_reserved_units`,
-//!   `reservations_live`;
+//!   `stock_held_units` (held for carts), `reservations_live`,
+//!   `holds_live` (hold rows, one per cart and SKU);
 //! - front: `orders_stale_priced_total{node}` (orders taken at last known
 //!   prices while inventory was unreachable), `order_reads_total{node,source}`
 //!   (`source` memory or order), `order_long_polls_waiting{node}`;

@@ -17,6 +17,11 @@ pub struct Product {
     pub price_cents: i64,
     pub currency: String,
     pub available: i64,
+    /// Units held for customers' carts, not available until they are
+    /// ordered or the holds run out (absent from nodes that predate
+    /// carts).
+    #[serde(default)]
+    pub held: i64,
 }
 
 /// An order as the order service holds and returns it.
@@ -108,8 +113,22 @@ pub struct StockView {
     pub sku: String,
     pub available: i64,
     pub reserved: i64,
+    /// Held for carts (absent from nodes that predate carts).
+    #[serde(default)]
+    pub held: i64,
     pub initial: i64,
     pub restocked: i64,
+}
+
+/// One SKU a cart holds, as operators and the audit see it (`GET /holds`
+/// on the inventory node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldView {
+    pub cart_id: String,
+    pub sku: String,
+    pub quantity: i64,
+    /// When the hold runs out (the expiry timer then gives the units back).
+    pub expires_at_ms: i64,
 }
 
 /// A reservation as operators and the audit see it.

@@ -298,6 +298,7 @@ impl Model {
                 inventory::store::list_reservations(&self.inventory.0.reader, None, 10_000).await.unwrap(),
             ),
             release_chases: convert(order::store::release_chases(&self.order.0.reader, None, 10_000).await.unwrap()),
+            holds: inventory::store::list_holds(&self.inventory.0.reader, None, 10_000).await.unwrap(),
             inventory: stats(self.inventory.0.clone()).await,
             order: stats(self.order.0.clone()).await,
         }
