@@ -215,6 +215,8 @@ pub struct Shop {
     pub logins: Option<Logins>,
     /// The shop's topic prefix and client ids on its broker.
     pub bus_at: BusAt,
+    /// Inventory's `hold_secs`, when not the default ([`Shop::start_holding`]).
+    pub hold_secs: Option<f64>,
 }
 
 /// Where on its broker a shop lives: the topic prefix of every node and
@@ -360,7 +362,7 @@ impl Shop {
 
     /// The shop with its nodes connected through a chaos proxy, when given.
     pub async fn start_with(kind: BrokerKind, faults: Option<webshop::tools::chaos::Faults>) -> Option<Shop> {
-        Self::launch(kind, StoreAt::sqlite(), faults, None, None).await
+        Self::launch(kind, StoreAt::sqlite(), faults, None, None, None).await
     }
 
     /// The shop on the embedded broker with its data on PostgreSQL; `None`
@@ -371,19 +373,25 @@ impl Shop {
 
     /// The shop on the embedded broker with its data in `store`.
     pub async fn start_on(store: StoreAt) -> Option<Shop> {
-        Self::launch(BrokerKind::Embedded, store, None, None, None).await
+        Self::launch(BrokerKind::Embedded, store, None, None, None, None).await
+    }
+
+    /// The shop on the embedded broker with its data in `store`, and
+    /// inventory's holds lasting `hold_secs`.
+    pub async fn start_holding(store: StoreAt, hold_secs: f64) -> Option<Shop> {
+        Self::launch(BrokerKind::Embedded, store, None, None, None, Some(hold_secs)).await
     }
 
     /// The shop on a broker with a user per role and no anonymous access:
     /// each node logs in as its role, [`Shop::tester`] as the tester.
     pub async fn start_with_logins(kind: BrokerKind) -> Option<Shop> {
-        Self::launch(kind, StoreAt::sqlite(), None, None, Some(Logins::generate())).await
+        Self::launch(kind, StoreAt::sqlite(), None, None, Some(Logins::generate()), None).await
     }
 
     /// The shop with TLS everywhere, from a fresh test CA: MQTT over TLS,
     /// and HTTPS on every node (the front calls the nodes over HTTPS).
     pub async fn start_tls(kind: BrokerKind) -> Option<Shop> {
-        Self::launch(kind, StoreAt::sqlite(), None, Some(TestPki::generate()), None).await
+        Self::launch(kind, StoreAt::sqlite(), None, Some(TestPki::generate()), None, None).await
     }
 
     async fn launch(
@@ -392,6 +400,7 @@ impl Shop {
         faults: Option<webshop::tools::chaos::Faults>,
         pki: Option<TestPki>,
         logins: Option<Logins>,
+        hold_secs: Option<f64>,
     ) -> Option<Shop> {
         init_logs();
         let dir = tempfile::tempdir().unwrap();
@@ -442,6 +451,7 @@ impl Shop {
         let mut inventory_cfg = inventory_config(&store, dir.path(), node_port);
         inventory_cfg.tls = tls.clone();
         inventory_cfg.bus = bus_at.node(Role::Inventory, logins.as_ref(), inventory_cfg.bus);
+        inventory_cfg.hold_secs = hold_secs.unwrap_or(inventory_cfg.hold_secs);
         let inventory = start_inventory(inventory_cfg).await;
         let mut order_cfg = order_config(&store, dir.path(), node_port);
         order_cfg.tls = tls.clone();
@@ -480,6 +490,7 @@ impl Shop {
             store,
             logins,
             bus_at,
+            hold_secs,
         };
         shop.wait_ready().await;
         Some(shop)
@@ -491,6 +502,7 @@ impl Shop {
         let mut cfg = inventory_config(&self.store, self.dir.path(), self.node_port);
         cfg.tls = self.pki.as_ref().map(server_tls).unwrap_or_default();
         cfg.bus = self.bus_at.node(Role::Inventory, self.logins.as_ref(), cfg.bus);
+        cfg.hold_secs = self.hold_secs.unwrap_or(cfg.hold_secs);
         cfg
     }
 

@@ -13,6 +13,7 @@ mod faults;
 mod front_robust;
 mod fuzz;
 mod helpers;
+mod holds;
 mod limits;
 mod model;
 mod otlp;
