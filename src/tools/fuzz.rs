@@ -474,14 +474,7 @@ impl Generator {
                 let lines = self.rng.gen_range(1..=3);
                 let items: Vec<Value> = (0..lines)
                     .map(|_| {
-                        // As many draws whatever was seen: the choices after
-                        // this one stay the same.
-                        let (known, pick) = (self.rng.gen_bool(0.5), self.rng.gen::<usize>());
-                        let unknown = format!("FUZZ-{:06X}", self.rng.gen_range(0..0xFF_FFFF));
-                        let sku = match corpus.skus.len() {
-                            n if known && n > 0 => corpus.skus[pick % n].clone(),
-                            _ => unknown,
-                        };
+                        let sku = self.sku(corpus);
                         json!({"sku": sku, "quantity": self.rng.gen_range(1..=3), "unit_price_cents": self.rng.gen_range(0..10_000)})
                     })
                     .collect();
@@ -495,6 +488,32 @@ impl Generator {
             Topic::InStock => json!({ "fingerprint": fingerprint }),
             Topic::OutOfStock => json!({"fingerprint": fingerprint, "reason": "fuzz"}),
             Topic::OrdersCancelled | Topic::Released => json!({}),
+            Topic::CartsCommand => match self.rng.gen_range(0..3) {
+                0 => json!({"op": "create"}),
+                1 => json!({"op": "set_item", "sku": self.sku(corpus), "quantity": self.rng.gen_range(0..=3)}),
+                _ => json!({"op": "checkout", "version": self.rng.gen_range(1..5), "order_id": self.uuid(),
+                            "customer_email": "fuzz@example.com", "currency": "EUR", "fingerprint": fingerprint,
+                            "prices": [{"sku": self.sku(corpus), "unit_price_cents": self.rng.gen_range(0..10_000)}]}),
+            },
+            Topic::CartsStatus => json!({"command_id": self.uuid(), "refused": "unknown_cart"}),
+            Topic::CartsHold => json!({"version": self.rng.gen_range(1..5),
+                                       "lines": [{"sku": self.sku(corpus), "quantity": self.rng.gen_range(0..=3)}]}),
+            Topic::Held => {
+                json!({"seq": self.rng.gen_range(1..5), "version": self.rng.gen_range(1..5), "because": "hold",
+                                  "lines": [{"sku": self.sku(corpus), "quantity": self.rng.gen_range(0..=3)}]})
+            }
+        }
+    }
+
+    /// A SKU the shop has (when the corpus saw one) or an unknown one; as
+    /// many draws whatever was seen, so the choices after this one stay the
+    /// same.
+    fn sku(&mut self, corpus: &Corpus) -> String {
+        let (known, pick) = (self.rng.gen_bool(0.5), self.rng.gen::<usize>());
+        let unknown = format!("FUZZ-{:06X}", self.rng.gen_range(0..0xFF_FFFF));
+        match corpus.skus.len() {
+            n if known && n > 0 => corpus.skus[pick % n].clone(),
+            _ => unknown,
         }
     }
 

@@ -7,7 +7,10 @@
 
 use serde_json::{json, Value};
 use shared::ids::OrderId;
-use shared::message::{CancelOrder, Envelope, InStock, OutOfStock, ReleaseRequested, Released, StatusChanged};
+use shared::message::{
+    CancelOrder, CartChanged, CartCommand, Envelope, Held, HeldBecause, HoldLine, HoldRequest, InStock, OutOfStock,
+    ReleaseRequested, Released, StatusChanged,
+};
 use shared::topics::{Role, Topic};
 
 use crate::helpers::*;
@@ -71,6 +74,19 @@ fn forged(topic: Topic, confirmed: OrderId, fingerprint: &str) -> Vec<u8> {
         }
         Topic::OrdersCancelled => Envelope::new(topic, confirmed, ReleaseRequested {}).to_json(),
         Topic::Released => Envelope::new(topic, confirmed, Released {}).to_json(),
+        Topic::CartsCommand => Envelope::new(topic, fresh, CartCommand::Create).to_json(),
+        Topic::CartsStatus => {
+            let answer = CartChanged { command_id: shared::ids::MessageId::new(), refused: None, cart: None };
+            Envelope::new(topic, fresh, answer).to_json()
+        }
+        Topic::CartsHold => {
+            let lines = vec![HoldLine { sku: shared::ids::Sku::parse(SKU).unwrap(), quantity: 1 }];
+            Envelope::new(topic, fresh, HoldRequest { version: 1, lines }).to_json()
+        }
+        Topic::Held => {
+            let held = Held { seq: 1, version: 1, because: HeldBecause::Expired, lines: vec![], expires_at_ms: None };
+            Envelope::new(topic, fresh, held).to_json()
+        }
     }
 }
 

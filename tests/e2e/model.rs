@@ -75,6 +75,9 @@ enum Op {
     },
     /// The order service's follow-up and parking timers fire.
     Timers,
+    /// Every hold runs out: inventory's expiry timer fires as if their
+    /// time had come.
+    Expire,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -89,6 +92,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => node.clone().prop_map(|from| Op::Relay { from }),
         1 => node.prop_map(|node| Op::Restart { node }),
         1 => Just(Op::Timers),
+        1 => Just(Op::Expire),
     ]
 }
 
@@ -275,6 +279,9 @@ impl Model {
             Op::Timers => {
                 order::follow_up::pass(&self.order.0, 0).await.unwrap();
                 self.order.1.retry_due_parked().await.unwrap();
+            }
+            Op::Expire => {
+                inventory::expiry::pass(&self.inventory.0, i64::MAX / 4, 10_000).await.unwrap();
             }
         }
     }
