@@ -279,10 +279,17 @@ impl Role {
     /// The topics this role may publish; `None`: any topic at all.
     pub fn publishes(self) -> Option<&'static [Topic]> {
         match self {
-            Role::Front => Some(&[Topic::OrdersSend, Topic::OrdersCancel]),
-            // orders/send: the re-request of an order with no stock decision.
-            Role::Order => Some(&[Topic::OrdersStatus, Topic::OrdersCancelled, Topic::OrdersSend]),
-            Role::Inventory => Some(&[Topic::InStock, Topic::OutOfStock, Topic::Released]),
+            Role::Front => Some(&[Topic::OrdersSend, Topic::OrdersCancel, Topic::CartsCommand]),
+            // orders/send: the re-request of an order with no stock
+            // decision, and a cart's checkout.
+            Role::Order => Some(&[
+                Topic::OrdersStatus,
+                Topic::OrdersCancelled,
+                Topic::OrdersSend,
+                Topic::CartsStatus,
+                Topic::CartsHold,
+            ]),
+            Role::Inventory => Some(&[Topic::InStock, Topic::OutOfStock, Topic::Released, Topic::Held]),
             Role::Tester => None,
         }
     }

@@ -265,3 +265,18 @@ on_both_stores!(
 async fn bad_cart_requests_get_clear_errors_embedded() {
     bad_cart_requests_get_clear_errors(Shop::start(BrokerKind::Embedded).await.unwrap()).await;
 }
+
+/// With a broker login per role (as `webshop up` runs the shop), each role
+/// may publish the cart topics its service sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_checks_out_with_a_login_per_role_embedded() {
+    let shop = Shop::start_with_logins(BrokerKind::Embedded).await.unwrap();
+    a_cart_holds_stock_and_checks_out_into_a_confirmed_order(shop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_checks_out_with_a_login_per_role_mosquitto() {
+    if let Some(shop) = Shop::start_with_logins(BrokerKind::Mosquitto).await {
+        a_cart_holds_stock_and_checks_out_into_a_confirmed_order(shop).await;
+    }
+}
