@@ -4,6 +4,9 @@
 //!
 //! - `GET  /admin/api/overview`: readiness, orders per status, message
 //!   counters, outbox backlog, parked and dead letters, stock, recent orders;
+//! - `GET  /admin/api/carts`: carts open and checked out, the most recently
+//!   changed open carts with their lines, the stock inventory holds for
+//!   carts per SKU and the holds that run out first;
 //! - `GET  /admin/api/orders/{id}/timeline`: what each node did with each
 //!   message about the order, merged by time;
 //! - `GET  /admin/api/audit` (also `/admin/audit`): the books audit;
@@ -18,6 +21,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use shared::http::{Admin, ApiError, ErrorCode, PathParam};
 use shared::ids::{OrderId, Sku};
@@ -27,6 +31,7 @@ use crate::state::AppState;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/admin/api/overview", get(overview))
+        .route("/admin/api/carts", get(carts))
         .route("/admin/api/orders/{order_id}/timeline", get(timeline))
         .route("/admin/api/audit", get(audit))
         .route("/admin/audit", get(audit))
@@ -92,6 +97,81 @@ async fn overview(State(s): State<AppState>, _: Admin) -> Result<impl IntoRespon
         "dead_letters": {"inventory": pick(&inv_stats, "dead_letters"), "order": pick(&ord_stats, "dead_letters")},
         "stock": stock.unwrap_or(Value::Null),
         "recent_orders": recent,
+    })))
+}
+
+/// Open carts the dashboard lists, newest change first.
+const RECENT_CARTS: usize = 10;
+/// Holds the dashboard lists, the first to run out first.
+const EXPIRING_HOLDS: usize = 10;
+
+/// Stock inventory holds for an open cart, as it lists them (`GET /holds`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct Hold {
+    cart_id: String,
+    sku: String,
+    quantity: i64,
+    expires_at_ms: i64,
+}
+
+/// The stock held for carts of one SKU.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+struct HeldSku {
+    sku: String,
+    /// Units held, in all carts.
+    held: i64,
+    /// Carts holding some.
+    carts: usize,
+    /// When the first of those holds runs out (stock goes back to sale).
+    next_expiry_ms: i64,
+}
+
+/// `holds` summed per SKU, the SKU whose stock comes back first on top.
+fn held_by_sku(holds: &[Hold]) -> Vec<HeldSku> {
+    let mut by_sku: std::collections::BTreeMap<&str, HeldSku> = std::collections::BTreeMap::new();
+    for h in holds {
+        let e = by_sku.entry(&h.sku).or_insert_with(|| HeldSku {
+            sku: h.sku.clone(),
+            held: 0,
+            carts: 0,
+            next_expiry_ms: h.expires_at_ms,
+        });
+        e.held += h.quantity;
+        e.carts += 1;
+        e.next_expiry_ms = e.next_expiry_ms.min(h.expires_at_ms);
+    }
+    let mut held: Vec<HeldSku> = by_sku.into_values().collect();
+    held.sort_by(|a, b| a.next_expiry_ms.cmp(&b.next_expiry_ms).then_with(|| a.sku.cmp(&b.sku)));
+    held
+}
+
+/// The holds that run out first (ties by cart and SKU).
+fn expiring_first(mut holds: Vec<Hold>, n: usize) -> Vec<Hold> {
+    holds.sort_by(|a, b| {
+        (a.expires_at_ms, &a.cart_id, &a.sku).cmp(&(b.expires_at_ms, &b.cart_id, &b.sku))
+    });
+    holds.truncate(n);
+    holds
+}
+
+/// Carts and the stock held for them. Each part is `null` while the node
+/// that has it doesn't answer, as in the overview. `now_ms` is the front's
+/// clock, so the page can show "in 40 s" whatever the browser's clock says.
+async fn carts(State(s): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
+    let d = &s.downstream;
+    let recent_path = format!("/carts?limit={RECENT_CARTS}");
+    let (counts, recent, holds) = tokio::join!(
+        d.node_json::<Value>("order", "/carts/counts"),
+        d.node_json::<Value>("order", &recent_path),
+        d.node_json::<Vec<Hold>>("inventory", "/holds"),
+    );
+    let holds = holds.ok();
+    Ok(Json(json!({
+        "now_ms": shared::clock::now_ms(),
+        "counts": counts.ok(),
+        "recent": recent.ok(),
+        "held": holds.as_deref().map(held_by_sku),
+        "expiring": holds.map(|h| expiring_first(h, EXPIRING_HOLDS)),
     })))
 }
 
@@ -163,4 +243,36 @@ async fn update_product(
     let answer = s.downstream.forward("inventory", Method::PATCH, &path, authorization.as_deref(), Some(body)).await?;
     s.downstream.invalidate();
     relay(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(cart: &str, sku: &str, quantity: i64, expires_at_ms: i64) -> Hold {
+        Hold { cart_id: cart.into(), sku: sku.into(), quantity, expires_at_ms }
+    }
+
+    #[test]
+    fn holds_sum_per_sku_and_the_first_to_run_out_comes_first() {
+        let holds = [
+            hold("c1", "TENT", 2, 9_000),
+            hold("c2", "TENT", 1, 5_000),
+            hold("c2", "MUG", 3, 7_000),
+            hold("c3", "FUEL", 1, 5_000),
+        ];
+        let held = held_by_sku(&holds);
+        let row = |sku: &str, held: i64, carts: usize, next_expiry_ms: i64| HeldSku {
+            sku: sku.into(),
+            held,
+            carts,
+            next_expiry_ms,
+        };
+        assert_eq!(held, vec![row("FUEL", 1, 1, 5_000), row("TENT", 3, 2, 5_000), row("MUG", 3, 1, 7_000)]);
+        assert!(held_by_sku(&[]).is_empty());
+
+        let first: Vec<(String, String)> =
+            expiring_first(holds.to_vec(), 2).into_iter().map(|h| (h.cart_id, h.sku)).collect();
+        assert_eq!(first, [("c2".to_owned(), "TENT".to_owned()), ("c3".to_owned(), "FUEL".to_owned())]);
+    }
 }

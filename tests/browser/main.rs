@@ -40,6 +40,41 @@ async fn order_page_id(b: &Browser) -> String {
     id.as_str().expect("an order id").to_owned()
 }
 
+/// The cart line of `sku` in the storefront's cart, as a CSS selector.
+fn cart_line(sku: &str) -> String {
+    format!("#cart-lines .cart-line[data-sku='{sku}']")
+}
+
+/// Waits for the cart line of `sku` to show its hold as `hold`.
+async fn wait_hold(b: &Browser, sku: &str, hold: &str) {
+    b.wait_until(
+        &format!("the cart line of {sku} to show its hold {hold}"),
+        "return document.querySelector(arguments[0] + ' .hold')?.dataset.hold === arguments[1]",
+        vec![json!(cart_line(sku)), json!(hold)],
+    )
+    .await;
+}
+
+/// What a product card says about `available` units.
+fn stock_text(available: i64) -> String {
+    match available {
+        n if n <= 0 => "Out of stock".to_owned(),
+        n if n <= 5 => format!("Only {n} left"),
+        n => format!("{n} in stock"),
+    }
+}
+
+/// Waits for the product card of `sku` to show `available` units.
+async fn wait_card_stock(b: &Browser, sku: &str, available: i64) {
+    let want = stock_text(available);
+    b.wait_until(
+        &format!("the card of {sku} to say {want}"),
+        "return document.querySelector(`#products [data-sku='${arguments[0]}'] .stock`)?.textContent === arguments[1]",
+        vec![json!(sku), json!(want)],
+    )
+    .await;
+}
+
 async fn wait_status(b: &Browser, status: &str) {
     b.wait_until(
         &format!("the order page to show {status}"),
@@ -84,7 +119,7 @@ async fn search_add_to_cart_check_out_see_confirmed_then_cancel() {
         .await;
     let total = b.text("#cart-total").await;
     assert!(total.contains("498"), "the cart total is 2 x 249: {total}");
-    // The cart survives a reload (localStorage).
+    // The cart survives a reload (the shop keeps it).
     b.client.refresh().await.expect("reload");
     b.wait_until(
         "the cart to survive a reload",
@@ -150,6 +185,165 @@ async fn search_add_to_cart_check_out_see_confirmed_then_cancel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cart_is_kept_by_the_shop_holds_its_stock_and_checks_out() {
+    let Some(b) = Browser::start("server-cart").await else { return };
+    let shop = shop().await;
+    let before = shop.available(TENT).await;
+
+    b.goto(&shop.front_url("/?q=Ridgeline")).await;
+    let card = format!("#products [data-sku='{TENT}']");
+    b.fill(&format!("{card} .qty"), "2").await;
+    b.click(&format!("{card} .add")).await;
+    b.wait_until("the cart to hold 2", "return document.getElementById('cart-count').textContent === '2'", vec![])
+        .await;
+    // The browser keeps only the cart's id; the lines are the shop's.
+    let saved = b.js("return JSON.parse(localStorage.getItem('webshop.cart.v2'))", vec![]).await;
+    let cart_id = saved["id"].as_str().expect("the cart's id is kept in the browser").to_owned();
+    assert!(saved.get("lines").is_none(), "no lines in the browser: {saved}");
+
+    b.client.refresh().await.expect("reload");
+    let qty = format!("{} .qty", cart_line(TENT));
+    b.wait_until(
+        "the cart, read from the shop, after a reload",
+        "return document.querySelector(arguments[0])?.textContent === '2'",
+        vec![json!(qty)],
+    )
+    .await;
+    wait_hold(&b, TENT, "held").await;
+    assert_eq!(b.text(&format!("{} .hold", cart_line(TENT))).await, "Held for you");
+    let countdown = b.text("#holds-countdown").await;
+    let (minutes, seconds) = countdown.split_once(':').unwrap_or_else(|| panic!("a m:ss countdown: {countdown:?}"));
+    assert!(
+        minutes.parse::<u32>().is_ok_and(|m| m <= 15) && seconds.len() == 2,
+        "the default hold lasts 15 minutes: {countdown:?}"
+    );
+    assert!(b.text("#cart-total").await.contains("498"));
+    let (code, cart) = shop.get(shop.front_url(&format!("/api/carts/{cart_id}"))).await;
+    assert_eq!(code, 200, "{cart}");
+    assert_eq!((cart["lines"][0]["quantity"].as_i64(), cart["lines"][0]["hold"].as_str()), (Some(2), Some("held")));
+    // Held stock is not available to others; the card says so too.
+    assert_eq!(shop.available(TENT).await, before - 2);
+    wait_card_stock(&b, TENT, before - 2).await;
+    b.screenshot("held").await;
+
+    // Check out the cart the shop has.
+    b.fill("#email", "ada@example.com").await;
+    b.click("#place-order").await;
+    let id = order_page_id(&b).await;
+    wait_status(&b, "confirmed").await;
+    let order = shop.wait_status(&id, "confirmed").await;
+    assert_eq!(order["cart_id"], json!(cart_id), "{order}");
+    assert_eq!((order["items"][0]["sku"].as_str(), order["items"][0]["quantity"].as_i64()), (Some(TENT), Some(2)));
+    assert_eq!(shop.available(TENT).await, before - 2, "the hold became the reservation");
+    let (_, cart) = shop.get(shop.front_url(&format!("/api/carts/{cart_id}"))).await;
+    assert_eq!((cart["status"].as_str(), cart["order_id"].as_str()), (Some("checked_out"), Some(id.as_str())));
+
+    // Back in the shop: the checked-out cart is forgotten.
+    b.goto(&shop.front_url("/")).await;
+    b.wait_until(
+        "the order under 'your recent orders'",
+        "return [...document.querySelectorAll('#recent-list a')].some(a => a.getAttribute('href') === '/orders/' + arguments[0])",
+        vec![json!(id)],
+    )
+    .await;
+    assert_eq!(b.text("#cart-count").await, "0");
+    let saved = b.js("return JSON.parse(localStorage.getItem('webshop.cart.v2'))", vec![]).await;
+    assert_eq!(saved["id"], Value::Null, "{saved}");
+    shop.audit().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_runs_out_shows_expired_and_the_stock_comes_back() {
+    let Some(b) = Browser::start("hold-expiry").await else { return };
+    let mut shop = shop().await;
+    // Inventory again, on the same address and data, with holds of a few seconds.
+    let addr = shop.inventory.addr;
+    shop.inventory.stop().await;
+    let mut cfg = shop.inventory_config();
+    cfg.listen = addr;
+    cfg.hold_secs = 5.0;
+    shop.inventory = helpers::start_inventory(cfg).await;
+    shop.wait_ready().await;
+    let before = shop.available(TENT).await;
+
+    b.goto(&shop.front_url("/?q=Ridgeline")).await;
+    wait_card_stock(&b, TENT, before).await;
+    b.click(&format!("#products [data-sku='{TENT}'] .add")).await;
+    wait_hold(&b, TENT, "held").await;
+    wait_card_stock(&b, TENT, before - 1).await;
+
+    // The hold runs out: the line says so and the stock is on sale again.
+    wait_hold(&b, TENT, "expired").await;
+    assert_eq!(b.text(&format!("{} .hold", cart_line(TENT))).await, "Hold expired");
+    assert!(b.text("#holds").await.contains("ran out"));
+    wait_card_stock(&b, TENT, before).await;
+    assert_eq!(shop.available(TENT).await, before);
+    assert_eq!(b.text("#cart-count").await, "1", "the line stays in the cart");
+    b.screenshot("expired").await;
+
+    // A change of the cart holds again.
+    b.click(&format!("{} .stepper button[aria-label^='One more']", cart_line(TENT))).await;
+    wait_hold(&b, TENT, "held").await;
+    wait_card_stock(&b, TENT, before - 2).await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_open_carts_and_their_held_stock() {
+    let Some(b) = Browser::start("dashboard-carts").await else { return };
+    let shop = shop().await;
+    let r = shop.http.post(shop.front_url("/api/carts")).send().await.expect("request");
+    assert_eq!(r.status(), 201);
+    let cart: Value = r.json().await.expect("a cart");
+    let cart_id = cart["cart_id"].as_str().expect("its id").to_owned();
+    let r = shop
+        .http
+        .put(shop.front_url(&format!("/api/carts/{cart_id}/items/{TENT}")))
+        .json(&json!({"quantity": 2}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    helpers::eventually("the cart's stock to be held", || async {
+        let (_, cart) = shop.get(shop.front_url(&format!("/api/carts/{cart_id}"))).await;
+        (cart["lines"][0]["hold"] == "held").then_some(())
+    })
+    .await;
+
+    b.goto(&shop.front_url("/admin")).await;
+    b.fill("#token", helpers::ADMIN_TOKEN).await;
+    b.click("#login-button").await;
+    b.wait_visible("#dash").await;
+    b.wait_until(
+        "the cart among the open carts, with its line",
+        "const row = document.querySelector(`#carts tr.cart-row[data-cart-id='${arguments[0]}']`);          const line = row?.querySelector(`.cart-line-row[data-sku='${arguments[1]}']`);          return !!line && /^2 ×/.test(line.textContent) && /\(2 held\)/.test(line.textContent)            && !!row.querySelector('.badge.confirmed');",
+        vec![json!(cart_id), json!(TENT)],
+    )
+    .await;
+    b.wait_until(
+        "the held stock of the tent",
+        "const row = document.querySelector(`#held tr[data-sku='${arguments[0]}']`);          return row?.querySelector('.held').textContent === '2' && row.children[2].textContent === '1'            && /^in \d+ (s|min)$/.test(row.children[3].textContent);",
+        vec![json!(TENT)],
+    )
+    .await;
+    b.wait_until(
+        "one open cart",
+        "return document.querySelector("#cart-tiles [data-key='open'] .n")?.textContent === '1'",
+        vec![],
+    )
+    .await;
+    b.wait_until(
+        "the hold among those running out first",
+        "return !!document.querySelector(`#expiring li[data-cart-id='${arguments[0]}'][data-sku='${arguments[1]}']`)",
+        vec![json!(cart_id), json!(TENT)],
+    )
+    .await;
+    b.screenshot_page("desktop").await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_retries_with_the_same_key_while_the_order_service_is_down() {
     let Some(b) = Browser::start("retry").await else { return };
     let mut shop = shop().await;
@@ -170,8 +364,9 @@ async fn checkout_retries_with_the_same_key_while_the_order_service_is_down() {
         vec![],
     )
     .await;
-    let key = b.js("return JSON.parse(localStorage.getItem('webshop.cart.v1')).attempt.key", vec![]).await;
-    let key = key.as_str().expect("the checkout's Idempotency-Key is kept with the cart").to_owned();
+    let saved = b.js("return JSON.parse(localStorage.getItem('webshop.cart.v2'))", vec![]).await;
+    let key = saved["attempt"]["key"].as_str().expect("the checkout's Idempotency-Key is kept with the cart").to_owned();
+    let cart = shared::ids::CartId::parse(saved["id"].as_str().expect("the cart's id")).expect("a cart id");
     b.screenshot("retrying").await;
 
     let mut cfg = shop.order_config();
@@ -181,7 +376,7 @@ async fn checkout_retries_with_the_same_key_while_the_order_service_is_down() {
     let id = order_page_id(&b).await;
     wait_status(&b, "confirmed").await;
     let key = shared::ids::IdempotencyKey::parse(&key).expect("a valid key");
-    assert_eq!(id, shared::ids::OrderId::from_idempotency_key(&key).to_string(), "every attempt used the same key");
+    assert_eq!(id, shared::ids::OrderId::for_checkout(cart, &key).to_string(), "every attempt used the same key");
     // One order, one reservation, however many attempts.
     shop.audit().await;
     assert_eq!(shop.available(TENT).await, before - 1);

@@ -1,8 +1,9 @@
-// The operator dashboard: polls GET /admin/api/overview every 2 s with the
-// admin bearer token (kept in sessionStorage, so it dies with the tab) and
-// draws nodes, order counts, message counters, backlogs, stock, recent
-// orders with their message timelines, and a chart of orders per second
-// computed from successive polls.
+// The operator dashboard: polls GET /admin/api/overview and
+// GET /admin/api/carts every 2 s with the admin bearer token (kept in
+// sessionStorage, so it dies with the tab) and draws nodes, order counts,
+// carts and the stock held for them, message counters, backlogs, stock,
+// recent orders with their message timelines, and a chart of orders per
+// second computed from successive polls.
 "use strict";
 
 (() => {
@@ -20,6 +21,8 @@
   let timer = null;
   let polling = false;
   let overview = null;
+  /** The last GET /admin/api/carts, with `skew`: the front's clock minus ours (ms). */
+  let carts = null;
   let lastOk = null;
   /** [{t: ms, total}] from successive polls, and the rates between them. */
   let samples = [];
@@ -63,10 +66,11 @@
     if (!token) return;
     $("login-button").disabled = true;
     try {
-      const first = await admin("/admin/api/overview");
+      const [first, c] = await Promise.all([admin("/admin/api/overview"), readCarts()]);
       sessionStorage.setItem(TOKEN_KEY, token);
       $("token").value = "";
       showDash();
+      acceptCarts(c);
       accept(first);
     } catch (e) {
       const auth = authProblem(e);
@@ -83,6 +87,7 @@
     token = null;
     samples = [];
     rates = [];
+    carts = null;
     expanded.clear();
     timelines.clear();
     showLogin(null);
@@ -112,7 +117,9 @@
     polling = true;
     const started = Date.now();
     try {
-      accept(await admin("/admin/api/overview"));
+      const [o, c] = await Promise.all([admin("/admin/api/overview"), readCarts()]);
+      acceptCarts(c);
+      accept(o);
       $("dash-msg").className = "notice";
       $("dash-msg").textContent = "";
       refreshTimelines();
@@ -131,6 +138,21 @@
     }
     // A hidden tab stops polling; it resumes when shown.
     if (token && !document.hidden) schedule(Math.max(0, POLL_MS - (Date.now() - started)));
+  }
+
+  /** The carts part; its failure only blanks the cart cards (the overview says why nodes are down). */
+  async function readCarts() {
+    try {
+      return await admin("/admin/api/carts");
+    } catch (e) {
+      if (e.status === 401) throw e;
+      return { error: e.status === 404 ? "This front has no carts API (GET /admin/api/carts answered 404)." : e.detail };
+    }
+  }
+
+  function acceptCarts(c) {
+    carts = c || {};
+    if (Number.isFinite(carts.now_ms)) carts.skew = carts.now_ms - Date.now();
   }
 
   function accept(o) {
@@ -154,6 +176,7 @@
   function render() {
     renderNodes(overview.nodes || []);
     renderOrders(overview.orders || {});
+    renderCarts();
     renderChart();
     renderRecent();
     renderMessages();
@@ -189,6 +212,82 @@
     return h("div", { class: `tile ${cls}`, dataset: { key: label } },
       h("div", { class: "n", text: n }),
       h("div", { class: "k", text: label }));
+  }
+
+  // ---- Carts and held stock ----
+
+  /** "in 42 s" until `atMs` on the front's clock; "now" once past. */
+  function until(atMs) {
+    const left = atMs - (Date.now() + ((carts && carts.skew) || 0));
+    return left <= 0 ? "now" : `in ${Web.ago(left)}`;
+  }
+
+  function renderCarts() {
+    const c = carts || {};
+    $("carts-note").textContent = c.error ? `Couldn't read carts: ${c.error}` : "";
+    const counts = c.counts || {};
+    const held = Array.isArray(c.held) ? c.held : [];
+    const unknown = (v) => (v === null || v === undefined ? "–" : v);
+    $("cart-tiles").replaceChildren(
+      tile("open", unknown(c.counts ? counts.open : null), "pending"),
+      tile("checked out", unknown(c.counts ? counts.checked_out : null), "confirmed"),
+      tile("units held", c.held ? held.reduce((sum, r) => sum + r.held, 0) : "–", ""),
+    );
+
+    const expiring = Array.isArray(c.expiring) ? c.expiring : [];
+    $("expiring").replaceChildren(
+      ...expiring.map((x) =>
+        h("li", { dataset: { cartId: x.cart_id, sku: x.sku } },
+          h("span", { class: "mono", text: x.sku }), ` × ${x.quantity} `,
+          h("span", { class: "muted small" }, "cart ", h("span", { class: "mono", title: x.cart_id, text: x.cart_id.slice(0, 8) })),
+          h("span", { class: "when", title: new Date(x.expires_at_ms).toLocaleString(), text: until(x.expires_at_ms) }))),
+    );
+    if (expiring.length === 0) $("expiring").append(h("li", { class: "muted", text: c.expiring ? "No stock is held." : "–" }));
+
+    $("held").replaceChildren(
+      ...held.map((r) =>
+        h("tr", { dataset: { sku: r.sku } },
+          h("td", { class: "mono", text: r.sku }),
+          h("td", { class: "num held", text: r.held }),
+          h("td", { class: "num", text: r.carts }),
+          h("td", { class: "num", title: new Date(r.next_expiry_ms).toLocaleString(), text: until(r.next_expiry_ms) }))),
+    );
+    if (held.length === 0) {
+      $("held").append(h("tr", {}, h("td", { colspan: 4, class: "muted", text: c.held ? "No stock is held for carts." : "Inventory's holds can't be read right now." })));
+    }
+
+    const recent = Array.isArray(c.recent) ? c.recent : [];
+    $("carts").replaceChildren(
+      ...recent.map((cart) => {
+        const lines = Array.isArray(cart.lines) ? cart.lines : [];
+        const updated = cart.updated_at_ms ? Date.now() + ((c.skew) || 0) - cart.updated_at_ms : null;
+        return h("tr", { class: "cart-row", dataset: { cartId: cart.cart_id } },
+          h("td", { class: "mono", title: cart.cart_id, text: cart.cart_id.slice(0, 8) }),
+          h("td", {},
+            lines.length === 0 ? h("span", { class: "muted", text: "empty" }) : null,
+            ...lines.map((l) =>
+              h("div", { class: "cart-line-row", dataset: { sku: l.sku } },
+                `${l.quantity} × `, h("span", { class: "mono", text: l.sku }),
+                h("span", { class: `muted small${l.held < l.quantity ? " bad-text" : ""}`, text: ` (${l.held} held)` })))),
+          h("td", {}, holdsState(cart)),
+          h("td", { class: "num muted", text: updated === null ? "–" : `${Web.ago(updated)} ago` }));
+      }),
+    );
+    if (recent.length === 0) {
+      $("carts").append(h("tr", {}, h("td", { colspan: 4, class: "muted", text: c.recent ? "No open carts." : "–" })));
+    }
+  }
+
+  function holdsState(cart) {
+    const lines = Array.isArray(cart.lines) ? cart.lines : [];
+    if (lines.length === 0) return h("span", { class: "muted", text: "–" });
+    if (cart.holds_version < cart.version) return h("span", { class: "badge pending", text: "pending" });
+    if (cart.holds_expired) return h("span", { class: "badge low", text: "expired" });
+    if (cart.holds_expire_at_ms) {
+      return h("span", { title: new Date(cart.holds_expire_at_ms).toLocaleString() },
+        h("span", { class: "badge confirmed", text: "held" }), ` ends ${until(cart.holds_expire_at_ms)}`);
+    }
+    return h("span", { class: "badge rejected", text: "none held" });
   }
 
   const SVG = "http://www.w3.org/2000/svg";
@@ -297,6 +396,7 @@
           h("td", { class: "mono", text: r.sku }),
           h("td", { class: "num", text: r.available }),
           h("td", { class: "num", text: r.reserved }),
+          h("td", { class: "num", text: r.held === undefined ? "–" : r.held }),
           h("td", { class: "num hide-phone", text: r.initial }),
           h("td", { class: "num hide-phone", text: r.restocked }),
           h("td", {}, isLow ? h("span", { class: "badge low", text: r.available <= 0 ? "out" : "low" }) : null));
