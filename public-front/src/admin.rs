@@ -21,10 +21,11 @@ use axum::response::IntoResponse;
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 use shared::http::{Admin, ApiError, ErrorCode, PathParam};
 use shared::ids::{OrderId, Sku};
+use shared::view::HoldView;
 
 use crate::state::AppState;
 
@@ -105,14 +106,9 @@ const RECENT_CARTS: usize = 10;
 /// Holds the dashboard lists, the first to run out first.
 const EXPIRING_HOLDS: usize = 10;
 
-/// Stock inventory holds for an open cart, as it lists them (`GET /holds`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
-struct Hold {
-    cart_id: String,
-    sku: String,
-    quantity: i64,
-    expires_at_ms: i64,
-}
+/// Holds the dashboard reads at most (pages of 1000, by cart and SKU):
+/// beyond that the figures are marked as partial.
+const MAX_HOLDS: usize = 10_000;
 
 /// The stock held for carts of one SKU.
 #[derive(Debug, PartialEq, Eq, Serialize)]
@@ -127,7 +123,7 @@ struct HeldSku {
 }
 
 /// `holds` summed per SKU, the SKU whose stock comes back first on top.
-fn held_by_sku(holds: &[Hold]) -> Vec<HeldSku> {
+fn held_by_sku(holds: &[HoldView]) -> Vec<HeldSku> {
     let mut by_sku: std::collections::BTreeMap<&str, HeldSku> = std::collections::BTreeMap::new();
     for h in holds {
         let e = by_sku.entry(&h.sku).or_insert_with(|| HeldSku {
@@ -146,32 +142,55 @@ fn held_by_sku(holds: &[Hold]) -> Vec<HeldSku> {
 }
 
 /// The holds that run out first (ties by cart and SKU).
-fn expiring_first(mut holds: Vec<Hold>, n: usize) -> Vec<Hold> {
-    holds.sort_by(|a, b| {
-        (a.expires_at_ms, &a.cart_id, &a.sku).cmp(&(b.expires_at_ms, &b.cart_id, &b.sku))
-    });
+fn expiring_first(mut holds: Vec<HoldView>, n: usize) -> Vec<HoldView> {
+    holds.sort_by(|a, b| (a.expires_at_ms, &a.cart_id, &a.sku).cmp(&(b.expires_at_ms, &b.cart_id, &b.sku)));
     holds.truncate(n);
     holds
 }
 
+/// Inventory's holds, page by page, up to [`MAX_HOLDS`]; `true` if there
+/// are more.
+async fn read_holds(d: &crate::downstream::Downstream) -> Result<(Vec<HoldView>, bool), ApiError> {
+    const PAGE: usize = 1000;
+    let mut holds: Vec<HoldView> = Vec::new();
+    loop {
+        let after = holds.last().map(|h| format!("&after={}/{}", h.cart_id, h.sku)).unwrap_or_default();
+        let page: Vec<HoldView> = d.node_json("inventory", &format!("/holds?limit={PAGE}{after}")).await?;
+        let done = page.len() < PAGE;
+        holds.extend(page);
+        if done {
+            return Ok((holds, false));
+        }
+        if holds.len() >= MAX_HOLDS {
+            return Ok((holds, true));
+        }
+    }
+}
+
 /// Carts and the stock held for them. Each part is `null` while the node
-/// that has it doesn't answer, as in the overview. `now_ms` is the front's
-/// clock, so the page can show "in 40 s" whatever the browser's clock says.
+/// that has it doesn't answer, as in the overview; `holds_partial` says
+/// the held figures count only the first [`MAX_HOLDS`] holds. `now_ms` is
+/// the front's clock, so the page can show "in 40 s" whatever the
+/// browser's clock says.
 async fn carts(State(s): State<AppState>, _: Admin) -> Result<impl IntoResponse, ApiError> {
     let d = &s.downstream;
     let recent_path = format!("/carts?limit={RECENT_CARTS}");
     let (counts, recent, holds) = tokio::join!(
         d.node_json::<Value>("order", "/carts/counts"),
         d.node_json::<Value>("order", &recent_path),
-        d.node_json::<Vec<Hold>>("inventory", "/holds"),
+        read_holds(d),
     );
-    let holds = holds.ok();
+    let (holds, partial) = match holds {
+        Ok((holds, partial)) => (Some(holds), partial),
+        Err(_) => (None, false),
+    };
     Ok(Json(json!({
         "now_ms": shared::clock::now_ms(),
         "counts": counts.ok(),
         "recent": recent.ok(),
         "held": holds.as_deref().map(held_by_sku),
         "expiring": holds.map(|h| expiring_first(h, EXPIRING_HOLDS)),
+        "holds_partial": partial,
     })))
 }
 
@@ -249,8 +268,8 @@ async fn update_product(
 mod tests {
     use super::*;
 
-    fn hold(cart: &str, sku: &str, quantity: i64, expires_at_ms: i64) -> Hold {
-        Hold { cart_id: cart.into(), sku: sku.into(), quantity, expires_at_ms }
+    fn hold(cart: &str, sku: &str, quantity: i64, expires_at_ms: i64) -> HoldView {
+        HoldView { cart_id: cart.into(), sku: sku.into(), quantity, expires_at_ms }
     }
 
     #[test]

@@ -226,15 +226,39 @@ async fn the_cart_is_kept_by_the_shop_holds_its_stock_and_checks_out() {
     wait_card_stock(&b, TENT, before - 2).await;
     b.screenshot("held").await;
 
+    // A second tab shows the same cart, and a change there reaches the first.
+    let first = b.client.window().await.expect("this tab");
+    let second = b.client.new_window(true).await.expect("a second tab").handle;
+    b.client.switch_to_window(second).await.expect("to the second tab");
+    b.goto(&shop.front_url("/?q=Ridgeline")).await;
+    b.wait_until(
+        "the same cart in the second tab",
+        "return document.querySelector(arguments[0])?.textContent === '2'",
+        vec![json!(qty)],
+    )
+    .await;
+    b.click(&format!("{} .stepper button[aria-label^='One more']", cart_line(TENT))).await;
+    b.wait_until(
+        "the second tab's cart to hold 3",
+        "return document.getElementById('cart-count').textContent === '3'",
+        vec![],
+    )
+    .await;
+    b.client.close_window().await.expect("closing the second tab");
+    b.client.switch_to_window(first).await.expect("back to the first tab");
+    b.wait_until("the first tab to follow", "return document.getElementById('cart-count').textContent === '3'", vec![])
+        .await;
+    wait_hold(&b, TENT, "held").await;
+
     // Check out the cart the shop has.
     b.fill("#email", "ada@example.com").await;
     b.click("#place-order").await;
     let id = order_page_id(&b).await;
     wait_status(&b, "confirmed").await;
     let order = shop.wait_status(&id, "confirmed").await;
-    assert_eq!(order["cart_id"], json!(cart_id), "{order}");
-    assert_eq!((order["items"][0]["sku"].as_str(), order["items"][0]["quantity"].as_i64()), (Some(TENT), Some(2)));
-    assert_eq!(shop.available(TENT).await, before - 2, "the hold became the reservation");
+    assert_eq!((order["items"][0]["sku"].as_str(), order["items"][0]["quantity"].as_i64()), (Some(TENT), Some(3)));
+    assert_eq!(shop.available(TENT).await, before - 3, "the hold became the reservation");
+    // The order is the cart's.
     let (_, cart) = shop.get(shop.front_url(&format!("/api/carts/{cart_id}"))).await;
     assert_eq!((cart["status"].as_str(), cart["order_id"].as_str()), (Some("checked_out"), Some(id.as_str())));
 
@@ -317,19 +341,24 @@ async fn the_dashboard_shows_open_carts_and_their_held_stock() {
     b.wait_visible("#dash").await;
     b.wait_until(
         "the cart among the open carts, with its line",
-        "const row = document.querySelector(`#carts tr.cart-row[data-cart-id='${arguments[0]}']`);          const line = row?.querySelector(`.cart-line-row[data-sku='${arguments[1]}']`);          return !!line && /^2 ×/.test(line.textContent) && /\(2 held\)/.test(line.textContent)            && !!row.querySelector('.badge.confirmed');",
+        "const row = document.querySelector(`#carts tr.cart-row[data-cart-id='${arguments[0]}']`); \
+         const line = row?.querySelector(`.cart-line-row[data-sku='${arguments[1]}']`); \
+         return !!line && /^2 ×/.test(line.textContent) && /\\(2 held\\)/.test(line.textContent) \
+           && !!row.querySelector('.badge.confirmed');",
         vec![json!(cart_id), json!(TENT)],
     )
     .await;
     b.wait_until(
         "the held stock of the tent",
-        "const row = document.querySelector(`#held tr[data-sku='${arguments[0]}']`);          return row?.querySelector('.held').textContent === '2' && row.children[2].textContent === '1'            && /^in \d+ (s|min)$/.test(row.children[3].textContent);",
+        "const row = document.querySelector(`#held tr[data-sku='${arguments[0]}']`); \
+         return row?.querySelector('.held').textContent === '2' && row.children[2].textContent === '1' \
+           && /^in \\d+ (s|min)$/.test(row.children[3].textContent);",
         vec![json!(TENT)],
     )
     .await;
     b.wait_until(
         "one open cart",
-        "return document.querySelector("#cart-tiles [data-key='open'] .n")?.textContent === '1'",
+        "return document.querySelector(\"#cart-tiles [data-key='open'] .n\")?.textContent === '1'",
         vec![],
     )
     .await;
@@ -365,7 +394,8 @@ async fn checkout_retries_with_the_same_key_while_the_order_service_is_down() {
     )
     .await;
     let saved = b.js("return JSON.parse(localStorage.getItem('webshop.cart.v2'))", vec![]).await;
-    let key = saved["attempt"]["key"].as_str().expect("the checkout's Idempotency-Key is kept with the cart").to_owned();
+    let key =
+        saved["attempt"]["key"].as_str().expect("the checkout's Idempotency-Key is kept with the cart").to_owned();
     let cart = shared::ids::CartId::parse(saved["id"].as_str().expect("the cart's id")).expect("a cart id");
     b.screenshot("retrying").await;
 
@@ -412,6 +442,9 @@ async fn more_than_available_is_rejected_with_the_reason_and_sold_out_cannot_be_
     b.click(&format!("{card} .add")).await;
     b.wait_until("the cart to hold 3", "return document.getElementById('cart-count').textContent === '3'", vec![])
         .await;
+    // Inventory holds the one there is.
+    wait_hold(&b, LAST_PACK, "short").await;
+    assert_eq!(b.text(&format!("{} .hold", cart_line(LAST_PACK))).await, "Only 1 held: 2 short");
     b.fill("#email", "grace@example.com").await;
     b.screenshot("cart").await;
     b.click("#place-order").await;

@@ -224,7 +224,9 @@
 
   function renderCarts() {
     const c = carts || {};
-    $("carts-note").textContent = c.error ? `Couldn't read carts: ${c.error}` : "";
+    $("carts-note").textContent = c.error
+      ? `Couldn't read carts: ${c.error}`
+      : (c.holds_partial ? "Held figures count the first 10,000 holds only." : "");
     const counts = c.counts || {};
     const held = Array.isArray(c.held) ? c.held : [];
     const unknown = (v) => (v === null || v === undefined ? "–" : v);
