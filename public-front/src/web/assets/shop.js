@@ -184,6 +184,8 @@
   }
 
   function pollDelay() {
+    // The cart couldn't be read at all: try again, but not every second.
+    if (!view && readError) return POLL_MS;
     if (!view || staleStock.size > 0 || view.lines.some((l) => l.hold === "pending")) return POLL_SOON_MS;
     const left = holdsLeftMs();
     return left !== null && left < POLL_MS + POLL_SOON_MS ? POLL_SOON_MS : POLL_MS;
