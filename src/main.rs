@@ -298,6 +298,10 @@ struct Up {
     /// Bearer token for the front's /admin routes (unset: admin disabled).
     #[arg(long, env = "WEBSHOP_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// How long inventory holds a cart's stock after the cart last changed,
+    /// in seconds (inventory's `hold_secs`).
+    #[arg(long, default_value_t = 900.0)]
+    hold_secs: f64,
     /// Log filter (`RUST_LOG` wins).
     #[arg(long, default_value = "info,rumqttd=warn")]
     log: String,
@@ -704,6 +708,7 @@ impl Nodes {
                 db: node_db(up, "inventory", "inventory"),
                 log: log.clone(),
                 admin_token: admin_token(),
+                hold_secs: up.hold_secs,
                 ..Default::default()
             },
             shutdown.clone(),
