@@ -3,6 +3,9 @@
 //! (`inventory/held`, because `expired`). The cart stays open; its next
 //! hold request holds again.
 //!
+//! Every second it also forgets carts that hold nothing and are past
+//! `db.retention.carts_secs`.
+//!
 //! Any instance may run it on a shared PostgreSQL database: a round claims
 //! carts with `FOR UPDATE SKIP LOCKED` (a cart another instance's consumer
 //! or timer has is left for later), then locks product rows in SKU order
@@ -30,10 +33,17 @@ const CHUNKS_PER_TICK: usize = 10;
 pub async fn run(db: Db, wakeup: Wakeup, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if now_ms() - last_prune > PRUNE_EVERY_MS {
+            last_prune = now_ms();
+            if let Err(e) = prune_carts(&db).await {
+                tracing::warn!(error = %e, "pruning old carts failed");
+            }
         }
         for _ in 0..CHUNKS_PER_TICK {
             match pass(&db, now_ms(), CHUNK).await {
@@ -50,6 +60,23 @@ pub async fn run(db: Db, wakeup: Wakeup, shutdown: CancellationToken) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// How often carts past `db.retention.carts_secs` are forgotten.
+const PRUNE_EVERY_MS: i64 = 1_000;
+
+/// Forgets the carts that hold nothing and are past their retention, a
+/// chunk per transaction.
+pub async fn prune_carts(db: &Db) -> DbResult<u64> {
+    let before = now_ms() - (db.retention().carts_secs * 1000.0) as i64;
+    let mut total = 0;
+    loop {
+        let n = db.write(move |tx| store::prune_carts(tx, before, 1000)).await?;
+        total += n;
+        if n < 1000 {
+            return Ok(total);
         }
     }
 }

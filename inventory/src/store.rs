@@ -657,6 +657,18 @@ fn write_carts(tx: &mut Tx<'_>, carts: &[(CartId, CartHolds)]) -> DbResult<()> {
 /// locked and rows another instance holds (its consumer or its timer) are
 /// skipped, so instances never wait on each other here; the caller then
 /// locks product rows in SKU order, like the consumer.
+/// Forgets up to `limit` carts (inventory's record of their holds) that
+/// hold nothing and weren't changed since `before` (ms). Returns how many.
+pub fn prune_carts(tx: &mut Tx<'_>, before: i64, limit: i64) -> DbResult<u64> {
+    tx.execute(
+        "DELETE FROM carts WHERE cart_id IN
+             (SELECT c.cart_id FROM carts c
+              WHERE c.updated_at < $1 AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.cart_id = c.cart_id)
+              ORDER BY c.updated_at LIMIT $2)",
+        &[&before, &limit],
+    )
+}
+
 pub fn claim_expired_carts(tx: &mut Tx<'_>, now_ms: i64, limit: i64) -> DbResult<Vec<CartId>> {
     let sql = match tx.backend() {
         Backend::Sqlite => {

@@ -3,7 +3,8 @@
 //! `orders/send`; inventory repeats a decision it already made), and a
 //! cancellation is re-sent until inventory confirms the release, also for
 //! an order known only by its tombstone (inventory reserved for an order
-//! that never arrived here). Backs off per order up to a minute.
+//! that never arrived here). Backs off per order up to a minute. Every
+//! second it also forgets carts past `db.retention.carts_secs`.
 
 use std::time::Duration;
 
@@ -19,10 +20,17 @@ use crate::store;
 pub async fn run(db: Db, wakeup: Wakeup, follow_up_ms: i64, shutdown: CancellationToken) {
     let period = Duration::from_millis((follow_up_ms / 4).clamp(20, 1000) as u64);
     let mut tick = tokio::time::interval(period);
+    let mut last_prune = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if now_ms() - last_prune > PRUNE_EVERY_MS {
+            last_prune = now_ms();
+            if let Err(e) = prune_carts(&db).await {
+                tracing::warn!(error = %e, "pruning old carts failed");
+            }
         }
         match pass(&db, follow_up_ms).await {
             Ok(0) => {}
@@ -31,6 +39,22 @@ pub async fn run(db: Db, wakeup: Wakeup, follow_up_ms: i64, shutdown: Cancellati
                 wakeup.wake();
             }
             Err(e) => tracing::warn!(error = %e, "follow-up pass failed"),
+        }
+    }
+}
+
+/// How often carts past `db.retention.carts_secs` are forgotten.
+const PRUNE_EVERY_MS: i64 = 1_000;
+
+/// Forgets carts past their retention, a chunk per transaction.
+pub async fn prune_carts(db: &Db) -> DbResult<u64> {
+    let before = now_ms() - (db.retention().carts_secs * 1000.0) as i64;
+    let mut total = 0;
+    loop {
+        let n = db.write(move |tx| crate::carts::store::prune(tx, before, 1000)).await?;
+        total += n;
+        if n < 1000 {
+            return Ok(total);
         }
     }
 }

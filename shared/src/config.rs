@@ -175,11 +175,15 @@ pub struct Retention {
     pub inbox_secs: f64,
     /// Timeline notes. Default 604800 (7 days).
     pub timeline_secs: f64,
+    /// Carts untouched this long with nothing held: checked out, or
+    /// abandoned. Default 2592000 (30 days); at least 3600, and best well
+    /// above inventory's `hold_secs`.
+    pub carts_secs: f64,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { sent_events_secs: 86_400.0, inbox_secs: 604_800.0, timeline_secs: 604_800.0 }
+        Self { sent_events_secs: 86_400.0, inbox_secs: 604_800.0, timeline_secs: 604_800.0, carts_secs: 2_592_000.0 }
     }
 }
 
@@ -192,6 +196,11 @@ impl Retention {
         ] {
             anyhow::ensure!(v.is_finite() && v >= 60.0, "db.retention.{key} must be at least 60 (seconds), not {v}");
         }
+        let carts = self.carts_secs;
+        anyhow::ensure!(
+            carts.is_finite() && carts >= 3600.0,
+            "db.retention.carts_secs must be at least 3600 (seconds), not {carts}"
+        );
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
 //! `webshop bench` as a user runs it, in a tiny configuration: it starts
 //! its own shop, runs every phase (bus-observed, polling and long-polling
-//! clients among them), and writes the result files.
+//! clients and server carts among them), and writes the result files.
 
 use std::process::Command;
 
@@ -29,7 +29,16 @@ fn bench_runs_every_phase_and_writes_its_results() {
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["catalog", "order-closed", "order-poll-20ms", "order-poll-5ms", "order-long-poll", "cancel", "order-open"]
+        [
+            "catalog",
+            "order-closed",
+            "order-poll-20ms",
+            "order-poll-5ms",
+            "order-long-poll",
+            "cancel",
+            "cart-checkout",
+            "order-open"
+        ]
     );
     let targets = result["targets"].as_array().unwrap();
     for t in ["polling every 20 ms", "long polls"] {

@@ -161,6 +161,9 @@ impl Cluster {
             e(&[
                 ("WEBSHOP_INVENTORY__LISTEN", format!("127.0.0.1:{inventory}")),
                 ("WEBSHOP_INVENTORY__BUS__PORT", broker.to_string()),
+                // Holds run out while the carts' customers check out, so
+                // the expiry timer runs through the crash too.
+                ("WEBSHOP_INVENTORY__HOLD_SECS", "1".into()),
             ])
             .into_iter()
             .chain(store.env("inventory", dir.path()))

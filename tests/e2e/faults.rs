@@ -1,7 +1,7 @@
 //! Load under faults: concurrent customers place and cancel orders (every
-//! fourth through a server cart, whose stock inventory holds) while a
-//! chaos proxy between the nodes and the broker duplicates, delays and
-//! reorders their publishes and cuts connections. Afterwards every order
+//! fourth through a server cart, whose stock inventory holds for a second)
+//! while a chaos proxy between the nodes and the broker duplicates, delays
+//! and reorders their publishes and cuts connections. Afterwards every order
 //! that got a 202 is settled and the audit passes.
 
 use std::sync::atomic::Ordering;
@@ -52,7 +52,8 @@ async fn hundreds_of_orders_and_cancels_through_a_chaos_proxy() {
         seed: 7,
         withhold_ack: None,
     };
-    let shop = Arc::new(Shop::start_with(BrokerKind::Embedded, Some(faults)).await.unwrap());
+    // Holds of one second: some run out before their cart's checkout.
+    let shop = Arc::new(Shop::start_with_holding(BrokerKind::Embedded, faults, 1.0).await.unwrap());
     let tally = Arc::new(Tally::default());
     let mut clients = Vec::new();
     for c in 0..CLIENTS {

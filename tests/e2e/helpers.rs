@@ -365,6 +365,16 @@ impl Shop {
         Self::launch(kind, StoreAt::sqlite(), faults, None, None, None).await
     }
 
+    /// The shop behind a chaos proxy with inventory's holds lasting
+    /// `hold_secs`.
+    pub async fn start_with_holding(
+        kind: BrokerKind,
+        faults: webshop::tools::chaos::Faults,
+        hold_secs: f64,
+    ) -> Option<Shop> {
+        Self::launch(kind, StoreAt::sqlite(), Some(faults), None, None, Some(hold_secs)).await
+    }
+
     /// The shop on the embedded broker with its data on PostgreSQL; `None`
     /// when PostgreSQL isn't installed.
     pub async fn start_postgres() -> Option<Shop> {

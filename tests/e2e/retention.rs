@@ -18,11 +18,18 @@ const TABLES: [(&str, &str); 3] = [("outbox", "sent_at"), ("inbox", "received_at
 
 /// Runs `sql` against the order service's database, whichever store it is.
 async fn order_db(shop: &Shop, sql: &str) -> i64 {
+    db(shop, "order", sql).await
+}
+
+/// Runs `sql` against `service`'s database: a count for a SELECT, else the
+/// rows changed.
+async fn db(shop: &Shop, service: &str, sql: &str) -> i64 {
     match &shop.store.url {
         Some(url) => {
             use sqlx::{Connection, Row};
             let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-            sqlx::query("SET search_path TO orders").execute(&mut c).await.unwrap();
+            let schema = if service == "order" { "orders" } else { service };
+            sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut c).await.unwrap();
             let n = match sql.starts_with("SELECT") {
                 true => sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<i64, _>(0),
                 false => sqlx::query(sql).execute(&mut c).await.unwrap().rows_affected() as i64,
@@ -32,7 +39,7 @@ async fn order_db(shop: &Shop, sql: &str) -> i64 {
         }
         None => {
             use sqlx::Row;
-            let file = shop.dir.path().join("order.db");
+            let file = shop.dir.path().join(format!("{service}.db"));
             let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display())).await.unwrap();
             let n = match sql.starts_with("SELECT") {
                 true => sqlx::query(sql).fetch_one(&pool).await.unwrap().get::<i64, _>(0),
@@ -107,6 +114,41 @@ async fn old_records_are_pruned_and_new_ones_kept(shop: Shop) {
     // The books are untouched by the prune.
     for id in &ids {
         shop.wait_status(id, "confirmed").await;
+    }
+
+    // A checked-out cart, aged past `db.retention.carts_secs` at both
+    // services, is forgotten by both; a fresh one stays.
+    let base = shop.front_url("");
+    for key in ["prune-cart-old", "prune-cart-new"] {
+        checkout_cart_until_accepted(&shop.http, &base, key, "FUEL-230G-001", 1, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    for service in ["order", "inventory"] {
+        eventually(&format!("{service} to know both carts"), || async {
+            (db(&shop, service, "SELECT COUNT(*) FROM carts").await == 2).then_some(())
+        })
+        .await;
+    }
+    let old =
+        order_db(&shop, "SELECT COUNT(*) FROM carts WHERE updated_at = (SELECT MIN(updated_at) FROM carts)").await;
+    assert_eq!(old, 1);
+    for service in ["order", "inventory"] {
+        let aged = db(
+            &shop,
+            service,
+            &format!(
+                "UPDATE carts SET updated_at = updated_at - {}
+                 WHERE updated_at = (SELECT MIN(updated_at) FROM carts)",
+                40 * 24 * 3600 * 1000_i64
+            ),
+        )
+        .await;
+        assert_eq!(aged, 1, "{service}");
+        eventually(&format!("{service} to forget the old cart"), || async {
+            (db(&shop, service, "SELECT COUNT(*) FROM carts").await == 1).then_some(())
+        })
+        .await;
     }
     shop.audit().await;
 }

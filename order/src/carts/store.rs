@@ -67,6 +67,17 @@ pub fn save(tx: &mut Tx<'_>, c: &Cart) -> DbResult<()> {
     Ok(())
 }
 
+/// Forgets up to `limit` carts nobody changed since `before` (ms): by
+/// then a cart holds nothing, since every expiry inventory reports
+/// changes it. Returns how many.
+pub fn prune(tx: &mut Tx<'_>, before: i64, limit: i64) -> DbResult<u64> {
+    tx.execute(
+        "DELETE FROM carts WHERE cart_id IN
+             (SELECT cart_id FROM carts WHERE updated_at < $1 ORDER BY updated_at LIMIT $2)",
+        &[&before, &limit],
+    )
+}
+
 /// One cart, on the read pool.
 pub async fn read(reader: &Reader, id: CartId) -> DbResult<Option<Cart>> {
     reader.fetch_opt(&format!("SELECT {COLUMNS} FROM carts WHERE cart_id = $1"), &[&id.to_string()], cart).await

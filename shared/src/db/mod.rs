@@ -541,6 +541,11 @@ impl Db {
         result.await.unwrap_or_else(|_| Err(DbError::Closed.into()))
     }
 
+    /// How long the database keeps what (`db.retention`).
+    pub fn retention(&self) -> crate::config::Retention {
+        self.retention
+    }
+
     /// Closes the writer and the read pool; on SQLite, folds the WAL into
     /// the main file first, so the `.db` file alone is a complete copy after
     /// a clean stop.

@@ -60,6 +60,7 @@ impl Settings {
                 sent_events_secs: s,
                 inbox_secs: s,
                 timeline_secs: s,
+                carts_secs: s.max(3600.0),
             }),
             ..Default::default()
         })
