@@ -33,17 +33,13 @@ const CHUNKS_PER_TICK: usize = 10;
 pub async fn run(db: Db, wakeup: Wakeup, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_prune = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if now_ms() - last_prune > PRUNE_EVERY_MS {
-            last_prune = now_ms();
-            if let Err(e) = prune_carts(&db).await {
-                tracing::warn!(error = %e, "pruning old carts failed");
-            }
+        if let Err(e) = prune_carts(&db).await {
+            tracing::warn!(error = %e, "pruning old carts failed; trying again on the next tick");
         }
         for _ in 0..CHUNKS_PER_TICK {
             match pass(&db, now_ms(), CHUNK).await {
@@ -63,9 +59,6 @@ pub async fn run(db: Db, wakeup: Wakeup, shutdown: CancellationToken) {
         }
     }
 }
-
-/// How often carts past `db.retention.carts_secs` are forgotten.
-const PRUNE_EVERY_MS: i64 = 1_000;
 
 /// Forgets the carts that hold nothing and are past their retention, a
 /// chunk per transaction.

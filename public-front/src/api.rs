@@ -152,16 +152,24 @@ impl<S: Send + Sync> FromRequest<S> for PlaceOrder {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<PlaceOrder>::from_request(req, state).await {
-            Ok(axum::Json(order)) => Ok(order),
-            Err(e @ JsonRejection::JsonSyntaxError(_)) => {
-                Err(ApiError::bad_request(ErrorCode::MalformedJson, e.body_text()))
-            }
-            Err(e @ JsonRejection::JsonDataError(_)) => {
-                Err(ApiError::unprocessable(ErrorCode::InvalidOrder, e.body_text()))
-            }
-            Err(e) => Err(rejection(e.body_text(), e.status())),
+        json_body(req, state, ErrorCode::InvalidOrder).await
+    }
+}
+
+/// A JSON request body: JSON that doesn't parse is a 400 `malformed_json`,
+/// JSON of the wrong shape a 422 with `invalid` as its code.
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned, S: Send + Sync>(
+    req: Request,
+    state: &S,
+    invalid: ErrorCode,
+) -> Result<T, ApiError> {
+    match axum::Json::<T>::from_request(req, state).await {
+        Ok(axum::Json(body)) => Ok(body),
+        Err(e @ JsonRejection::JsonSyntaxError(_)) => {
+            Err(ApiError::bad_request(ErrorCode::MalformedJson, e.body_text()))
         }
+        Err(e @ JsonRejection::JsonDataError(_)) => Err(ApiError::unprocessable(invalid, e.body_text())),
+        Err(e) => Err(rejection(e.body_text(), e.status())),
     }
 }
 
@@ -321,28 +329,41 @@ async fn price(s: &Front, req: PlaceOrder, fingerprint: String) -> Result<(SendO
     skus.dedup();
     let priced = s.downstream.products(&skus).await?;
     let mut lines = Vec::with_capacity(req.items.len());
-    let mut currency: Option<&str> = None;
+    let mut currency = None;
     for line in &req.items {
-        let p = priced.products.iter().find(|p| p.sku == line.sku.as_str()).ok_or_else(|| {
-            ApiError::unprocessable(ErrorCode::UnknownSku, format!("There is no product with SKU {}.", line.sku))
-        })?;
-        if currency.is_some_and(|c| c != p.currency) {
-            return Err(ApiError::unprocessable(
-                ErrorCode::MixedCurrencies,
-                "All items of an order must share one currency.",
-            ));
-        }
-        currency = Some(&p.currency);
-        lines.push(OrderLine { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents: p.price_cents });
+        let unit_price_cents = unit_price(&priced, &line.sku, &mut currency)?;
+        lines.push(OrderLine { sku: line.sku.clone(), quantity: line.quantity, unit_price_cents });
     }
     let send = SendOrder {
         customer_email: req.customer_email,
         items: lines,
-        currency: currency.unwrap_or("EUR").to_owned(),
+        currency: currency.unwrap_or_else(|| "EUR".to_owned()),
         fingerprint,
         cart_id: None,
     };
     Ok((send, priced.stale_age))
+}
+
+/// The catalog's unit price of `sku`, checking that it shares `currency`
+/// with the SKUs priced before it (and setting it for the first): 422
+/// `unknown_sku` for a SKU the catalog lacks, 422 `mixed_currencies`.
+pub(crate) fn unit_price(
+    priced: &crate::downstream::Priced,
+    sku: &Sku,
+    currency: &mut Option<String>,
+) -> Result<i64, ApiError> {
+    let p = priced.products.iter().find(|p| p.sku == sku.as_str()).ok_or_else(|| {
+        ApiError::unprocessable(ErrorCode::UnknownSku, format!("There is no product with SKU {sku}."))
+    })?;
+    match currency {
+        Some(c) if *c != p.currency => {
+            Err(ApiError::unprocessable(ErrorCode::MixedCurrencies, "All items of an order must share one currency."))
+        }
+        _ => {
+            *currency = Some(p.currency.clone());
+            Ok(p.price_cents)
+        }
+    }
 }
 
 /// The answer to an order the order service has committed: 202 with its
@@ -414,7 +435,8 @@ pub(crate) struct OrderView {
     updated_at: OffsetDateTime,
 }
 
-fn at(ms: i64) -> OffsetDateTime {
+/// A time in epoch milliseconds, for the JSON the API answers with.
+pub(crate) fn at(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 

@@ -12,7 +12,6 @@
 
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -21,14 +20,16 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::http::{rejection, ApiError, ErrorCode, Json, PathParam};
+use shared::http::{ApiError, ErrorCode, Json, PathParam};
 use shared::ids::{CartId, Email, OrderId, Sku};
 use shared::message::{CartChanged, CartCommand, CartRefusal, Checkout, Envelope, LinePrice, OrderStatus};
 use shared::topics::Topic;
 use shared::view::{Cart, CartStatus, Product};
 use time::OffsetDateTime;
 
-use crate::api::{accepted, committed, idempotency_key, not_committed, publish, request_span, settled, traceparent};
+use crate::api::{
+    accepted, at, committed, idempotency_key, json_body, not_committed, publish, request_span, settled, traceparent,
+};
 use crate::state::{AppState, Front};
 
 pub fn routes() -> Router<AppState> {
@@ -99,10 +100,6 @@ pub(crate) struct CartView {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     updated_at: OffsetDateTime,
-}
-
-fn at(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// How a line of `cart` is held.
@@ -258,20 +255,14 @@ impl<S: Send + Sync> FromRequest<S> for SetQuantity {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<SetQuantity>::from_request(req, state).await {
-            Ok(axum::Json(q)) if q.quantity <= shared::ids::Quantity::MAX => Ok(q),
-            Ok(_) => Err(ApiError::unprocessable(
+        let q: SetQuantity = json_body(req, state, ErrorCode::InvalidRequest).await?;
+        if q.quantity > shared::ids::Quantity::MAX {
+            return Err(ApiError::unprocessable(
                 ErrorCode::InvalidRequest,
                 format!("quantity must be between 0 and {}", shared::ids::Quantity::MAX),
-            )),
-            Err(e @ JsonRejection::JsonSyntaxError(_)) => {
-                Err(ApiError::bad_request(ErrorCode::MalformedJson, e.body_text()))
-            }
-            Err(e @ JsonRejection::JsonDataError(_)) => {
-                Err(ApiError::unprocessable(ErrorCode::InvalidRequest, e.body_text()))
-            }
-            Err(e) => Err(rejection(e.body_text(), e.status())),
+            ));
         }
+        Ok(q)
     }
 }
 
@@ -354,16 +345,7 @@ impl<S: Send + Sync> FromRequest<S> for CheckoutRequest {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<CheckoutRequest>::from_request(req, state).await {
-            Ok(axum::Json(c)) => Ok(c),
-            Err(e @ JsonRejection::JsonSyntaxError(_)) => {
-                Err(ApiError::bad_request(ErrorCode::MalformedJson, e.body_text()))
-            }
-            Err(e @ JsonRejection::JsonDataError(_)) => {
-                Err(ApiError::unprocessable(ErrorCode::InvalidOrder, e.body_text()))
-            }
-            Err(e) => Err(rejection(e.body_text(), e.status())),
-        }
+        json_body(req, state, ErrorCode::InvalidOrder).await
     }
 }
 
@@ -414,25 +396,16 @@ pub(crate) async fn checkout(
         let skus: Vec<Sku> = cart.lines.iter().map(|l| l.sku.clone()).collect();
         let priced = s.downstream.products(&skus).await?;
         let mut prices = Vec::with_capacity(skus.len());
-        let mut currency: Option<&str> = None;
+        let mut currency = None;
         for sku in skus {
-            let p = priced.products.iter().find(|p| p.sku == sku.as_str()).ok_or_else(|| {
-                ApiError::unprocessable(ErrorCode::UnknownSku, format!("There is no product with SKU {sku}."))
-            })?;
-            if currency.is_some_and(|c| c != p.currency) {
-                return Err(ApiError::unprocessable(
-                    ErrorCode::MixedCurrencies,
-                    "All items of an order must share one currency.",
-                ));
-            }
-            currency = Some(&p.currency);
-            prices.push(LinePrice { sku, unit_price_cents: p.price_cents });
+            let unit_price_cents = crate::api::unit_price(&priced, &sku, &mut currency)?;
+            prices.push(LinePrice { sku, unit_price_cents });
         }
         let checkout = Checkout {
             version: cart.version,
             order_id,
             customer_email: req.customer_email,
-            currency: currency.unwrap_or("EUR").to_owned(),
+            currency: currency.unwrap_or_else(|| "EUR".to_owned()),
             prices,
             fingerprint: fingerprint.clone(),
         };

@@ -148,64 +148,19 @@ impl Fleet {
     async fn start() -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let [broker, inventory, order] = [free_port(), free_port(), free_port()];
-        let e = |pairs: &[(&str, String)]| -> HashMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-        };
         let store = StoreAt::sqlite();
-        let b = Proc::spawn(
-            dir.path(),
-            "broker",
-            "broker",
-            e(&[
-                ("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}")),
-                ("WEBSHOP_BROKER__METRICS_LISTEN", format!("127.0.0.1:{}", free_port())),
-            ]),
-            None,
-        );
-        let i = Proc::spawn(
-            dir.path(),
-            "inventory",
-            "inventory",
-            e(&[
-                ("WEBSHOP_INVENTORY__LISTEN", format!("127.0.0.1:{inventory}")),
-                ("WEBSHOP_INVENTORY__BUS__PORT", broker.to_string()),
-            ])
-            .into_iter()
-            .chain(store.env("inventory", dir.path()))
-            .collect(),
-            None,
-        );
-        let o = Proc::spawn(
-            dir.path(),
-            "order",
-            "order",
-            e(&[
-                ("WEBSHOP_ORDER__LISTEN", format!("127.0.0.1:{order}")),
-                ("WEBSHOP_ORDER__BUS__PORT", broker.to_string()),
-            ])
-            .into_iter()
-            .chain(store.env("order", dir.path()))
-            .collect(),
-            None,
-        );
+        let b = Proc::broker(dir.path(), broker);
+        let i = Proc::node(dir.path(), "inventory", "inventory", inventory, broker, &store, &[], None);
+        let o = Proc::node(dir.path(), "order", "order", order, broker, &store, &[], None);
         let front_ports = vec![free_port(), free_port()];
+        let settings = [
+            ("INVENTORY_URL", format!("http://127.0.0.1:{inventory}")),
+            ("ORDER_URL", format!("http://127.0.0.1:{order}")),
+        ];
         let fronts = front_ports
             .iter()
             .zip(["front1", "front2"])
-            .map(|(port, name)| {
-                Proc::spawn(
-                    dir.path(),
-                    name,
-                    "front",
-                    e(&[
-                        ("WEBSHOP_FRONT__LISTEN", format!("127.0.0.1:{port}")),
-                        ("WEBSHOP_FRONT__BUS__PORT", broker.to_string()),
-                        ("WEBSHOP_FRONT__INVENTORY_URL", format!("http://127.0.0.1:{inventory}")),
-                        ("WEBSHOP_FRONT__ORDER_URL", format!("http://127.0.0.1:{order}")),
-                    ]),
-                    None,
-                )
-            })
+            .map(|(port, name)| Proc::node(dir.path(), name, "front", *port, broker, &store, &settings, None))
             .collect();
         let fleet = Fleet { dir, _broker: b, _inventory: i, _order: o, fronts, front_ports, http: http_client(None) };
         for port in [inventory, order].iter().chain(&fleet.front_ports) {

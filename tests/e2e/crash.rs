@@ -25,7 +25,49 @@ pub(crate) struct Proc {
     child: Option<Child>,
 }
 
+/// Environment variables from `(name, value)` pairs.
+pub(crate) fn env(pairs: &[(&str, String)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
 impl Proc {
+    /// The broker as a process listening on `port` (its metrics on a free
+    /// port).
+    pub(crate) fn broker(dir: &std::path::Path, port: u16) -> Proc {
+        let settings = env(&[
+            ("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{port}")),
+            ("WEBSHOP_BROKER__METRICS_LISTEN", format!("127.0.0.1:{}", free_port())),
+        ]);
+        Proc::spawn(dir, "broker", "broker", settings, None)
+    }
+
+    /// Service node `kind` (`inventory`, `order` or `front`) as process
+    /// `name`, listening on `port`, on the broker at `broker`; inventory and
+    /// order keep their data in `store`. `settings` are more of the node's
+    /// keys, below its `WEBSHOP_<NODE>__` prefix.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn node(
+        dir: &std::path::Path,
+        name: &'static str,
+        kind: &'static str,
+        port: u16,
+        broker: u16,
+        store: &StoreAt,
+        settings: &[(&str, String)],
+        failpoints: Option<&str>,
+    ) -> Proc {
+        let prefix = format!("WEBSHOP_{}__", kind.to_ascii_uppercase());
+        let mut vars = env(&[
+            (&format!("{prefix}LISTEN"), format!("127.0.0.1:{port}")),
+            (&format!("{prefix}BUS__PORT"), broker.to_string()),
+        ]);
+        vars.extend(settings.iter().map(|(k, v)| (format!("{prefix}{k}"), v.clone())));
+        if kind != "front" {
+            vars.extend(store.env(kind, dir));
+        }
+        Proc::spawn(dir, name, kind, vars, failpoints)
+    }
+
     pub(crate) fn spawn(
         dir: &std::path::Path,
         name: &'static str,
@@ -143,60 +185,20 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let [broker, inventory, order, front] = [free_port(), free_port(), free_port(), free_port()];
         let fp = |v| if v == victim { failpoints } else { None };
-        let e = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-        let b = Proc::spawn(
-            dir.path(),
-            "broker",
-            "broker",
-            e(&[
-                ("WEBSHOP_BROKER__LISTEN", format!("127.0.0.1:{broker}")),
-                ("WEBSHOP_BROKER__METRICS_LISTEN", format!("127.0.0.1:{}", free_port())),
-            ]),
-            None,
-        );
-        let i = Proc::spawn(
-            dir.path(),
-            "inventory",
-            "inventory",
-            e(&[
-                ("WEBSHOP_INVENTORY__LISTEN", format!("127.0.0.1:{inventory}")),
-                ("WEBSHOP_INVENTORY__BUS__PORT", broker.to_string()),
-                // Holds run out while the carts' customers check out, so
-                // the expiry timer runs through the crash too.
-                ("WEBSHOP_INVENTORY__HOLD_SECS", "1".into()),
-            ])
-            .into_iter()
-            .chain(store.env("inventory", dir.path()))
-            .collect(),
-            fp(Victim::Inventory),
-        );
-        let o = Proc::spawn(
-            dir.path(),
-            "order",
-            "order",
-            e(&[
-                ("WEBSHOP_ORDER__LISTEN", format!("127.0.0.1:{order}")),
-                ("WEBSHOP_ORDER__BUS__PORT", broker.to_string()),
-                ("WEBSHOP_ORDER__FOLLOW_UP_SECS", "1".into()),
-            ])
-            .into_iter()
-            .chain(store.env("order", dir.path()))
-            .collect(),
-            fp(Victim::Order),
-        );
-        let f = Proc::spawn(
-            dir.path(),
-            "front",
-            "front",
-            e(&[
-                ("WEBSHOP_FRONT__LISTEN", format!("127.0.0.1:{front}")),
-                ("WEBSHOP_FRONT__BUS__PORT", broker.to_string()),
-                ("WEBSHOP_FRONT__INVENTORY_URL", format!("http://127.0.0.1:{inventory}")),
-                ("WEBSHOP_FRONT__ORDER_URL", format!("http://127.0.0.1:{order}")),
-                ("WEBSHOP_FRONT__COMMIT_TIMEOUT_SECS", "3".into()),
-            ]),
-            fp(Victim::Front),
-        );
+        let b = Proc::broker(dir.path(), broker);
+        // Holds run out while the carts' customers check out, so the expiry
+        // timer runs through the crash too.
+        let hold = [("HOLD_SECS", "1".to_owned())];
+        let i =
+            Proc::node(dir.path(), "inventory", "inventory", inventory, broker, store, &hold, fp(Victim::Inventory));
+        let follow_up = [("FOLLOW_UP_SECS", "1".to_owned())];
+        let o = Proc::node(dir.path(), "order", "order", order, broker, store, &follow_up, fp(Victim::Order));
+        let front_settings = [
+            ("INVENTORY_URL", format!("http://127.0.0.1:{inventory}")),
+            ("ORDER_URL", format!("http://127.0.0.1:{order}")),
+            ("COMMIT_TIMEOUT_SECS", "3".to_owned()),
+        ];
+        let f = Proc::node(dir.path(), "front", "front", front, broker, store, &front_settings, fp(Victim::Front));
         Cluster {
             _dir: dir,
             broker: b,
