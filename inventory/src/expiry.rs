@@ -63,15 +63,7 @@ pub async fn run(db: Db, wakeup: Wakeup, shutdown: CancellationToken) {
 /// Forgets the carts that hold nothing and are past their retention, a
 /// chunk per transaction.
 pub async fn prune_carts(db: &Db) -> DbResult<u64> {
-    let before = now_ms() - (db.retention().carts_secs * 1000.0) as i64;
-    let mut total = 0;
-    loop {
-        let n = db.write(move |tx| store::prune_carts(tx, before, 1000)).await?;
-        total += n;
-        if n < 1000 {
-            return Ok(total);
-        }
-    }
+    db.prune_in_chunks(db.retention().carts_secs, 1000, store::prune_carts).await
 }
 
 /// One transaction: gives back the holds of up to `limit` carts whose

@@ -48,15 +48,7 @@ const PRUNE_EVERY_MS: i64 = 1_000;
 
 /// Forgets carts past their retention, a chunk per transaction.
 pub async fn prune_carts(db: &Db) -> DbResult<u64> {
-    let before = now_ms() - (db.retention().carts_secs * 1000.0) as i64;
-    let mut total = 0;
-    loop {
-        let n = db.write(move |tx| crate::carts::store::prune(tx, before, 1000)).await?;
-        total += n;
-        if n < 1000 {
-            return Ok(total);
-        }
-    }
+    db.prune_in_chunks(db.retention().carts_secs, 1000, crate::carts::store::prune).await
 }
 
 /// The wait before the follow-up after `attempts` earlier ones.

@@ -546,6 +546,27 @@ impl Db {
         self.retention
     }
 
+    /// Forgets records older than `keep_secs`: runs `delete(tx, before_ms,
+    /// chunk)`, a statement removing at most `chunk` rows older than
+    /// `before_ms`, in a transaction of its own until one removes fewer
+    /// (short transactions: the consumer's batches go on between them).
+    /// Returns how many rows in all.
+    pub async fn prune_in_chunks<F>(&self, keep_secs: f64, chunk: i64, delete: F) -> DbResult<u64>
+    where
+        F: Fn(&mut Tx<'_>, i64, i64) -> DbResult<u64> + Clone + Send + 'static,
+    {
+        let before = crate::clock::now_ms() - (keep_secs * 1000.0) as i64;
+        let mut total = 0;
+        loop {
+            let delete = delete.clone();
+            let n = self.write(move |tx| delete(tx, before, chunk)).await?;
+            total += n;
+            if n < chunk as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Closes the writer and the read pool; on SQLite, folds the WAL into
     /// the main file first, so the `.db` file alone is a complete copy after
     /// a clean stop.
