@@ -510,12 +510,14 @@ pub async fn main_with_config(file: Option<&std::path::Path>) -> anyhow::Result<
     let cfg: BrokerConfig = shared::config::load(file, ENV_PREFIX)?;
     let telemetry = shared::telemetry::init("broker", &cfg.log)?;
     tracing::info!(config = ?cfg, ?file, "starting MQTT broker");
-    spawn(&cfg)?;
-    let scheme = if cfg.tls.is_enabled() { "mqtts" } else { "mqtt" };
-    println!("broker listening on {scheme}://{}", cfg.listen);
+    // Bound first: a port already taken stops the broker before any
+    // client has connected to it.
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
         .await
         .with_context(|| format!("metrics_listen: cannot listen on {}", cfg.metrics_listen))?;
+    spawn(&cfg)?;
+    let scheme = if cfg.tls.is_enabled() { "mqtts" } else { "mqtt" };
+    println!("broker listening on {scheme}://{}", cfg.listen);
     println!("broker metrics on http://{}/metrics", cfg.metrics_listen);
     let token = tokio_util::sync::CancellationToken::new();
     shared::shutdown::cancel_on_signal(token.clone());

@@ -25,7 +25,7 @@
 //!   `broker_refused_total{user,action,topic}`.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -34,7 +34,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The process's recorder, installed on first use.
+/// How often histogram samples are folded into their buckets (the
+/// exporter's own default when it runs its upkeep itself).
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process's recorder, installed on first use, with its upkeep: the
+/// recorder keeps every histogram sample until upkeep or a scrape folds it
+/// into the buckets, so without it a node nobody scrapes grows by a few
+/// bytes per request and per consumer batch, for as long as it runs.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
@@ -49,6 +56,16 @@ pub fn handle() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // Another recorder may exist (tests); ours then only renders.
         let _ = metrics::set_global_recorder(recorder);
+        let upkeep = handle.clone();
+        // A thread, not a task: the recorder outlives any one runtime (tests
+        // start several), and this is a few microseconds every 5 s.
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            })
+            .expect("spawning the metrics upkeep thread");
         handle
     })
 }

@@ -65,10 +65,23 @@ async fn a_cluster_on_one_machine_takes_orders_survives_a_kill_and_stops_on_ctrl
             lines.lock().unwrap().push(line);
         }
     });
-    // Stopped (SIGKILL, and so are its nodes' groups) if the test fails.
+    // Stopped if the test fails: Ctrl-C first, which stops the nodes (they
+    // run in process groups of their own, which a SIGKILL of the command
+    // would leave running), then SIGKILL if it hasn't exited in time.
     struct Guard(std::process::Child);
     impl Drop for Guard {
         fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if self.0.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = self.0.kill();
         }
     }

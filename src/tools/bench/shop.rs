@@ -276,9 +276,16 @@ impl Shop {
         let dir = tempfile::tempdir()?;
         let catalog = bench_catalog(dir.path())?;
         let exe = std::env::current_exe().context("finding the webshop binary")?;
-        let [b, i, o, f] = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let [b, i, o, f, m] = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
         let nodes: [(&str, Vec<(String, String)>); 4] = [
-            ("broker", vec![("WEBSHOP_BROKER__LISTEN".into(), format!("127.0.0.1:{b}"))]),
+            (
+                "broker",
+                vec![
+                    ("WEBSHOP_BROKER__LISTEN".into(), format!("127.0.0.1:{b}")),
+                    // Not the default 9042, which a shop already running here holds.
+                    ("WEBSHOP_BROKER__METRICS_LISTEN".into(), format!("127.0.0.1:{m}")),
+                ],
+            ),
             (
                 "inventory",
                 vec![
