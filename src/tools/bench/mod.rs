@@ -464,6 +464,14 @@ async fn run_load(
             Some(r) => load::open(&load, work, r, warmup, duration, args.max_inflight).await,
             None => load::closed(&load, work, concurrency, warmup, duration).await,
         };
+        // A node that died makes the phase's figures those of a broken shop.
+        let exited = shop.exited();
+        if !exited.is_empty() {
+            anyhow::bail!(
+                "the {} process exited during phase {name}: no figures for a broken shop (what it printed is above)",
+                exited.join(" and ")
+            );
+        }
         let resources: Vec<procfs::Usage> = sampler
             .finish()
             .await
