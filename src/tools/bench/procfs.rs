@@ -59,12 +59,25 @@ fn read(pid: u32) -> Option<Reading> {
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is
-    // field 3, utime and stime are fields 14 and 15.
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let stat = stat_after_name(pid)?;
+    // utime and stime are fields 14 and 15 (11 and 12 after the name).
+    let rest: Vec<&str> = stat.split_whitespace().collect();
     let ticks = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Some(Reading { rss_kb: kb("VmRSS:")?, hwm_kb: kb("VmHWM:")?, cpu_ticks: ticks(11) + ticks(12) })
+}
+
+/// Whether the process runs: it exists and isn't a zombie (exited, not
+/// yet reaped).
+pub fn running(pid: u32) -> bool {
+    // The state is the first field after the name.
+    stat_after_name(pid).is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+}
+
+/// `/proc/{pid}/stat` from its third field on: the fields after the
+/// command name, which may hold spaces and parentheses.
+fn stat_after_name(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.to_owned())
 }
 
 /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on
@@ -149,5 +162,24 @@ impl Sampler {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_runs_until_it_has_exited() {
+        assert!(running(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        // Exited and not yet reaped: a zombie, which doesn't run.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running(child.id()) {
+            assert!(std::time::Instant::now() < deadline, "`true` still runs after 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.wait().unwrap();
+        assert!(!running(child.id()));
     }
 }

@@ -121,20 +121,14 @@ pub struct Shop {
 }
 
 impl Shop {
-    /// The node processes the bench started that have exited (a process
-    /// that exited and wasn't reaped yet is a zombie, state `Z`).
+    /// The node processes the bench started that have exited.
     pub fn exited(&self) -> Vec<String> {
         if !matches!(self.running, Running::Processes(_)) {
             return Vec::new();
         }
         self.pids
             .iter()
-            .filter(|p| p.pid != std::process::id())
-            .filter(|p| {
-                let stat = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap_or_default();
-                // The state follows the command name in parentheses.
-                stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
+            .filter(|p| p.pid != std::process::id() && !super::procfs::running(p.pid))
             .map(|p| p.node.clone())
             .collect()
     }
